@@ -1,0 +1,1 @@
+"""The HTTP APIs (Klein), one module per API, sharing api.common."""

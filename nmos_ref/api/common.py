@@ -1,0 +1,247 @@
+"""What every NMOS API shares: JSON responses with CORS, the NMOS error JSON, body reading, and the root resources.
+
+IS-04 "APIs": every response, errors included, carries CORS headers; JSON is served as `application/json` (the AMWA
+tool warns on a charset parameter); every error is `{"code", "error", "debug"}`; GET answers with and without a
+trailing slash and no 3xx is sent. One exception type (`NmosError`) and one renderer (`render_error`) serve them all,
+so no HTML page from Twisted, Klein or Werkzeug ever reaches a client.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from klein import Klein
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import server
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource, Resource
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+
+from nmos_ref.model.errors import InvalidResource, ModelError, UnknownResource, VersionConflict
+from nmos_ref.validation import SchemaViolation
+
+log = Logger()
+
+ALLOWED_HEADERS = "Content-Type, Accept, Authorization"
+EXPOSED_HEADERS = "Link, Location, X-Paging-Limit, X-Paging-Since, X-Paging-Until, X-Paging-Timestamp, " \
+                  "X-Ancestry-Generations"
+MAX_BODY = 1 << 20  # bytes; a registration is a few KB, so 1 MiB leaves room and bounds memory
+
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+class Encoded(str):
+    """JSON text that is already encoded (a stored resource), sent as it is."""
+
+
+class NmosError(Exception):
+    """An error answer: HTTP status, the `error` text and an optional `debug` text."""
+
+    def __init__(self, status: int, error: str, debug: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(error)
+        self.status = status
+        self.error = error
+        self.debug = debug
+        self.headers = headers or {}
+
+
+def set_cors(request: IRequest) -> None:
+    request.setHeader(b"access-control-allow-origin", b"*")
+    request.setHeader(b"access-control-allow-methods", b"GET, PUT, POST, PATCH, HEAD, OPTIONS, DELETE")
+    requested = request.getHeader(b"access-control-request-headers")
+    request.setHeader(b"access-control-allow-headers", requested or ALLOWED_HEADERS.encode())
+    request.setHeader(b"access-control-expose-headers", EXPOSED_HEADERS.encode())
+    request.setHeader(b"access-control-max-age", b"3600")
+
+
+def json_response(request: IRequest, status: int, body: Any) -> bytes:
+    """Set status, `Content-Type: application/json` (exactly) and CORS; the encoded body."""
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    set_cors(request)
+    text = body if isinstance(body, Encoded) else _encode(body)
+    return text.encode("utf-8")
+
+
+def json_list(items: Iterable[str]) -> Encoded:
+    """A JSON array of already encoded items."""
+    return Encoded("[" + ",".join(items) + "]")
+
+
+def empty_response(request: IRequest, status: int = 204) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    set_cors(request)
+    return b""
+
+
+def error_body(status: int, error: str, debug: str | None = None) -> dict[str, Any]:
+    return {"code": status, "error": error, "debug": debug}
+
+
+def render_error(request: IRequest, error: NmosError) -> bytes:
+    for name, value in error.headers.items():
+        request.setHeader(name.encode(), value.encode())
+    return json_response(request, error.status, error_body(error.status, error.error, error.debug))
+
+
+def as_nmos_error(failure: Failure, request: IRequest) -> NmosError:
+    """Map any failure of a handler to the error a client should see."""
+    exc = failure.value
+    if isinstance(exc, NmosError):
+        return exc
+    if isinstance(exc, SchemaViolation):
+        return NmosError(400, "The request body does not match the schema", exc.message)
+    if isinstance(exc, VersionConflict):
+        return NmosError(409, str(exc), None, {"Location": resource_location(exc.held_version, exc.kind, exc.rid)})
+    if isinstance(exc, InvalidResource):
+        return NmosError(400, str(exc))
+    if isinstance(exc, UnknownResource):
+        return NmosError(404, str(exc))
+    if isinstance(exc, ModelError):
+        return NmosError(400, str(exc))
+    if isinstance(exc, MethodNotAllowed):
+        allowed = ", ".join(exc.valid_methods or [])
+        return NmosError(405, f"{request.method.decode()} is not allowed here", f"allowed: {allowed}",
+                         {"Allow": allowed})
+    if isinstance(exc, NotFound):
+        return NmosError(404, "No such resource", request.path.decode("utf-8", "replace"))
+    if isinstance(exc, HTTPException):
+        return NmosError(exc.code or 500, exc.name, exc.description)
+    log.failure("Unexpected error answering {method} {path}", failure, method=request.method, path=request.path)
+    return NmosError(500, "Internal error", f"{failure.type.__name__}: {failure.getErrorMessage()}")
+
+
+def add_error_handlers(app: Klein) -> None:
+    """Make every error of `app` the NMOS error JSON. With `app = Klein()` as a class attribute Klein passes the
+    instance first, hence `_api`."""
+
+    @app.handle_errors(Exception)
+    def _handle(_api: object, request: IRequest, failure: Failure) -> bytes:
+        return render_error(request, as_nmos_error(failure, request))
+
+
+def options_response(app: Klein, request: IRequest) -> bytes:
+    """OPTIONS on any path of `app`: 200 with the methods that path allows, or 404 where there is no such path."""
+    path = "/" + "/".join(segment.decode("utf-8", "replace") for segment in request.postpath)
+    adapter = app.url_map.bind("localhost")
+    methods = set()
+    for candidate in {path, path.rstrip("/") or "/"}:
+        try:
+            methods.update(adapter.allowed_methods(candidate))
+        except HTTPException:
+            pass
+    methods.discard("OPTIONS")
+    if not methods:
+        raise NmosError(404, "No such resource", request.path.decode("utf-8", "replace"))
+    allowed = ", ".join(sorted(methods | {"OPTIONS"}))
+    request.setHeader(b"allow", allowed.encode())
+    body = json_response(request, 200, [])
+    request.setHeader(b"access-control-allow-methods", allowed.encode())
+    return body
+
+
+def read_json(request: IRequest, max_body: int = MAX_BODY) -> Any:
+    """The request body as JSON, or an NmosError: 413 over the size cap, 415 not JSON, 400 malformed."""
+    if getattr(request, "body_too_large", False):
+        raise NmosError(413, f"The request body is larger than {max_body} bytes")
+    content_type = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
+    if content_type != b"application/json":
+        raise NmosError(415, "The request body must be application/json",
+                        f"Content-Type was {content_type.decode('latin-1') or 'missing'}")
+    raw = request.content.read() if request.content is not None else b""
+    if len(raw) > max_body:
+        raise NmosError(413, f"The request body is larger than {max_body} bytes")
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise NmosError(400, "The request body is nested too deeply") from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise NmosError(400, "The request body is not valid JSON", str(exc)) from None
+
+
+def resource_location(version: str, kind: str, rid: str) -> str:
+    return f"/x-nmos/registration/{version}/resource/{kind}s/{rid}"
+
+
+class NmosRequest(server.Request):
+    """A request that stops keeping a body beyond the size cap, so a huge upload cannot fill memory or disk."""
+
+    max_body = MAX_BODY
+    body_too_large = False
+
+    def gotLength(self, length: int | None) -> None:
+        if length is not None and length > self.max_body:
+            self.body_too_large = True
+            length = 0
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.body_too_large or self.content.tell() + len(data) > self.max_body:
+            self.body_too_large = True
+            return
+        super().handleContentChunk(data)
+
+
+class ListingResource(Resource):
+    """A fixed JSON listing (`/`, `/x-nmos/`) whose children are other resources; anything else is an NMOS 404."""
+
+    def __init__(self, entries: list[str], children: dict[bytes, IResource] | None = None) -> None:
+        super().__init__()
+        self.entries = entries
+        self.named = children or {}
+
+    def getChild(self, name: bytes, request: IRequest) -> IResource:
+        if name == b"":
+            return self
+        child = self.named.get(name)
+        return child if child is not None else ErrorResource(NmosError(404, "No such resource", request.path.decode(
+            "utf-8", "replace")))
+
+    def render(self, request: IRequest) -> bytes:
+        if request.method in (b"GET", b"HEAD"):
+            return json_response(request, 200, self.entries)
+        if request.method == b"OPTIONS":
+            request.setHeader(b"allow", b"GET, HEAD, OPTIONS")
+            body = json_response(request, 200, [])
+            request.setHeader(b"access-control-allow-methods", b"GET, HEAD, OPTIONS")
+            return body
+        return render_error(request, NmosError(405, f"{request.method.decode()} is not allowed here",
+                                               "allowed: GET, HEAD, OPTIONS", {"Allow": "GET, HEAD, OPTIONS"}))
+
+
+class ErrorResource(Resource):
+    """Answers every request below it with one NMOS error."""
+
+    isLeaf = True
+
+    def __init__(self, error: NmosError) -> None:
+        super().__init__()
+        self.error = error
+
+    def render(self, request: IRequest) -> bytes:
+        return render_error(request, self.error)
+
+
+def root_resource(apis: dict[str, IResource]) -> Resource:
+    """`/` → ["x-nmos/"], `/x-nmos/` → the APIs served, `/x-nmos/<api>/...` → that API's Klein resource."""
+    x_nmos = ListingResource(sorted(f"{name}/" for name in apis), {name.encode(): api for name, api in apis.items()})
+    return ListingResource(["x-nmos/"], {b"x-nmos": x_nmos})
+
+
+def make_site(root: IResource, access_log: bool = False) -> server.Site:
+    site = server.Site(root, requestFactory=NmosRequest)
+    site.displayTracebacks = False
+    if not access_log:
+        site.log = _no_access_log  # type: ignore[method-assign]
+    return site
+
+
+def _no_access_log(request: IRequest) -> None:
+    return None
+
+

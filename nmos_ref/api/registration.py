@@ -1,0 +1,122 @@
+"""The IS-04 Registration API, every served version at once, mounted at `/x-nmos/registration/`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from klein import Klein
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+
+from nmos_ref.api.common import (NmosError, add_error_handlers, empty_response, json_response, options_response,
+                                 read_json, resource_location)
+from nmos_ref.model.store import Registry
+from nmos_ref.model.tai import format_tai
+from nmos_ref.model.versions import SINGULARS, TYPES
+from nmos_ref.validation import Schemas
+
+log = Logger()
+
+
+class RegistrationAPI:
+    """Resources in, heartbeats in; the rules themselves live in the `Registry`."""
+
+    app = Klein()
+    add_error_handlers(app)
+
+    def __init__(self, registry: Registry, schemas: Schemas, versions: list[str]) -> None:
+        self.registry = registry
+        self.schemas = schemas
+        self.versions = list(versions)
+
+    def _version(self, version: str) -> str:
+        if version not in self.versions:
+            raise NmosError(404, f"Registration API version {version} is not served",
+                            f"served: {', '.join(self.versions)}")
+        return version
+
+    @app.route("/", methods=["GET"], strict_slashes=False)
+    def versions_listing(self, request: IRequest) -> bytes:
+        return json_response(request, 200, [f"{version}/" for version in self.versions])
+
+    @app.route("/<version>", methods=["GET"], strict_slashes=False)
+    def base(self, request: IRequest, version: str) -> bytes:
+        self._version(version)
+        return json_response(request, 200, ["resource/", "health/"])
+
+    @app.route("/", methods=["OPTIONS"], strict_slashes=False)
+    @app.route("/<path:_rest>", methods=["OPTIONS"], strict_slashes=False)
+    def options(self, request: IRequest, _rest: str = "") -> bytes:
+        # IS-10: OPTIONS never needs a token; CORS pre-flights get the methods of the path asked about.
+        return options_response(self.app, request)
+
+    @app.route("/<version>/resource", methods=["POST"], strict_slashes=False)
+    def post_resource(self, request: IRequest, version: str) -> bytes:
+        self._version(version)
+        body = read_json(request)
+        kind, data = self._registration(body)
+        self.schemas.check(version, kind, data)
+        outcome = self.registry.register(kind, data, version)
+        record = outcome.resource
+        log.debug("{action} {kind} {id} at {version}", action="Registered" if outcome.created else "Updated",
+                  kind=kind, id=record.id, version=version)
+        request.setHeader(b"location", resource_location(version, kind, record.id).encode())
+        # Debug header nmos-testing reads to check clock synchronisation in its paging tests.
+        request.setHeader(b"x-paging-timestamp", format_tai(record.updated).encode())
+        return json_response(request, 201 if outcome.created else 200, record.data)
+
+    @staticmethod
+    def _registration(body: Any) -> tuple[str, dict[str, Any]]:
+        """`{"type": ..., "data": {...}}` split up; the same verdict as registrationapi-resource-post-request.json,
+        whose branches differ only in the type, with `data` then checked against that type's schema."""
+        if not isinstance(body, dict):
+            raise NmosError(400, "The request body does not match the schema",
+                            "the body must be an object with 'type' and 'data'")
+        kind = body.get("type")
+        if kind not in TYPES:
+            raise NmosError(400, "The request body does not match the schema",
+                            f"type must be one of {', '.join(TYPES)}, not {kind!r}")
+        if "data" not in body:
+            raise NmosError(400, "The request body does not match the schema", "'data' is required")
+        data = body["data"]
+        if not isinstance(data, dict):
+            raise NmosError(400, "The request body does not match the schema", "'data' must be an object")
+        return kind, data
+
+    def _kind(self, plural: str) -> str:
+        kind = SINGULARS.get(plural)
+        if kind is None:
+            raise NmosError(404, f"No resource type {plural!r}", f"types: {', '.join(s + 's' for s in TYPES)}")
+        return kind
+
+    @app.route("/<version>/resource/<types>/<rid>", methods=["GET"], strict_slashes=False)
+    def get_resource(self, request: IRequest, version: str, types: str, rid: str) -> bytes:
+        self._version(version)
+        kind = self._kind(types)
+        record = self.registry.get(kind, rid)
+        if record is None:
+            raise NmosError(404, f"No {kind} {rid} is registered")
+        if record.api_version != version:
+            raise NmosError(409, f"{kind} {rid} is registered at {record.api_version}", None,
+                            {"Location": resource_location(record.api_version, kind, rid)})
+        return json_response(request, 200, record.data)
+
+    @app.route("/<version>/resource/<types>/<rid>", methods=["DELETE"], strict_slashes=False)
+    def delete_resource(self, request: IRequest, version: str, types: str, rid: str) -> bytes:
+        self._version(version)
+        changes = self.registry.delete(self._kind(types), rid, version)
+        log.debug("Deleted {types} {id} at {version} ({count} resources removed)", types=types, id=rid,
+                  version=version, count=len(changes))
+        return empty_response(request, 204)
+
+    @app.route("/<version>/health/nodes/<rid>", methods=["POST"], strict_slashes=False)
+    def heartbeat(self, request: IRequest, version: str, rid: str) -> bytes:
+        self._version(version)
+        seen = self.registry.heartbeat(rid, version)
+        return json_response(request, 200, {"health": str(int(seen))})
+
+    @app.route("/<version>/health/nodes/<rid>", methods=["GET"], strict_slashes=False)
+    def health(self, request: IRequest, version: str, rid: str) -> bytes:
+        self._version(version)
+        seen = self.registry.health(rid, version)
+        return json_response(request, 200, {"health": str(int(seen))})

@@ -1,0 +1,362 @@
+"""The registry's in-memory store: resources by type and id, their family tree, Node health and the change feed.
+
+Rules come from IS-04 "Behaviour - Registration" (see ../shared/docs/spec-notes.md §4). Nothing here knows about HTTP:
+refusals are the exceptions of `nmos_ref.model.errors`. Nothing on the write path scans the store: parents and
+children are linked, the paging indexes are appended to, and garbage collection pops a queue of deadlines.
+"""
+
+from __future__ import annotations
+
+import json
+from bisect import bisect_right
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from attrs import define, field, frozen
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from nmos_ref.model.errors import InvalidResource, UnknownResource, VersionConflict
+from nmos_ref.model.tai import TAIClock
+from nmos_ref.model.versions import TYPES
+
+log = Logger()
+
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+@define(slots=True, eq=False)
+class Resource:
+    """One registered resource. A record is never changed once stored: an update stores a new record."""
+
+    kind: str
+    id: str
+    data: dict[str, Any]  # exactly as registered; never mutated
+    api_version: str  # the Registration API version it was registered at
+    created: int  # TAI ns, unique in the store
+    updated: int  # TAI ns, unique in the store
+    parent_id: str | None
+    node_id: str  # the Node that owns it (itself for a Node)
+    client_id: str | None = None  # BCP-003-02: the OAuth client that registered its Node
+    children: set[str] = field(factory=set)  # shared by every record of the same id
+    _json: str | None = None
+
+    @property
+    def json(self) -> str:
+        """`data` encoded once, for responses that list many resources."""
+        if self._json is None:
+            self._json = _encode(self.data)
+        return self._json
+
+
+@frozen
+class Change:
+    """One change of the store, with the resource before and after: created (no `pre`), updated, or removed (no
+    `post`). `cause` says why: "register", "delete", "cascade" (a parent was deleted) or "expire" (garbage collection).
+    """
+
+    kind: str
+    id: str
+    pre: Resource | None
+    post: Resource | None
+    cause: str
+
+
+@frozen
+class Registration:
+    created: bool
+    resource: Resource
+
+
+class ChangeFeed:
+    """Passes each batch of changes (all the changes of one request or one expiry) to every subscriber."""
+
+    def __init__(self) -> None:
+        self._subscribers: list[Callable[[Sequence[Change]], None]] = []
+
+    def subscribe(self, callback: Callable[[Sequence[Change]], None]) -> Callable[[], None]:
+        """Start passing batches to `callback`; returns the function that stops it."""
+        self._subscribers.append(callback)
+        return lambda: self._subscribers.remove(callback) if callback in self._subscribers else None
+
+    def publish(self, changes: Sequence[Change]) -> None:
+        if not changes:
+            return
+        for callback in list(self._subscribers):
+            try:
+                callback(changes)
+            except Exception:
+                # One broken consumer must not stop the others or undo the change.
+                log.failure("A change feed subscriber failed")
+
+
+class TimeIndex:
+    """The resources of one type in the order of one of their stamps, for paging.
+
+    Stamps only grow, so adding is an append; a replaced or removed entry is left in place and skipped when read
+    (it no longer matches the live record), and the lists are compacted once most entries are dead.
+    """
+
+    def __init__(self, lookup: Callable[[str], Resource | None], attribute: str) -> None:
+        self._lookup = lookup
+        self._attribute = attribute
+        self._stamps: list[int] = []
+        self._ids: list[str] = []
+        self._dead = 0
+
+    def __len__(self) -> int:
+        return len(self._stamps) - self._dead
+
+    def append(self, stamp: int, rid: str) -> None:
+        self._stamps.append(stamp)
+        self._ids.append(rid)
+
+    def discard(self) -> None:
+        """Note that one entry went dead."""
+        self._dead += 1
+        if self._dead > 64 and self._dead * 2 > len(self._stamps):
+            self._compact()
+
+    def _live(self, i: int) -> Resource | None:
+        resource = self._lookup(self._ids[i])
+        if resource is not None and getattr(resource, self._attribute) == self._stamps[i]:
+            return resource
+        return None
+
+    def _compact(self) -> None:
+        keep = [i for i in range(len(self._stamps)) if self._live(i) is not None]
+        self._stamps = [self._stamps[i] for i in keep]
+        self._ids = [self._ids[i] for i in keep]
+        self._dead = 0
+
+    def _bounds(self, since: int | None, until: int | None) -> tuple[int, int]:
+        low = bisect_right(self._stamps, since) if since is not None else 0
+        high = bisect_right(self._stamps, until) if until is not None else len(self._stamps)
+        return low, high
+
+    def newest_first(self, since: int | None = None, until: int | None = None) -> Iterator[Resource]:
+        """Live resources with since < stamp <= until, newest first."""
+        low, high = self._bounds(since, until)
+        for i in range(high - 1, low - 1, -1):
+            resource = self._live(i)
+            if resource is not None:
+                yield resource
+
+    def oldest_first(self, since: int | None = None, until: int | None = None) -> Iterator[Resource]:
+        """Live resources with since < stamp <= until, oldest first."""
+        low, high = self._bounds(since, until)
+        for i in range(low, high):
+            resource = self._live(i)
+            if resource is not None:
+                yield resource
+
+
+def parent_of(kind: str, data: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The parent's id and type: device→node; source, sender, receiver→device; flow→device from v1.1, →source for
+    v1.0 flows, which have no device_id. `sender.flow_id` and `parents` are deliberately not links (nmos-testing
+    IS-04-02 test_11 registers a Sender whose flow does not exist)."""
+    if kind == "node":
+        return None, None
+    if kind == "device":
+        return data.get("node_id"), "node"
+    if kind == "flow" and "device_id" not in data:
+        return data.get("source_id"), "source"
+    return data.get("device_id"), "device"
+
+
+def _version_of(kind: str, data: dict[str, Any]) -> tuple[int, int]:
+    text = data.get("version")
+    seconds, _, nanoseconds = text.partition(":") if isinstance(text, str) else ("", "", "")
+    if not (seconds.isdigit() and nanoseconds.isdigit()):
+        raise InvalidResource(f"{kind} version must be a TAI timestamp <seconds>:<nanoseconds>, not {text!r}")
+    return int(seconds), int(nanoseconds)
+
+
+class Registry:
+    """Every registered resource, the health of every Node, and the feed of their changes."""
+
+    def __init__(self, clock: IReactorTime, expiry: float = 12.0) -> None:
+        self.clock = clock
+        self.tai = TAIClock(clock)
+        self.expiry = expiry
+        self.feed = ChangeFeed()
+        self._by_id: dict[str, Resource] = {}
+        self._by_kind: dict[str, dict[str, Resource]] = {kind: {} for kind in TYPES}
+        lookup = self._by_id.get
+        self._updated = {kind: TimeIndex(lookup, "updated") for kind in TYPES}
+        self._created = {kind: TimeIndex(lookup, "created") for kind in TYPES}
+        self._last_seen: dict[str, float] = {}  # Node id -> Unix time of its registration or last heartbeat
+        self._deadlines: deque[tuple[float, str]] = deque()  # (expiry time, Node id), in time order
+
+    # Reading
+
+    def find(self, rid: str) -> Resource | None:
+        return self._by_id.get(rid)
+
+    def get(self, kind: str, rid: str) -> Resource | None:
+        return self._by_kind[kind].get(rid)
+
+    def resources(self, kind: str) -> Iterator[Resource]:
+        """Every resource of one type, oldest registration first."""
+        return iter(self._by_kind[kind].values())
+
+    def count(self, kind: str) -> int:
+        return len(self._by_kind[kind])
+
+    def index(self, kind: str, order: str = "update") -> TimeIndex:
+        """The paging index of one type: order "update" or "create"."""
+        return (self._updated if order == "update" else self._created)[kind]
+
+    def last_seen(self, node_id: str) -> float | None:
+        return self._last_seen.get(node_id)
+
+    # Writing
+
+    def register(self, kind: str, data: dict[str, Any], api_version: str,
+                 client_id: str | None = None) -> Registration:
+        """Create or update a resource. `data` must already be valid for `api_version` and is kept as it is."""
+        rid = data["id"]
+        existing = self._by_id.get(rid)
+        if existing is not None:
+            if existing.kind != kind:
+                # IS-04 v1.3 "Behaviour - Registration": an id MUST NOT be reused for a resource of another type.
+                raise InvalidResource(f"id {rid} is already registered as a {existing.kind}, not a {kind}")
+            if existing.api_version != api_version:
+                raise VersionConflict(f"{kind} {rid} is registered at {existing.api_version}; delete it there first",
+                                      kind, rid, existing.api_version)
+        parent_id, parent_kind = parent_of(kind, data)
+        node_id = rid
+        if parent_kind is not None:
+            parent = self._by_id.get(parent_id) if isinstance(parent_id, str) else None
+            if parent is None or parent.kind != parent_kind:
+                raise InvalidResource(f"{kind} {rid} names {parent_kind} {parent_id} as its parent, which is not "
+                                      f"registered")
+            node_id = parent.node_id
+        if existing is None:
+            changes = [self._create(kind, rid, data, api_version, parent_id, node_id, client_id)]
+        elif data == existing.data:
+            # An identical re-POST changes nothing (nmos-cpp does the same); it still counts as a sign of life.
+            if kind == "node":
+                self._touch(rid)
+            return Registration(False, existing)
+        else:
+            changes = [self._update(existing, data, parent_id)]
+        if kind == "node":
+            self._touch(rid)
+        self.feed.publish(changes)
+        post = changes[0].post
+        assert post is not None
+        return Registration(existing is None, post)
+
+    def _create(self, kind: str, rid: str, data: dict[str, Any], api_version: str, parent_id: str | None,
+                node_id: str, client_id: str | None) -> Change:
+        _version_of(kind, data)
+        stamp = self.tai.stamp()
+        record = Resource(kind, rid, data, api_version, stamp, stamp, parent_id, node_id, client_id)
+        self._by_id[rid] = record
+        self._by_kind[kind][rid] = record
+        self._created[kind].append(stamp, rid)
+        self._updated[kind].append(stamp, rid)
+        if parent_id is not None:
+            self._by_id[parent_id].children.add(rid)
+        return Change(kind, rid, None, record, "register")
+
+    def _update(self, existing: Resource, data: dict[str, Any], parent_id: str | None) -> Change:
+        kind, rid = existing.kind, existing.id
+        if parent_id != existing.parent_id:
+            raise InvalidResource(f"the parent of {kind} {rid} cannot change (registered with {existing.parent_id}, "
+                                  f"now {parent_id})")
+        if _version_of(kind, data) <= _version_of(kind, existing.data):
+            # IS-04 v1.3 "Behaviour - Registration": the registry MAY reject an update whose version is earlier;
+            # a change without a newer version is refused too, since id + version names one variant.
+            raise InvalidResource(f"{kind} {rid} changed but its version {data.get('version')} is not later than "
+                                  f"the registered {existing.data.get('version')}")
+        record = Resource(kind, rid, data, existing.api_version, existing.created, self.tai.stamp(), parent_id,
+                          existing.node_id, existing.client_id, existing.children)
+        self._by_id[rid] = record
+        self._by_kind[kind][rid] = record
+        self._updated[kind].discard()
+        self._updated[kind].append(record.updated, rid)
+        return Change(kind, rid, existing, record, "register")
+
+    def delete(self, kind: str, rid: str, api_version: str) -> list[Change]:
+        """Remove a resource and, at once, every resource below it (IS-04: a registry MUST clean up children)."""
+        existing = self._by_kind[kind].get(rid)
+        if existing is None:
+            raise UnknownResource(f"no {kind} {rid} is registered")
+        if existing.api_version != api_version:
+            raise VersionConflict(f"{kind} {rid} is registered at {existing.api_version}", kind, rid,
+                                  existing.api_version)
+        changes = self._remove_tree(existing, "delete")
+        self.feed.publish(changes)
+        return changes
+
+    def _remove_tree(self, root: Resource, cause: str) -> list[Change]:
+        """Remove `root` and its descendants, leaves first; the root's change says `cause`, the others "cascade"."""
+        order: list[Resource] = []
+        stack = [root]
+        while stack:
+            record = stack.pop()
+            order.append(record)
+            stack.extend(self._by_id[child] for child in record.children if child in self._by_id)
+        changes = []
+        for record in reversed(order):
+            del self._by_id[record.id]
+            del self._by_kind[record.kind][record.id]
+            self._created[record.kind].discard()
+            self._updated[record.kind].discard()
+            self._last_seen.pop(record.id, None)
+            changes.append(Change(record.kind, record.id, record, None, cause if record is root else "cascade"))
+        parent = self._by_id.get(root.parent_id) if root.parent_id is not None else None
+        if parent is not None:
+            parent.children.discard(root.id)
+        return changes
+
+    # Health and garbage collection
+
+    def heartbeat(self, node_id: str, api_version: str) -> float:
+        """Refresh a Node's health; the time it was seen. Never creates a Node (IS-04: 404 for an unknown one)."""
+        self._node(node_id, api_version)
+        return self._touch(node_id)
+
+    def health(self, node_id: str, api_version: str) -> float:
+        """When a Node was last seen, without refreshing it."""
+        self._node(node_id, api_version)
+        return self._last_seen[node_id]
+
+    def _node(self, node_id: str, api_version: str) -> Resource:
+        node = self._by_kind["node"].get(node_id)
+        if node is None:
+            raise UnknownResource(f"no node {node_id} is registered (never registered, deleted or expired)")
+        if node.api_version != api_version:
+            raise VersionConflict(f"node {node_id} is registered at {node.api_version}", "node", node_id,
+                                  node.api_version)
+        return node
+
+    def _touch(self, node_id: str) -> float:
+        now = self.clock.seconds()
+        self._last_seen[node_id] = now
+        self._deadlines.append((now + self.expiry, node_id))
+        return now
+
+    def collect_garbage(self) -> list[Change]:
+        """Remove every Node not seen for `expiry` seconds, with all its resources; the changes made."""
+        now = self.clock.seconds()
+        deadlines = self._deadlines
+        if deadlines and deadlines[-1][0] > now + self.expiry:
+            # The wall clock went backwards: count every Node as seen now rather than keep it for ever.
+            self._deadlines = deadlines = deque((now + self.expiry, node) for node in self._last_seen)
+            self._last_seen = dict.fromkeys(self._last_seen, now)
+        changes: list[Change] = []
+        while deadlines and deadlines[0][0] <= now:
+            _, node_id = deadlines.popleft()
+            seen = self._last_seen.get(node_id)
+            if seen is None or seen + self.expiry > now:
+                continue  # deleted since, or heard from again
+            node = self._by_id[node_id]
+            log.info("Node {node_id} expired: no heartbeat for {age:.1f} s (limit {expiry} s)", node_id=node_id,
+                     age=now - seen, expiry=self.expiry)
+            changes.extend(self._remove_tree(node, "expire"))
+        self.feed.publish(changes)
+        return changes

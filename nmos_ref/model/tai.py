@@ -1,0 +1,75 @@
+"""TAI timestamps: what IS-04 uses for `version` and for the registry's paging cursors.
+
+IS-04 "APIs - Common Keys": a version is a TAI timestamp written "<seconds>:<nanoseconds>". TAI runs ahead of UTC by
+the leap seconds inserted since 1972 (37 s since 2017-01-01), so a Unix time is turned into TAI with this table.
+Stamps are held as integer nanoseconds so that they compare, sort and bisect cheaply.
+"""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_right
+
+from twisted.internet.interfaces import IReactorTime
+
+NS = 1_000_000_000
+
+# (Unix time at which the offset starts, TAI - UTC in seconds) from the IERS leap second list.
+_LEAPS: tuple[tuple[int, int], ...] = (
+    (63072000, 10), (78796800, 11), (94694400, 12), (126230400, 13), (157766400, 14), (189302400, 15),
+    (220924800, 16), (252460800, 17), (283996800, 18), (315532800, 19), (362793600, 20), (394329600, 21),
+    (425865600, 22), (489024000, 23), (567993600, 24), (631152000, 25), (662688000, 26), (709862400, 27),
+    (741484800, 28), (773020800, 29), (820454400, 30), (867715200, 31), (915148800, 32), (1136073600, 33),
+    (1230768000, 34), (1341100800, 35), (1435708800, 36), (1483228800, 37),
+)
+_LEAP_STARTS = [start for start, _ in _LEAPS]
+
+_TAI_TEXT = re.compile(r"([0-9]+):([0-9]+)")
+
+
+def leap_offset(unix_seconds: float) -> int:
+    """TAI - UTC, in whole seconds, at a Unix time."""
+    i = bisect_right(_LEAP_STARTS, unix_seconds)
+    return _LEAPS[i - 1][1] if i else 0
+
+
+def unix_to_tai_ns(unix_seconds: float) -> int:
+    return int(round(unix_seconds * NS)) + leap_offset(unix_seconds) * NS
+
+
+def tai_ns_to_unix(stamp: int) -> float:
+    approx = stamp / NS
+    return approx - leap_offset(approx - leap_offset(approx))
+
+
+def format_tai(stamp: int) -> str:
+    """Integer nanoseconds to "<seconds>:<nanoseconds>" (10 ns is "0:10", never "0.00000001")."""
+    return f"{stamp // NS}:{stamp % NS}"
+
+
+def parse_tai(text: str) -> int:
+    """"<seconds>:<nanoseconds>" to integer nanoseconds; ValueError when it is not one."""
+    match = _TAI_TEXT.fullmatch(text)
+    if match is None or len(match.group(2)) > 9:
+        raise ValueError(f"not a TAI timestamp <seconds>:<nanoseconds>: {text!r}")
+    return int(match.group(1)) * NS + int(match.group(2))
+
+
+class TAIClock:
+    """Hands out TAI stamps that never repeat and never go backwards, even if the wall clock does."""
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self.clock = clock
+        self._last = 0
+
+    def now(self) -> int:
+        """The current TAI time, without reserving it."""
+        return max(unix_to_tai_ns(self.clock.seconds()), self._last)
+
+    def stamp(self) -> int:
+        """A fresh stamp, strictly greater than every stamp handed out before."""
+        stamp = unix_to_tai_ns(self.clock.seconds())
+        if stamp <= self._last:
+            stamp = self._last + 1
+        self._last = stamp
+        return stamp

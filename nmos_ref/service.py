@@ -1,0 +1,168 @@
+"""`twistd nmos-ref`: the command line and the service tree. The only module that touches the global reactor."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application import strports
+from twisted.application.internet import TimerService
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import FilteringLogObserver, ILogObserver, LogLevel, LogLevelFilterPredicate, Logger, \
+    globalLogPublisher
+from twisted.python import usage
+
+from nmos_ref.api.common import make_site, root_resource
+from nmos_ref.api.registration import RegistrationAPI
+from nmos_ref.config import ConfigError, Settings, apply, load_file
+from nmos_ref.model.store import Registry
+from nmos_ref.validation import Schemas
+
+log = Logger()
+
+GC_PERIOD = 0.5  # seconds between garbage collection sweeps: Nodes go at most this long after their expiry
+
+
+class CommonOptions(usage.Options):
+    """What `nmos-ref`, `nmos-ref registry` (and later `nmos-ref node`) all take."""
+
+    optParameters = [
+        ["config", "c", None, "JSON configuration file (settings as in docs/configuration.md); flags override it"],
+        ["expiry", None, None, "Seconds without a heartbeat before a Node is removed (default 12)"],
+        ["host-name", None, None, "Host name to put in hrefs (default: the host each client used)"],
+        ["log-level", None, None, "debug, info, warn, error or critical (default info)"],
+        ["api-versions", None, None, "Comma-separated IS-04 versions to serve (default v1.0,v1.1,v1.2,v1.3)"],
+    ]
+    optFlags = [["access-log", None, "Log one line per HTTP request"]]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, description: str) -> None:
+        """Serve the APIs on this strports description (repeatable; default tcp:8235:interface=127.0.0.1)."""
+        self["listen"].append(description)
+
+    def flag_values(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        if self["listen"]:
+            values["listen"] = list(self["listen"])
+        if self["expiry"] is not None:
+            try:
+                values["registration_expiry_interval"] = float(self["expiry"])
+            except ValueError:
+                raise usage.UsageError(f"--expiry must be a number of seconds, not {self['expiry']!r}") from None
+        for flag, key in (("host-name", "host_name"), ("log-level", "log_level"), ("api-versions", "api_versions")):
+            if self[flag] is not None:
+                values[key] = self[flag]
+        if self["access-log"]:
+            values["access_log"] = True
+        return values
+
+
+class RegistryOptions(CommonOptions):
+    synopsis = "[--listen STRPORT ...] [--config FILE]"
+    longdesc = "Run the registry alone: the Registration and Query APIs, on the same listen ports."
+
+
+class Options(CommonOptions):
+    synopsis = "[--listen STRPORT ...] [--config FILE] [registry]"
+    longdesc = ("Run the NMOS IS-04 registry (Registration and Query APIs) with working defaults on "
+                "127.0.0.1:8235. The subcommand 'registry' runs the registry alone.")
+    subCommands = [["registry", None, RegistryOptions, "Run the registry alone"]]
+
+    def postOptions(self) -> None:
+        self["settings"] = settings_from(self)
+
+
+def settings_from(options: Options) -> Settings:
+    """Defaults, then the --config file, then flags; flags given before or after the subcommand both count."""
+    sub = options.subOptions if options.subCommand else None
+    layers = [options] + ([sub] if sub is not None else [])
+    config_file = next((layer["config"] for layer in reversed(layers) if layer["config"]), None)
+    try:
+        settings = Settings()
+        if config_file is not None:
+            settings = apply(settings, load_file(config_file), config_file)
+        for layer in layers:
+            settings = apply(settings, layer.flag_values(), "command line")
+    except ConfigError as exc:
+        raise usage.UsageError(str(exc)) from None
+    from twisted.internet import reactor
+
+    for description in settings.listen:
+        try:
+            serverFromString(reactor, description)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise usage.UsageError(f"--listen {description!r} is not a strports description: {exc}") from None
+    return settings
+
+
+class GarbageCollector(TimerService):
+    """Sweeps expired Nodes out of the registry every GC_PERIOD seconds."""
+
+    def __init__(self, registry: Registry, clock: IReactorTime, period: float = GC_PERIOD) -> None:
+        super().__init__(period, self._sweep)
+        self.clock = clock
+        self.registry = registry
+
+    def _sweep(self) -> None:
+        try:
+            self.registry.collect_garbage()
+        except Exception:
+            log.failure("Garbage collection failed; trying again in {period} s", period=self.step)
+
+
+class LogLevelService(Service):
+    """Filters the log below the configured level. twistd starts its observers after `makeService` and offers no
+    level setting, so on start each of them is wrapped in a filter (and unwrapped on stop)."""
+
+    def __init__(self, level: str) -> None:
+        self.level = LogLevel.levelWithName(level)
+        self._wrapped: list[tuple[ILogObserver, ILogObserver]] = []
+
+    def startService(self) -> None:
+        super().startService()
+        predicate = LogLevelFilterPredicate(defaultLogLevel=self.level)
+        for observer in list(getattr(globalLogPublisher, "_observers", [])):
+            filtered = FilteringLogObserver(observer, [predicate])
+            globalLogPublisher.removeObserver(observer)
+            globalLogPublisher.addObserver(filtered)
+            self._wrapped.append((observer, filtered))
+
+    def stopService(self) -> None:
+        for observer, filtered in self._wrapped:
+            globalLogPublisher.removeObserver(filtered)
+            globalLogPublisher.addObserver(observer)
+        self._wrapped.clear()
+        super().stopService()
+
+
+def build(settings: Settings, reactor: Any, clock: IReactorTime | None = None) -> MultiService:
+    """The whole service tree for `settings`; `clock` defaults to the reactor (tests pass a Clock)."""
+    clock = clock or reactor
+    top = MultiService()
+    registry = Registry(clock, expiry=settings.registration_expiry_interval)
+    schemas = Schemas()
+    registration = RegistrationAPI(registry, schemas, settings.api_versions)
+    site = make_site(root_resource({"registration": registration.app.resource()}), settings.access_log)
+    for description in settings.listen:
+        listener: IService = strports.service(description, site, reactor=reactor)
+        listener.setServiceParent(top)
+    collector = GarbageCollector(registry, clock)
+    collector.clock = clock
+    collector.setServiceParent(top)
+    LogLevelService(settings.log_level).setServiceParent(top)
+    top.registry = registry  # type: ignore[attr-defined]  # for tests and later services
+    top.site = site  # type: ignore[attr-defined]
+    log.info("nmos-ref: registry serving IS-04 {versions} on {listen}; Nodes expire after {expiry} s",
+             versions=", ".join(settings.api_versions), listen=", ".join(settings.listen),
+             expiry=settings.registration_expiry_interval)
+    return top
+
+
+def makeService(options: Options) -> MultiService:
+    from twisted.internet import reactor
+
+    return build(options["settings"], reactor)

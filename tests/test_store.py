@@ -1,0 +1,388 @@
+"""The registry model: rules, cascade, health and garbage collection, stamps and the change feed. No HTTP, no
+sockets; time comes from a Clock."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from twisted.internet.task import Clock
+
+from nmos_ref.model.errors import InvalidResource, UnknownResource, VersionConflict
+from nmos_ref.model.store import Change, Registry
+from nmos_ref.model.tai import NS, TAIClock, format_tai, leap_offset, parse_tai, unix_to_tai_ns
+from nmos_ref.service import GarbageCollector
+
+START = 1_760_000_000.0  # a Unix time in 2025: TAI - UTC = 37 s
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def res(version: str = "100:0", **keys: Any) -> dict[str, Any]:
+    """A minimal resource: the model checks links and versions, not the schema (the API edge does that)."""
+    return {"id": keys.pop("id", new_id()), "version": version, "label": keys.pop("label", "x"), **keys}
+
+
+@pytest.fixture
+def clock() -> Clock:
+    clock = Clock()
+    clock.advance(START)
+    return clock
+
+
+@pytest.fixture
+def registry(clock: Clock) -> Registry:
+    return Registry(clock)
+
+
+@pytest.fixture
+def changes(registry: Registry) -> list[Change]:
+    seen: list[Change] = []
+    registry.feed.subscribe(seen.extend)
+    return seen
+
+
+def family(registry: Registry, version: str = "v1.3") -> dict[str, dict[str, Any]]:
+    """A Node with one of everything below it."""
+    node = res()
+    device = res(node_id=node["id"])
+    source = res(device_id=device["id"])
+    flow = res(device_id=device["id"], source_id=source["id"])
+    sender = res(device_id=device["id"], flow_id=flow["id"])
+    receiver = res(device_id=device["id"])
+    items = {"node": node, "device": device, "source": source, "flow": flow, "sender": sender, "receiver": receiver}
+    for kind, data in items.items():
+        assert registry.register(kind, data, version).created
+    return items
+
+
+def snapshot(registry: Registry) -> dict[str, Any]:
+    return {kind: [(r.id, r.data, r.updated) for r in registry.resources(kind)]
+            for kind in ("node", "device", "source", "flow", "sender", "receiver")}
+
+
+class TestRegister:
+    def test_create_keeps_data_exactly_and_stamps_it(self, registry: Registry, changes: list[Change]) -> None:
+        data = res(label="Studio 1 ünïcode", tags={"a": ["b"]})
+        outcome = registry.register("node", data, "v1.3")
+        assert outcome.created
+        record = registry.get("node", data["id"])
+        assert record is outcome.resource and record.data is data
+        assert record.api_version == "v1.3" and record.node_id == data["id"] and record.parent_id is None
+        assert record.created == record.updated == unix_to_tai_ns(START)
+        assert [(c.kind, c.id, c.pre, c.post, c.cause) for c in changes] == [("node", data["id"], None, record,
+                                                                              "register")]
+
+    def test_identical_repost_is_a_no_op(self, registry: Registry, changes: list[Change], clock: Clock) -> None:
+        data = res()
+        first = registry.register("node", data, "v1.3").resource
+        clock.advance(1)
+        again = registry.register("node", dict(data), "v1.3")
+        assert not again.created and again.resource is first
+        assert len(changes) == 1
+
+    def test_update_needs_a_later_version(self, registry: Registry, changes: list[Change], clock: Clock) -> None:
+        data = res(version="100:5")
+        first = registry.register("node", data, "v1.3").resource
+        clock.advance(1)
+        for version in ("100:5", "100:4", "99:999999999"):
+            with pytest.raises(InvalidResource, match="not later"):
+                registry.register("node", {**data, "label": "changed", "version": version}, "v1.3")
+        assert registry.get("node", data["id"]) is first
+        updated = registry.register("node", {**data, "label": "changed", "version": "100:6"}, "v1.3")
+        assert not updated.created
+        assert updated.resource.created == first.created and updated.resource.updated > first.updated
+        assert changes[-1].pre is first and changes[-1].post is updated.resource
+
+    def test_versions_compare_as_numbers(self, registry: Registry) -> None:
+        data = res(version="9:999999999")
+        registry.register("node", data, "v1.3")
+        assert not registry.register("node", {**data, "version": "10:0", "label": "y"}, "v1.3").created
+
+    def test_a_bad_version_is_refused(self, registry: Registry) -> None:
+        with pytest.raises(InvalidResource, match="TAI"):
+            registry.register("node", res(version="1.5"), "v1.3")
+        assert registry.count("node") == 0
+
+    @pytest.mark.parametrize("kind,link", [("device", "node_id"), ("source", "device_id"), ("sender", "device_id"),
+                                           ("receiver", "device_id"), ("flow", "device_id")])
+    def test_parent_must_exist(self, registry: Registry, kind: str, link: str) -> None:
+        with pytest.raises(InvalidResource, match="not registered"):
+            registry.register(kind, res(**{link: new_id()}), "v1.3")
+        assert registry.count(kind) == 0
+
+    def test_parent_must_be_of_the_right_type(self, registry: Registry) -> None:
+        items = family(registry)
+        with pytest.raises(InvalidResource):
+            registry.register("device", res(node_id=items["device"]["id"]), "v1.3")
+        with pytest.raises(InvalidResource):
+            registry.register("sender", res(device_id=items["node"]["id"]), "v1.3")
+
+    def test_v1_0_flow_hangs_off_its_source(self, registry: Registry) -> None:
+        items = family(registry, "v1.0")
+        flow = res(source_id=items["source"]["id"])
+        assert registry.register("flow", flow, "v1.0").resource.parent_id == items["source"]["id"]
+        with pytest.raises(InvalidResource):
+            registry.register("flow", res(source_id=new_id()), "v1.0")
+        registry.delete("source", items["source"]["id"], "v1.0")
+        assert registry.get("flow", flow["id"]) is None
+
+    def test_sender_flow_is_not_a_link(self, registry: Registry) -> None:
+        items = family(registry)
+        sender = res(device_id=items["device"]["id"], flow_id=new_id())
+        assert registry.register("sender", sender, "v1.3").created
+
+    def test_an_id_belongs_to_one_type(self, registry: Registry) -> None:
+        items = family(registry)
+        with pytest.raises(InvalidResource, match="already registered as a device"):
+            registry.register("source", res(id=items["device"]["id"], device_id=items["device"]["id"]), "v1.3")
+
+    def test_parent_never_changes(self, registry: Registry) -> None:
+        items = family(registry)
+        other = res(node_id=items["node"]["id"])
+        registry.register("device", other, "v1.3")
+        moved = {**items["source"], "device_id": other["id"], "version": "200:0"}
+        with pytest.raises(InvalidResource, match="cannot change"):
+            registry.register("source", moved, "v1.3")
+        assert registry.get("source", moved["id"]).data["device_id"] == items["device"]["id"]
+
+    def test_another_api_version_conflicts(self, registry: Registry) -> None:
+        items = family(registry, "v1.2")
+        with pytest.raises(VersionConflict) as caught:
+            registry.register("node", {**items["node"], "version": "200:0"}, "v1.3")
+        assert (caught.value.kind, caught.value.rid, caught.value.held_version) == ("node", items["node"]["id"],
+                                                                                    "v1.2")
+        with pytest.raises(VersionConflict):
+            registry.delete("device", items["device"]["id"], "v1.3")
+        with pytest.raises(VersionConflict):
+            registry.heartbeat(items["node"]["id"], "v1.3")
+        assert registry.get("device", items["device"]["id"]) is not None
+
+    def test_rejections_leave_the_store_unchanged(self, registry: Registry, changes: list[Change]) -> None:
+        items = family(registry)
+        before, published = snapshot(registry), len(changes)
+        for kind, data, version in [
+            ("device", res(node_id=new_id()), "v1.3"),
+            ("node", {**items["node"], "version": "1:0", "label": "older"}, "v1.3"),
+            ("node", {**items["node"], "version": "900:0"}, "v1.2"),
+            ("source", {**items["device"], "device_id": items["device"]["id"]}, "v1.3"),
+            ("flow", {**items["flow"], "device_id": new_id(), "version": "900:0"}, "v1.3"),
+        ]:
+            with pytest.raises((InvalidResource, VersionConflict)):
+                registry.register(kind, data, version)
+        assert snapshot(registry) == before and len(changes) == published
+
+
+class TestDelete:
+    def test_cascades_leaves_first(self, registry: Registry, changes: list[Change]) -> None:
+        items = family(registry)
+        del changes[:]
+        removed = registry.delete("node", items["node"]["id"], "v1.3")
+        assert removed == changes
+        assert {c.id for c in removed} == {d["id"] for d in items.values()}
+        assert removed[-1].id == items["node"]["id"] and removed[-1].cause == "delete"
+        assert {c.cause for c in removed[:-1]} == {"cascade"}
+        assert all(c.post is None and c.pre is not None for c in removed)
+        position = {c.id: i for i, c in enumerate(removed)}
+        assert position[items["device"]["id"]] > position[items["source"]["id"]]
+        assert all(registry.find(d["id"]) is None for d in items.values())
+        assert registry.last_seen(items["node"]["id"]) is None
+
+    def test_deleting_a_device_keeps_its_node(self, registry: Registry) -> None:
+        items = family(registry)
+        registry.delete("device", items["device"]["id"], "v1.3")
+        assert registry.get("node", items["node"]["id"]) is not None
+        assert all(registry.find(items[k]["id"]) is None for k in ("device", "source", "flow", "sender", "receiver"))
+        assert not registry.get("node", items["node"]["id"]).children
+
+    def test_children_deleted_in_the_wrong_order(self, registry: Registry) -> None:
+        items = family(registry)
+        registry.delete("node", items["node"]["id"], "v1.3")
+        with pytest.raises(UnknownResource):
+            registry.delete("device", items["device"]["id"], "v1.3")
+        # Re-registering the tree from scratch works: nothing stale was left behind.
+        assert registry.register("node", items["node"], "v1.3").created
+        assert registry.register("device", items["device"], "v1.3").created
+
+    def test_unknown_or_wrong_type(self, registry: Registry) -> None:
+        items = family(registry)
+        with pytest.raises(UnknownResource):
+            registry.delete("node", new_id(), "v1.3")
+        with pytest.raises(UnknownResource):
+            registry.delete("source", items["device"]["id"], "v1.3")
+
+
+class TestHealth:
+    def test_heartbeat_refreshes_and_never_creates(self, registry: Registry, clock: Clock) -> None:
+        items = family(registry)
+        clock.advance(3.5)
+        assert registry.heartbeat(items["node"]["id"], "v1.3") == START + 3.5
+        assert registry.health(items["node"]["id"], "v1.3") == START + 3.5
+        with pytest.raises(UnknownResource):
+            registry.heartbeat(new_id(), "v1.3")
+        with pytest.raises(UnknownResource):
+            registry.heartbeat(items["device"]["id"], "v1.3")
+        assert registry.count("node") == 1
+
+    def test_node_repost_counts_as_a_heartbeat(self, registry: Registry, clock: Clock) -> None:
+        items = family(registry)
+        clock.advance(10)
+        registry.register("node", items["node"], "v1.3")
+        assert registry.last_seen(items["node"]["id"]) == START + 10
+
+
+def run_collector(registry: Registry, clock: Clock) -> GarbageCollector:
+    collector = GarbageCollector(registry, clock)
+    collector.startService()
+    return collector
+
+
+class TestGarbageCollection:
+    def test_expires_between_12_and_13_seconds(self, registry: Registry, clock: Clock,
+                                               changes: list[Change]) -> None:
+        items = family(registry)
+        collector = run_collector(registry, clock)
+        del changes[:]
+        for _ in range(119):
+            clock.advance(0.1)
+        assert registry.get("node", items["node"]["id"]) is not None  # 11.9 s
+        for _ in range(11):
+            clock.advance(0.1)
+        assert all(registry.find(d["id"]) is None for d in items.values())  # by 13 s
+        assert {c.id for c in changes} == {d["id"] for d in items.values()}
+        assert [c.cause for c in changes].count("expire") == 1 and changes[-1].cause == "expire"
+        collector.stopService()
+
+    def test_never_sooner_than_the_expiry(self, registry: Registry, clock: Clock) -> None:
+        node = res()
+        registry.register("node", node, "v1.3")
+        clock.advance(11.999)
+        assert registry.collect_garbage() == []
+        clock.advance(0.001)
+        assert [c.id for c in registry.collect_garbage()] == [node["id"]]
+
+    def test_heartbeats_keep_nodes_alive(self, registry: Registry, clock: Clock) -> None:
+        alive, silent = family(registry), family(registry)
+        collector = run_collector(registry, clock)
+        for second in range(1, 61):
+            clock.advance(1)
+            if second % 5 == 0:
+                registry.heartbeat(alive["node"]["id"], "v1.3")
+        assert all(registry.find(d["id"]) is not None for d in alive.values())
+        assert all(registry.find(d["id"]) is None for d in silent.values())
+        collector.stopService()
+
+    def test_queue_stays_small_and_deleted_nodes_are_skipped(self, registry: Registry, clock: Clock) -> None:
+        items = family(registry)
+        registry.delete("node", items["node"]["id"], "v1.3")
+        clock.advance(13)
+        assert registry.collect_garbage() == []
+
+    def test_clock_going_backwards_does_not_keep_nodes_for_ever(self, registry: Registry, clock: Clock) -> None:
+        node = res()
+        registry.register("node", node, "v1.3")
+        clock.rightNow = START - 3600  # the wall clock is set back an hour
+        assert registry.collect_garbage() == []
+        clock.advance(11.9)
+        assert registry.collect_garbage() == []
+        clock.advance(0.2)
+        assert [c.id for c in registry.collect_garbage()] == [node["id"]]
+
+    def test_a_failing_sweep_is_logged_and_retried(self, registry: Registry, clock: Clock) -> None:
+        calls = []
+
+        def broken() -> list[Change]:
+            calls.append(1)
+            raise RuntimeError("boom")
+
+        registry.collect_garbage = broken  # type: ignore[method-assign]
+        collector = run_collector(registry, clock)
+        clock.advance(0.5)
+        clock.advance(0.5)
+        assert len(calls) == 3 and collector.running
+        collector.stopService()
+
+
+class TestStamps:
+    def test_leap_seconds(self) -> None:
+        assert leap_offset(START) == 37
+        assert leap_offset(1483228799) == 36 and leap_offset(1483228800) == 37
+        assert leap_offset(0) == 0
+        assert unix_to_tai_ns(1483228800.5) == (1483228800 + 37) * NS + NS // 2
+
+    def test_text_form(self) -> None:
+        assert format_tai(10) == "0:10"
+        assert format_tai(5 * NS + 7) == "5:7"
+        assert parse_tai("5:7") == 5 * NS + 7 and parse_tai("1:000000010") == NS + 10
+        for bad in ("5", "5.7", "-1:0", "1:1234567890", "a:b", "1:2:3", ""):
+            with pytest.raises(ValueError):
+                parse_tai(bad)
+
+    def test_strictly_increasing_even_if_time_stands_still_or_goes_back(self, clock: Clock) -> None:
+        tai = TAIClock(clock)
+        stamps = [tai.stamp() for _ in range(3)]
+        clock.rightNow = START - 10
+        stamps += [tai.stamp() for _ in range(2)]
+        assert stamps == sorted(set(stamps)) and len(stamps) == 5
+
+    def test_every_change_gets_a_unique_increasing_stamp(self, registry: Registry) -> None:
+        items = family(registry)
+        updated = registry.register("node", {**items["node"], "version": "200:0"}, "v1.3").resource
+        stamps = [registry.find(d["id"]).updated for d in items.values() if d is not items["node"]]
+        assert len(set(stamps + [updated.updated])) == 6 and updated.updated > max(stamps)
+
+
+class TestChangeFeed:
+    def test_a_failing_subscriber_does_not_stop_the_others(self, registry: Registry) -> None:
+        seen: list[Change] = []
+
+        def broken(batch: Any) -> None:
+            raise RuntimeError("consumer bug")
+
+        registry.feed.subscribe(broken)
+        registry.feed.subscribe(seen.extend)
+        node = res()
+        registry.register("node", node, "v1.3")
+        assert [c.id for c in seen] == [node["id"]] and registry.get("node", node["id"]) is not None
+
+    def test_unsubscribe(self, registry: Registry) -> None:
+        seen: list[Change] = []
+        stop = registry.feed.subscribe(seen.extend)
+        stop()
+        stop()
+        registry.register("node", res(), "v1.3")
+        assert seen == []
+
+
+class TestPagingIndex:
+    def test_windows_follow_updates_and_deletes(self, registry: Registry, clock: Clock) -> None:
+        nodes = [res() for _ in range(100)]
+        for node in nodes:
+            clock.advance(0.01)
+            registry.register("node", node, "v1.3")
+        index = registry.index("node", "update")
+        order = [r.id for r in index.newest_first()]
+        assert order == [n["id"] for n in reversed(nodes)]
+        # Move the oldest to the newest by updating it, and delete eighty others: compaction must keep the rest.
+        registry.register("node", {**nodes[0], "version": "200:0"}, "v1.3")
+        for node in nodes[1:81]:
+            registry.delete("node", node["id"], "v1.3")
+        live = [r.id for r in index.newest_first()]
+        assert live == [nodes[0]["id"]] + [n["id"] for n in reversed(nodes[81:])]
+        assert len(index) == 20
+        created = [r.id for r in registry.index("node", "create").oldest_first()]
+        assert created == [nodes[0]["id"]] + [n["id"] for n in nodes[81:]]
+
+    def test_bounds_are_since_exclusive_until_inclusive(self, registry: Registry, clock: Clock) -> None:
+        records = []
+        for _ in range(5):
+            clock.advance(1)
+            records.append(registry.register("node", res(), "v1.3").resource)
+        index = registry.index("node")
+        window = list(index.newest_first(since=records[1].updated, until=records[3].updated))
+        assert window == [records[3], records[2]]
+        assert list(index.oldest_first(since=records[3].updated)) == [records[4]]
+        assert list(index.newest_first(until=records[0].updated - 1)) == []
