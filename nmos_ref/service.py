@@ -85,8 +85,15 @@ def settings_from(options: Options) -> Settings:
         settings = Settings()
         if config_file is not None:
             settings = apply(settings, load_file(config_file), config_file)
+        flags: dict[str, Any] = {}
         for layer in layers:
-            settings = apply(settings, layer.flag_values(), "command line")
+            values = layer.flag_values()
+            # --listen adds up wherever it is given; other flags after the subcommand win.
+            values["listen"] = flags.get("listen", []) + values.get("listen", [])
+            flags.update(values)
+        if not flags["listen"]:
+            del flags["listen"]
+        settings = apply(settings, flags, "command line")
     except ConfigError as exc:
         raise usage.UsageError(str(exc)) from None
     from twisted.internet import reactor

@@ -7,6 +7,7 @@ reason. The schemas are only read from there, never copied into the project.
 from __future__ import annotations
 
 import json
+import os
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,8 @@ from jsonschema import Draft4Validator, FormatChecker
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT4
 
-AMWA = Path(__file__).resolve().parents[1].parent / "shared" / "amwa"
+# ../shared/amwa beside the repository; NMOS_REF_AMWA points elsewhere (CI runs a copy of the tests).
+AMWA = Path(os.environ.get("NMOS_REF_AMWA", Path(__file__).resolve().parents[1].parent / "shared" / "amwa"))
 IS04 = AMWA / "is-04"
 BASE = "https://official.amwa.invalid/is-04/"
 

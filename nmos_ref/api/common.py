@@ -63,8 +63,10 @@ def json_response(request: IRequest, status: int, body: Any) -> bytes:
     request.setResponseCode(status)
     request.setHeader(b"content-type", b"application/json")
     set_cors(request)
-    text = body if isinstance(body, Encoded) else _encode(body)
-    return text.encode("utf-8")
+    data = (body if isinstance(body, Encoded) else _encode(body)).encode("utf-8")
+    # A length instead of chunked framing: cheaper for both ends on these small bodies.
+    request.setHeader(b"content-length", b"%d" % len(data))
+    return data
 
 
 def json_list(items: Iterable[str]) -> Encoded:
@@ -75,6 +77,7 @@ def json_list(items: Iterable[str]) -> Encoded:
 def empty_response(request: IRequest, status: int = 204) -> bytes:
     request.setResponseCode(status)
     request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"content-length", b"0")
     set_cors(request)
     return b""
 
