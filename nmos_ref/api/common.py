@@ -107,11 +107,11 @@ def as_nmos_error(failure: Failure, request: IRequest) -> NmosError:
         return NmosError(404, str(exc))
     if isinstance(exc, ModelError):
         return NmosError(400, str(exc))
-    if isinstance(exc, MethodNotAllowed):
+    if isinstance(exc, MethodNotAllowed) and set(exc.valid_methods or ()) - {"OPTIONS"}:
         allowed = ", ".join(exc.valid_methods or [])
         return NmosError(405, f"{request.method.decode()} is not allowed here", f"allowed: {allowed}",
                          {"Allow": allowed})
-    if isinstance(exc, NotFound):
+    if isinstance(exc, (NotFound, MethodNotAllowed)):  # only the OPTIONS catch-all matched: no such path
         return NmosError(404, "No such resource", request.path.decode("utf-8", "replace"))
     if isinstance(exc, HTTPException):
         return NmosError(exc.code or 500, exc.name, exc.description)
