@@ -172,3 +172,43 @@ async def test_twistd_serves_and_stops_cleanly_on_sigterm(http: Any, tmp_path: P
     # twistd re-raises SIGTERM after a clean shutdown: a shell reports 143 (128 + 15).
     assert ended.signal == signal.SIGTERM or ended.exitCode == 143, process.output.decode(errors="replace")
     assert b"Traceback" not in process.output, process.output.decode(errors="replace")
+
+
+@pytest_twisted.ensureDeferred
+async def test_oversized_bodies_are_refused_without_being_kept(http: Any) -> None:
+    top = build(Settings(listen=["tcp:0:interface=127.0.0.1"]), reactor)
+    top.startService()
+    try:
+        port = await next(iter(top))._waitingForPort
+        url = f"http://127.0.0.1:{port.getHost().port}/x-nmos/registration/v1.3/resource"
+        big = json.dumps({"type": "node", "data": {**a_node(), "description": "x" * (2 << 20)}}).encode()
+        response = await http.post(url, data=big, headers={"Content-Type": "application/json"})
+        body = await response.json()
+        assert response.code == 413 and body["code"] == 413
+        assert_official("v1.3", "error", body)
+        assert top.registry.count("node") == 0
+    finally:
+        await top.stopService()
+
+
+def test_log_level_filters_below_the_setting() -> None:
+    from twisted.logger import Logger, globalLogPublisher
+
+    from nmos_ref.service import LogLevelService
+
+    seen: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(seen.append)
+    service = LogLevelService("warn")
+    try:
+        service.startService()
+        logger = Logger(namespace="nmos_ref.test")
+        logger.info("quiet {n}", n=1)
+        logger.warn("loud {n}", n=2)
+        service.stopService()
+        logger.info("after {n}", n=3)  # unfiltered again once stopped
+        mine = [event["log_format"] for event in seen if event.get("log_namespace") == "nmos_ref.test"]
+        assert mine == ["loud {n}", "after {n}"]
+    finally:
+        if service.running:
+            service.stopService()
+        globalLogPublisher.removeObserver(seen.append)
