@@ -14,6 +14,7 @@ from twisted.logger import FilteringLogObserver, ILogObserver, LogLevel, LogLeve
 from twisted.python import usage
 
 from nmos_ref.api.common import make_site, root_resource
+from nmos_ref.api.query import QueryAPI
 from nmos_ref.api.registration import RegistrationAPI
 from nmos_ref.config import ConfigError, Settings, apply, load_file
 from nmos_ref.model.store import Registry
@@ -153,7 +154,9 @@ def build(settings: Settings, reactor: Any, clock: IReactorTime | None = None) -
     registry = Registry(clock, expiry=settings.registration_expiry_interval)
     schemas = Schemas()
     registration = RegistrationAPI(registry, schemas, settings.api_versions)
-    site = make_site(root_resource({"registration": registration.app.resource()}), settings.access_log)
+    query = QueryAPI(registry, settings.api_versions, host_name=settings.host_name)
+    site = make_site(root_resource({"registration": registration.app.resource(), "query": query.app.resource()}),
+                     settings.access_log)
     for description in settings.listen:
         listener: IService = strports.service(description, site, reactor=reactor)
         listener.setServiceParent(top)

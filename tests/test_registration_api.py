@@ -10,7 +10,7 @@ from attrs import define
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
 
-from factories import VERSIONS, bump, device, family, new_id, node, source
+from resources import VERSIONS, Family, bump, device, new_id, node, source
 from nmos_ref.api.common import root_resource
 from nmos_ref.api.registration import RegistrationAPI
 from nmos_ref.model.store import Registry
@@ -84,7 +84,7 @@ def api() -> Harness:
 
 
 def registered(api: Harness, version: str) -> list[tuple[str, dict[str, Any]]]:
-    members = family(version)
+    members = Family.build(version).members()
     for kind, data in members:
         assert api.post(version, kind, data).code == 201
     return members
@@ -121,7 +121,7 @@ class TestListings:
 class TestRegister:
     @pytest.mark.parametrize("version", VERSIONS)
     def test_family_created_then_updated(self, api: Harness, version: str) -> None:
-        for kind, data in family(version):
+        for kind, data in Family.build(version).members():
             answer = api.post(version, kind, data)
             assert answer.code == 201, answer.body
             assert answer.body == data

@@ -118,7 +118,7 @@ async def test_service_on_a_loopback_port(http: Any) -> None:
         port = await listener._waitingForPort
         base = f"http://127.0.0.1:{port.getHost().port}"
         response = await http.get(f"{base}/x-nmos/")
-        assert response.code == 200 and await response.json() == ["registration/"]
+        assert response.code == 200 and await response.json() == ["query/", "registration/"]
         node = a_node()
         response = await http.post(f"{base}/x-nmos/registration/v1.3/resource",
                                    json={"type": "node", "data": node})

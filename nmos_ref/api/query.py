@@ -1,0 +1,375 @@
+"""The IS-04 Query API, every served version at once, mounted at `/x-nmos/query/`.
+
+Handlers parse, ask the model and shape the answer; what a query means lives in `nmos_ref.model.query`, the version
+tables in `nmos_ref.model.downgrade` and the indexes in `nmos_ref.model.indexes`. docs/query.md is the user's view.
+"""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_right
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
+from typing import Any, NoReturn
+from urllib.parse import unquote_to_bytes
+
+from attrs import frozen
+from klein import Klein
+from twisted.web.iweb import IRequest
+
+from nmos_ref.api.common import Encoded, NmosError, add_error_handlers, json_list, json_response, options_response
+from nmos_ref.model.downgrade import Translations, affects, stripped_paths
+from nmos_ref.model.indexes import Indexes
+from nmos_ref.model.query import (BadQuery, Limits, Page, Paging, Query, UnsupportedQuery, ancestry, page,
+                                  parse_downgrade, parse_query)
+from nmos_ref.model.store import Registry, Resource
+from nmos_ref.model.tai import format_tai
+from nmos_ref.model.versions import SINGULARS, parse_version
+
+COLLECTIONS = ["nodes/", "sources/", "flows/", "devices/", "senders/", "receivers/", "subscriptions/"]
+# A candidate set this much smaller than its collection is fetched and sorted; a larger one is answered by walking
+# the collection in order and testing membership.
+_SORT_RATIO = 8
+STAMPS = {"update": "updated", "create": "created"}  # paging.order -> the Resource attribute it pages on
+
+
+@frozen
+class Param:
+    """One query string parameter: decoded key and value, and the bytes it was sent as (kept for `Link`)."""
+
+    key: str
+    value: str
+    raw: bytes
+
+
+def query_params(request: IRequest) -> list[Param]:
+    """The request's query string, in order (`+` is a space, as in HTML forms); 400 for bytes that are not UTF-8."""
+    _, _, query = request.uri.partition(b"?")
+    params = []
+    for raw in query.split(b"&"):
+        if raw:
+            key, _, value = raw.partition(b"=")
+            params.append(Param(_unquote(key), _unquote(value), raw))
+    return params
+
+
+def _unquote(raw: bytes) -> str:
+    try:
+        return unquote_to_bytes(raw.replace(b"+", b" ")).decode("utf-8")
+    except UnicodeDecodeError:
+        raise NmosError(400, "The query string is not valid percent-encoded UTF-8",
+                        raw.decode("latin-1")) from None
+
+
+# Bytes kept as they are in a Link URL: RFC 3986 unreserved and reserved characters, except "," (clients, the AMWA
+# tool included, split Link headers at commas) and "%" (kept only as the start of an escape).
+_UNSAFE = re.compile(rb"[^A-Za-z0-9\-._~!$&'()*+;=:@/?%]|%(?![0-9A-Fa-f]{2})")
+_HOST = re.compile(r"(?:[A-Za-z0-9\-._~]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+
+
+def link_safe(raw: bytes) -> str:
+    return _UNSAFE.sub(lambda m: b"%%%02X" % m.group(0)[0], raw).decode("ascii")
+
+
+def _refuse(exc: Exception) -> NoReturn:
+    if isinstance(exc, UnsupportedQuery):
+        raise NmosError(501, str(exc)) from None
+    raise NmosError(400, str(exc)) from None
+
+
+class IndexTimeline:
+    """A collection's time index, filtered (when no index narrowed the query)."""
+
+    def __init__(self, registry: Registry, kind: str, order: str, accept: Callable[[Resource], bool],
+                 among: set[str] | None = None) -> None:
+        self.index = registry.index(kind, order)
+        self.attribute = STAMPS[order]
+        self.accept = accept
+        self.among = among
+
+    def _filter(self, records: Iterator[Resource]) -> Iterator[tuple[int, Resource]]:
+        attribute, accept, among = self.attribute, self.accept, self.among
+        for record in records:
+            if (among is None or record.id in among) and accept(record):
+                yield getattr(record, attribute), record
+
+    def newest_first(self, since: int | None, until: int | None) -> Iterator[tuple[int, Resource]]:
+        return self._filter(self.index.newest_first(since, until))
+
+    def oldest_first(self, since: int | None, until: int | None) -> Iterator[tuple[int, Resource]]:
+        return self._filter(self.index.oldest_first(since, until))
+
+
+class ListTimeline:
+    """A few resources (from indexes or an ancestry search), sorted by stamp."""
+
+    def __init__(self, records: list[Resource], order: str) -> None:
+        attribute = STAMPS[order]
+        self.items = sorted(((getattr(record, attribute), record) for record in records), key=lambda item: item[0])
+        self.stamps = [stamp for stamp, _ in self.items]
+
+    def _bounds(self, since: int | None, until: int | None) -> tuple[int, int]:
+        low = bisect_right(self.stamps, since) if since is not None else 0
+        high = bisect_right(self.stamps, until) if until is not None else len(self.stamps)
+        return low, high
+
+    def newest_first(self, since: int | None, until: int | None) -> Iterator[tuple[int, Resource]]:
+        low, high = self._bounds(since, until)
+        return (self.items[i] for i in range(high - 1, low - 1, -1))
+
+    def oldest_first(self, since: int | None, until: int | None) -> Iterator[tuple[int, Resource]]:
+        low, high = self._bounds(since, until)
+        return (self.items[i] for i in range(low, high))
+
+
+class QueryAPI:
+    """Read-only views of the registry, per version, filtered, paged and translated."""
+
+    app = Klein()
+    add_error_handlers(app)
+
+    def __init__(self, registry: Registry, versions: Sequence[str], host_name: str | None = None,
+                 limits: Limits = Limits()) -> None:
+        self.registry = registry
+        self.versions = list(versions)
+        self.host_name = host_name  # for Link URLs; default: the Host the client used
+        self.limits = limits
+        self.indexes = Indexes(registry)
+        self.translations = Translations()
+        registry.feed.subscribe(self.translations.changed)
+
+    # Listings
+
+    @app.route("/", methods=["GET"], strict_slashes=False)
+    def versions_listing(self, request: IRequest) -> bytes:
+        return json_response(request, 200, [f"{version}/" for version in self.versions])
+
+    @app.route("/<version>", methods=["GET"], strict_slashes=False)
+    def base(self, request: IRequest, version: str) -> bytes:
+        self._version(version)
+        return json_response(request, 200, COLLECTIONS)
+
+    @app.route("/", methods=["OPTIONS"], strict_slashes=False)
+    @app.route("/<path:_rest>", methods=["OPTIONS"], strict_slashes=False)
+    def options(self, request: IRequest, _rest: str = "") -> bytes:
+        return options_response(self.app, request)
+
+    # Resources
+
+    @app.route("/<version>/<collection>", methods=["GET"], strict_slashes=False)
+    def list_resources(self, request: IRequest, version: str, collection: str) -> bytes:
+        self._version(version)
+        kind = self._kind(collection)
+        params = query_params(request)
+        try:
+            query = parse_query([(p.key, p.value) for p in params], version, collection, self.limits)
+        except (BadQuery, UnsupportedQuery) as exc:
+            _refuse(exc)
+        accept = self._acceptor(kind, version, query)
+        candidates = self._candidates(kind, query)
+        if query.ancestry is not None:
+            request.setHeader(b"x-ancestry-generations", str(query.ancestry.generations).encode())
+        if query.paging is None:
+            records = self._unpaged(kind, candidates, accept)
+        else:
+            result = self._page(kind, query.paging, candidates, accept)
+            self._paging_headers(request, params, result)
+            records = result.items
+        translations = self.translations
+        return json_response(request, 200, json_list([translations.json(record, version) for record in records]))
+
+    @app.route("/<version>/<collection>/<rid>", methods=["GET"], strict_slashes=False)
+    def get_resource(self, request: IRequest, version: str, collection: str, rid: str) -> bytes:
+        self._version(version)
+        kind = self._kind(collection)
+        floor = self._single_downgrade(request, version)
+        record = self.registry.get(kind, rid)
+        if record is None:
+            raise NmosError(404, f"No {kind} {rid} is registered")
+        if self._visibility(version, floor)(record.api_version):
+            return json_response(request, 200, Encoded(self.translations.json(record, version)))
+        held, asked = parse_version(record.api_version), parse_version(version)
+        if held[0] == asked[0] and held < asked and asked >= (1, 3):
+            # QueryAPI.raml v1.3: 409 "when the requested ID exists in the registry at a lower API version and a
+            # query downgrade has not been requested, or the requested downgrade does not extend as far as the
+            # resource's API version. The correct API version is identified via the Location header."
+            raise NmosError(409, f"{kind} {rid} is registered at {record.api_version}; ask for it there or with "
+                                 f"query.downgrade={record.api_version}", None,
+                            {"Location": f"/x-nmos/query/{record.api_version}/{collection}/{rid}"})
+        # v1.1 and v1.2 define no 409 here: the resource does not exist at this version.
+        raise NmosError(404, f"No {kind} {rid} is registered at {version}",
+                        f"it is registered at {record.api_version}")
+
+    # Subscriptions: WebSockets come with the next issue; the listing entry and the paths exist already.
+
+    @app.route("/<version>/subscriptions", methods=["GET"], strict_slashes=False)
+    def list_subscriptions(self, request: IRequest, version: str) -> bytes:
+        self._version(version)
+        params = query_params(request)
+        try:
+            query = parse_query([(p.key, p.value) for p in params], version, "subscriptions", self.limits)
+        except (BadQuery, UnsupportedQuery) as exc:
+            _refuse(exc)
+        # IS-04 "Upgrade Path": /subscriptions is never translated, so query.downgrade changes nothing here.
+        if query.paging is not None:
+            self._paging_headers(request, params, page(ListTimeline([], query.paging.order), 0, query.paging))
+        return json_response(request, 200, [])
+
+    @app.route("/<version>/subscriptions", methods=["POST"], strict_slashes=False)
+    def post_subscription(self, request: IRequest, version: str) -> bytes:
+        self._version(version)
+        raise NmosError(501, "WebSocket subscriptions are not implemented yet")
+
+    @app.route("/<version>/subscriptions/<sid>", methods=["GET", "DELETE"], strict_slashes=False)
+    def subscription(self, request: IRequest, version: str, sid: str) -> bytes:
+        self._version(version)
+        raise NmosError(404, f"No subscription {sid}")
+
+    # Helpers
+
+    def _version(self, version: str) -> str:
+        if version not in self.versions:
+            raise NmosError(404, f"Query API version {version} is not served", f"served: {', '.join(self.versions)}")
+        return version
+
+    @staticmethod
+    def _kind(collection: str) -> str:
+        kind = SINGULARS.get(collection)
+        if kind is None:
+            raise NmosError(404, f"No collection {collection!r}", f"collections: {', '.join(COLLECTIONS)}")
+        return kind
+
+    @staticmethod
+    def _visibility(version: str, floor: str | None) -> Callable[[str], bool]:
+        """Which held versions a request at `version` serves: its own and higher minors (translated), and the minors
+        down to `floor` (`query.downgrade`, served as they are); never another major."""
+        major, lowest = parse_version(floor or version)
+        verdicts: dict[str, bool] = {}
+
+        def visible(held: str) -> bool:
+            verdict = verdicts.get(held)
+            if verdict is None:
+                held_major, held_minor = parse_version(held)
+                verdict = verdicts[held] = held_major == major and held_minor >= lowest
+            return verdict
+
+        return visible
+
+    def _single_downgrade(self, request: IRequest, version: str) -> str | None:
+        """`query.downgrade` on a single resource (its only trait); other parameters are ignored there."""
+        values = [p.value for p in query_params(request) if p.key == "query.downgrade"]
+        if not values:
+            return None
+        if len(values) > 1:
+            raise NmosError(400, "the query parameter 'query.downgrade' is given more than once")
+        if version == "v1.0":
+            raise NmosError(501, "query.downgrade: IS-04 v1.0 has no downgrade queries (they start at v1.1)")
+        try:
+            return parse_downgrade(values[0], version)
+        except BadQuery as exc:
+            _refuse(exc)
+
+    def _candidates(self, kind: str, query: Query) -> set[str] | None:
+        """Ids the filter and the ancestry search allow, or None for "any"."""
+        found = query.filter.candidates(partial(self.indexes.lookup, kind)) if query.filter is not None else None
+        if query.ancestry is not None:
+            registry, indexes = self.registry, self.indexes
+
+            def parents(rid: str) -> list[str]:
+                record = registry.get(kind, rid)
+                listed = record.data.get("parents") if record is not None else None
+                return listed if isinstance(listed, list) else []
+
+            related = ancestry(query.ancestry.id, query.ancestry.direction, query.ancestry.generations, parents,
+                               partial(indexes.children, kind))
+            found = related if found is None else related & found
+        return found
+
+    def _acceptor(self, kind: str, version: str, query: Query) -> Callable[[Resource], bool]:
+        """Whether a resource of the collection belongs in the answer: served at this version, and matching the
+        filter as served (keys stripped for a lower version can no longer match)."""
+        visible = self._visibility(version, query.downgrade)
+        expr = query.filter
+        if expr is None:
+            return lambda record: visible(record.api_version)
+        data = partial(self.translations.data, version=version)
+        if query.has_rql or not all(self.indexes.covers(term.path) for term in query.basic):
+            return lambda record: visible(record.api_version) and expr.matches(data(record))
+        # Only indexed basic terms: the candidates are exact for data as registered, so only resources whose
+        # served form lost a queried key need another look.
+        paths = [term.path for term in query.basic]
+        recheck: dict[str, bool] = {}
+
+        def accept(record: Resource) -> bool:
+            held = record.api_version
+            if not visible(held):
+                return False
+            again = recheck.get(held)
+            if again is None:
+                stripped = stripped_paths(kind, held, version) if held != version else ()
+                again = recheck[held] = any(affects(stripped, path) for path in paths)
+            return not again or expr.matches(data(record))
+
+        return accept
+
+    def _few(self, kind: str, candidates: set[str] | None) -> bool:
+        return candidates is not None and len(candidates) * _SORT_RATIO < self.registry.count(kind)
+
+    def _fetch(self, kind: str, candidates: set[str], accept: Callable[[Resource], bool]) -> list[Resource]:
+        get = self.registry.get
+        return [record for record in map(partial(get, kind), candidates) if record is not None and accept(record)]
+
+    def _unpaged(self, kind: str, candidates: set[str] | None, accept: Callable[[Resource], bool]) \
+            -> list[Resource]:
+        """v1.0: every match, oldest registration first."""
+        if self._few(kind, candidates):
+            assert candidates is not None
+            return sorted(self._fetch(kind, candidates, accept), key=lambda record: record.created)
+        return [record for record in self.registry.resources(kind)
+                if (candidates is None or record.id in candidates) and accept(record)]
+
+    def _page(self, kind: str, paging: Paging, candidates: set[str] | None,
+              accept: Callable[[Resource], bool]) -> Page:
+        newest_record = next(self.registry.index(kind, paging.order).newest_first(), None)
+        newest = getattr(newest_record, STAMPS[paging.order]) if newest_record is not None else 0
+        timeline: IndexTimeline | ListTimeline
+        if self._few(kind, candidates):
+            assert candidates is not None
+            timeline = ListTimeline(self._fetch(kind, candidates, accept), paging.order)
+        else:
+            timeline = IndexTimeline(self.registry, kind, paging.order, accept, candidates)
+        return page(timeline, newest, paging)
+
+    def _paging_headers(self, request: IRequest, params: list[Param], result: Page) -> None:
+        """X-Paging-* and Link (IS-04 "APIs - Query Parameters"): absolute URLs that keep every other parameter
+        of the request as it was sent (paging.order too, so the next page keeps the same order)."""
+        request.setHeader(b"x-paging-limit", str(result.limit).encode())
+        request.setHeader(b"x-paging-since", format_tai(result.since).encode())
+        request.setHeader(b"x-paging-until", format_tai(result.until).encode())
+        base = self._base_url(request)
+        kept = [link_safe(p.raw) for p in params if not p.key.startswith("paging.") or p.key == "paging.order"]
+        limit = f"paging.limit={result.limit}"
+
+        def url(*paging: str) -> str:
+            return base + "?" + "&".join([*kept, *paging])
+
+        links = (("first", url("paging.since=0:0", limit)),
+                 ("prev", url(f"paging.until={format_tai(result.since)}", limit)),
+                 ("next", url(f"paging.since={format_tai(result.until)}", limit)),
+                 ("last", url(limit)))
+        request.setHeader(b"link", ", ".join(f'<{target}>; rel="{rel}"' for rel, target in links).encode())
+
+    def _base_url(self, request: IRequest) -> str:
+        """scheme://host[:port]/path of the request, as the client addressed it."""
+        scheme = "https" if request.isSecure() else "http"
+        host = (request.getHeader(b"host") or b"").decode("latin-1")
+        if _HOST.fullmatch(host) is None:
+            address: Any = request.getHost()
+            name = getattr(address, "host", "localhost")
+            host = f"[{name}]:{address.port}" if ":" in name else f"{name}:{address.port}"
+        if self.host_name is not None:
+            port = host.rpartition(":")[2] if not host.endswith("]") and ":" in host else ""
+            name = f"[{self.host_name}]" if ":" in self.host_name else self.host_name
+            host = name + (f":{port}" if port else "")
+        return f"{scheme}://{host}{link_safe(request.path)}"
+
