@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# Run the AMWA conformance suites (nmos-testing) against nmos-ref's registry, one harness run per IS-04
+# version, through the team's harness (../shared/tools/conformance; see docs/conformance.md).
+#
+# usage: scripts/conformance.sh [SUITE ...] [-- extra run.sh args]
+#   SUITE       default IS-04-02 (the only suite with an nmos-ref recipe so far: the registry)
+#   after --     anything run.sh takes (--set KEY=VALUE, --ignore T.., --selection S, --timeout S, ...), plus
+#                --version V [V ...]  the IS-04 versions to run, one run each (default v1.0 v1.1 v1.2 v1.3)
+#                --out DIR            results folder (default $NMOS_SCRATCH/conformance-results/nmos-ref-<time>)
+# Each run starts, inside the harness's network namespace:
+#   twistd -n --pidfile= --logfile=OUT/VER/registry.log nmos-ref registry --listen tcp:8235:interface=127.0.0.1
+#   scripts/conformance_seed.py: registers one Node (node, device, source, flow, sender, receiver) at the
+#     version under test and heartbeats it every 5 s, so the tool's /{id} auto tests have something to GET
+# and the tool starts once both are ready. The working tree's code is used (PYTHONPATH=<repo>).
+# Prints per version the totals line and the tests that did not pass; everything else is in the results folder.
+#
+# env: NMOS_SCRATCH (default ~/nmos-scratch; the harness's setup.sh made nmos-testing/ in it), NMOS_HARNESS,
+#      NMOS_REF_PORT (8235), NMOS_SEED_READY_PORT (18235), NMOS_VERSIONS, TWISTD (twistd), PYTHON (python3)
+# Exit: worst over the runs: 0 all pass, 1 a Warning, 2 a Fail, 3 a run produced no results; 64 bad usage/setup.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+HARNESS=${NMOS_HARNESS:-$ROOT/../shared/tools/conformance}
+export NMOS_SCRATCH=${NMOS_SCRATCH:-$HOME/nmos-scratch}
+WORK=${NMOS_TESTING_DIR:-$NMOS_SCRATCH/nmos-testing}
+PORT=${NMOS_REF_PORT:-8235}
+READY_PORT=${NMOS_SEED_READY_PORT:-18235}
+TWISTD=${TWISTD:-twistd}
+PYTHON=${PYTHON:-python3}
+read -r -a VERSIONS <<<"${NMOS_VERSIONS:-v1.0 v1.1 v1.2 v1.3}"
+OUT=""
+
+die() { echo "conformance.sh: $*" >&2; exit 64; }
+
+suites=()
+while (($#)); do
+  case "$1" in
+    --) shift; break ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
+    -*) die "unknown option $1 (run.sh options go after --)" ;;
+    *) suites+=("$1"); shift ;;
+  esac
+done
+((${#suites[@]})) || suites=(IS-04-02)
+extra=()
+while (($#)); do
+  case "$1" in
+    --version|--versions)
+      shift; VERSIONS=()
+      while (($#)) && [[ $1 != -* ]]; do VERSIONS+=("$1"); shift; done
+      ((${#VERSIONS[@]})) || die "--version needs at least one version" ;;
+    --out) OUT=${2:?--out needs a folder}; shift 2 ;;
+    --port|--host|--start|--wait) die "$1 is set by this script (see NMOS_REF_PORT)" ;;
+    *) extra+=("$1"); shift ;;
+  esac
+done
+for s in "${suites[@]}"; do
+  case "$s" in
+    IS-04-02) ;;
+    *) die "no nmos-ref recipe for suite $s yet (registry suites: IS-04-02)" ;;
+  esac
+done
+for v in "${VERSIONS[@]}"; do [[ $v =~ ^v1\.[0-3]$ ]] || die "unknown IS-04 version $v"; done
+
+# ---- preflight: fail early with the fix, not after a timed-out run
+[[ $EUID == 0 ]] || die "needs root: the harness makes and enters a network namespace"
+[[ -x $HARNESS/run.sh ]] || die "no harness at $HARNESS (set NMOS_HARNESS)"
+[[ -f $WORK/nmos-test.py ]] ||
+  die "no nmos-testing work area at $WORK: run NMOS_MIRRORS=... NMOS_SCRATCH=$NMOS_SCRATCH $HARNESS/setup.sh"
+# absolute paths: the IUT commands run under bash in the netns, where an activated venv should still win
+TWISTD=$(command -v "$TWISTD") || die "no twistd on PATH (activate the project's venv, or set TWISTD)"
+PYTHON=$(command -v "$PYTHON") || die "no $PYTHON on PATH"
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+plugins=$(cd "$ROOT" && "$TWISTD" --help 2>&1 || true)  # (not piped into grep -q: pipefail + SIGPIPE)
+[[ $plugins == *nmos-ref* ]] || die "'$TWISTD --help' does not list nmos-ref (install the project: pip install -e .)"
+if ! check=$(cd "$ROOT" && "$TWISTD" nmos-ref registry --help 2>&1); then
+  printf '%s\n' "$check" | tail -5 >&2
+  die "'$TWISTD nmos-ref registry --help' failed"
+fi
+unset PYTHONPATH  # the tool must not see the project; the IUT commands below set it themselves
+
+OUT=${OUT:-$NMOS_SCRATCH/conformance-results/nmos-ref-$(date +%Y%m%d-%H%M%S)}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo "no commit")
+dirty=$(git -C "$ROOT" status --porcelain 2>/dev/null | head -1)
+echo "nmos-ref $rev${dirty:+ (uncommitted changes)} | ${suites[*]} at ${VERSIONS[*]} | results $OUT"
+
+worst=0
+for ver in "${VERSIONS[@]}"; do
+  out=$OUT/$ver
+  mkdir -p "$out"
+  registry=$(printf 'cd %q && PYTHONPATH=%q exec %q -n --pidfile= --logfile=%q nmos-ref registry --listen %q' \
+    "$ROOT" "$ROOT" "$TWISTD" "$out/registry.log" "tcp:$PORT:interface=127.0.0.1")
+  seeder=$(printf 'exec %q %q --registry %q --version %q --ready-port %q' \
+    "$PYTHON" "$ROOT/scripts/conformance_seed.py" "http://127.0.0.1:$PORT" "$ver" "$READY_PORT")
+  echo "==> ${suites[*]} $ver (full output: $out/run.txt)"
+  rc=0
+  "$HARNESS/run.sh" "${suites[@]}" --port "$PORT" --version "$ver" --out "$out" \
+    --start "$registry" --start "$seeder" --wait "127.0.0.1:$PORT" --wait "127.0.0.1:$READY_PORT" \
+    ${extra[@]+"${extra[@]}"} >"$out/run.txt" 2>&1 || rc=$?
+  # The harness exits 0..3; anything else is the harness itself failing (bad option, setup missing).
+  if ((rc > 3)); then
+    tail -5 "$out/run.txt" >&2
+    echo "  harness failed (exit $rc)"
+    rc=3
+  fi
+  ((rc > worst)) && worst=$rc
+  "$PYTHON" - "$HARNESS" "$out" <<'EOF' || true
+import glob, json, os, sys
+harness, out = sys.argv[1:3]
+sys.path.insert(0, harness)
+import summarise  # the harness's reader of the tool's JSON and of its own JUnit XML (which has suite errors)
+
+seconds = {}
+try:
+    with open(os.path.join(out, "summary.json")) as f:
+        seconds = {s["suite"]: s["seconds"] for s in json.load(f)["suites"]}
+except (OSError, ValueError, KeyError):
+    pass
+ORDER = ["Error", "Fail", "Warning", "Could Not Test", "Not Implemented"]  # shown with the tool's detail
+NAMES_ONLY = {"Not Applicable": "n/a", "Manual": "manual", "Test Disabled": "disabled"}  # expected per version/config
+for xml in sorted(glob.glob(os.path.join(out, "*.xml"))):
+    js = xml[:-4] + ".json"  # the tool's own results: exact states, and which path each auto_* test hit
+    res = summarise.load(js if os.path.exists(js) else xml)
+    tests = [r for r in res["results"] if r["name"] not in summarise.BOOKKEEPING]
+    took = seconds.get(res["suite"])
+    print("  " + summarise.totals_line(res) + ("  [{:.0f} s]".format(took) if took is not None else ""))
+    w = max([len(r["name"]) for r in tests] + [8])
+    for state in ORDER + sorted({r["state"] for r in tests} - set(ORDER) - set(NAMES_ONLY) - {"Pass"}):
+        for r in tests:
+            if r["state"] == state:
+                detail = " ".join(str(r["detail"]).split())
+                if r["name"].startswith("auto_") and r["description"]:
+                    detail = "[{}] {}".format(r["description"], detail)
+                print("    {:<{w}}  {:<15}  {}".format(r["name"], state, detail, w=w))
+    for state, short in NAMES_ONLY.items():
+        names = [r["name"] for r in tests if r["state"] == state]
+        if names:
+            print("    {}: {}".format(short, " ".join(names)))
+
+def lines(path, words):
+    try:
+        with open(path, errors="replace") as f:
+            return [ln.rstrip() for ln in f if any(w in ln for w in words)]
+    except OSError:
+        return []
+
+# problems outside the tool's results: the harness (IUT died, port not up), the seeder, the registry
+for ln in lines(os.path.join(out, "run.txt"), ["WARNING:"]):
+    print("  harness: " + ln.strip())
+for ln in lines(os.path.join(out, "iut-1.log"), ["ERROR", "WARNING", "heartbeats answered"]):
+    print("  seeder:  " + ln.strip())
+reg_log = os.path.join(out, "registry.log")
+if any(r["state"] == "Error" for x in glob.glob(os.path.join(out, "*.xml")) for r in summarise.load(x)["results"]):
+    for path in (os.path.join(out, "iut-0.log"), reg_log):
+        try:
+            with open(path, errors="replace") as f:
+                tail = f.read().splitlines()[-8:]
+        except OSError:
+            continue
+        if tail:
+            print("  last lines of {}:".format(path))
+            print("\n".join("    " + t for t in tail))
+EOF
+done
+echo "results: $OUT (exit $worst)"
+exit "$worst"
