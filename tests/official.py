@@ -22,8 +22,8 @@ AMWA = Path(os.environ.get("NMOS_REF_AMWA", Path(__file__).resolve().parents[1].
 IS04 = AMWA / "is-04"
 BASE = "https://official.amwa.invalid/is-04/"
 
-# The formats nmos-testing checks (it builds FormatChecker(["ipv4", "ipv6", "uri"])); "uri" only where jsonschema
-# has a URI checker installed.
+# The formats nmos-testing checks (it builds FormatChecker(["ipv4", "ipv6", "uri"]), with rfc3987 for "uri", which
+# the test extras install too).
 FORMATS = FormatChecker([name for name in ("ipv4", "ipv6", "uri") if name in FormatChecker.checkers])
 
 # Where a schema's file name differs between versions.

@@ -102,6 +102,13 @@ class TestRegister:
         registry.register("node", data, "v1.3")
         assert not registry.register("node", {**data, "version": "10:0", "label": "y"}, "v1.3").created
 
+    def test_ids_are_exact_uuids(self, registry: Registry) -> None:
+        good = new_id()
+        for bad in (good + "\n", good.upper(), "not-a-uuid", 42):
+            with pytest.raises(InvalidResource, match="UUID"):
+                registry.register("node", res(id=bad), "v1.3")
+        assert registry.count("node") == 0
+
     def test_a_bad_version_is_refused(self, registry: Registry) -> None:
         with pytest.raises(InvalidResource, match="TAI"):
             registry.register("node", res(version="1.5"), "v1.3")

@@ -8,6 +8,7 @@ children are linked, the paging indexes are appended to, and garbage collection 
 from __future__ import annotations
 
 import json
+import re
 from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -24,6 +25,10 @@ from nmos_ref.model.versions import TYPES
 log = Logger()
 
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+# The schemas' id pattern ends in "$", which (as Python and the official schemas read it) lets a final newline
+# through; an id is a path segment in every API, so the store holds it to the exact form.
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[1-5][0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 
 
 @define(slots=True, eq=False)
@@ -217,6 +222,8 @@ class Registry:
                  client_id: str | None = None) -> Registration:
         """Create or update a resource. `data` must already be valid for `api_version` and is kept as it is."""
         rid = data["id"]
+        if not isinstance(rid, str) or _UUID.fullmatch(rid) is None:
+            raise InvalidResource(f"{kind} id must be a lower-case UUID, not {rid!r}")
         existing = self._by_id.get(rid)
         if existing is not None:
             if existing.kind != kind:
