@@ -1,0 +1,44 @@
+"""Keeps Python's full garbage collections short while the registry holds a large store.
+
+A full (generation 2) collection scans every tracked object. With 50,000 resources that is over a million objects
+and a pause of 0.3-0.7 s on this project's machines, landing on whatever request is running: a heartbeat, a
+registration, a query. The registry's data is acyclic and lives long, so after each full collection the survivors are
+moved to the permanent generation (`gc.freeze`): later collections scan only what is newer, and frozen objects are
+still freed by reference counting as soon as they are dropped (a deleted resource is freed at once). What freezing
+gives up is the cycle collector for objects that were alive at a freeze and only later form unreachable cycles; in
+this service those are a few objects per connection open at that moment.
+"""
+
+from __future__ import annotations
+
+import gc
+from types import ModuleType
+from typing import Any
+
+from twisted.application.internet import TimerService
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+log = Logger()
+
+
+class FreezeAfterFullCollection(TimerService):
+    """Every `period` seconds: if a full collection ran since the last look, freeze what survived it."""
+
+    def __init__(self, clock: IReactorTime, period: float = 1.0, collector: ModuleType | Any = gc) -> None:
+        super().__init__(period, self._look)
+        self.clock = clock
+        self.collector = collector
+        self._seen = collector.get_stats()[2]["collections"]
+
+    def _look(self) -> None:
+        full = self.collector.get_stats()[2]["collections"]
+        if full != self._seen:
+            self._seen = full
+            self.collector.freeze()
+            log.debug("Froze {count} objects after a full garbage collection",
+                      count=self.collector.get_freeze_count())
+
+    def stopService(self) -> Any:
+        self.collector.unfreeze()
+        return super().stopService()

@@ -1,0 +1,61 @@
+"""The garbage collection policy freezes the survivors of each full collection, and only then."""
+
+from __future__ import annotations
+
+import gc
+from typing import Any
+
+from twisted.internet.task import Clock
+
+from nmos_ref.gc_policy import FreezeAfterFullCollection
+
+
+class FakeCollector:
+    def __init__(self) -> None:
+        self.full = 0
+        self.frozen = 0
+        self.unfrozen = 0
+
+    def get_stats(self) -> list[dict[str, Any]]:
+        return [{"collections": 0}, {"collections": 0}, {"collections": self.full}]
+
+    def freeze(self) -> None:
+        self.frozen += 1
+
+    def unfreeze(self) -> None:
+        self.unfrozen += 1
+
+    def get_freeze_count(self) -> int:
+        return 1000 * self.frozen
+
+
+def test_freezes_once_per_full_collection() -> None:
+    clock, collector = Clock(), FakeCollector()
+    collector.full = 3  # collections before the service started are not its business
+    policy = FreezeAfterFullCollection(clock, period=1.0, collector=collector)
+    policy.startService()
+    clock.advance(1)
+    assert collector.frozen == 0
+    collector.full += 1
+    clock.advance(1)
+    assert collector.frozen == 1
+    clock.advance(5)
+    assert collector.frozen == 1
+    collector.full += 2
+    clock.advance(1)
+    assert collector.frozen == 2
+    policy.stopService()
+    assert collector.unfrozen == 1
+
+
+def test_with_the_real_collector() -> None:
+    clock = Clock()
+    policy = FreezeAfterFullCollection(clock)
+    policy.startService()
+    try:
+        gc.collect()
+        clock.advance(1)
+        assert gc.get_freeze_count() > 0
+    finally:
+        policy.stopService()
+    assert gc.get_freeze_count() == 0
