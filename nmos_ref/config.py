@@ -13,6 +13,7 @@ from attrs import asdict, define, field
 from nmos_ref.model.versions import ALL_VERSIONS, sort_versions
 
 DEFAULT_LISTEN = "tcp:8235:interface=127.0.0.1"
+DEFAULT_NODE_LISTEN = "tcp:8236:interface=127.0.0.1"  # the Node's own port: it stands for another machine
 LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
 
 
@@ -28,6 +29,13 @@ class Settings:
     log_level: str = "info"
     api_versions: list[str] = field(factory=lambda: list(ALL_VERSIONS))  # IS-04 versions served
     access_log: bool = False  # one log line per HTTP request
+    # The Node (`nmos-ref node`, and the demo Node of plain `nmos-ref`)
+    node_listen: list[str] = field(factory=lambda: [DEFAULT_NODE_LISTEN])  # where the Node API is served
+    registries: list[str] = field(factory=list)  # Registration API URLs, in priority order (no DNS-SD)
+    node_file: str | None = None  # JSON description of the Node (docs/node.md); default: the built-in demo
+    node_seed: str | None = None  # what the Node's ids are made from; default: the host name
+    heartbeat_interval: float = 5.0  # seconds between heartbeats (IS-04 default 5; IS-09 range 1-1000)
+    registry_timeout: float = 4.0  # seconds to wait for a Registration API before moving to the next one
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -44,6 +52,44 @@ def _check_expiry(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1 <= value <= 3600:
         raise ConfigError(f"registration_expiry_interval must be a number of seconds from 1 to 3600, not {value!r}")
     return float(value)
+
+
+def _check_node_listen(value: Any) -> list[str]:
+    if not isinstance(value, list) or not value or not all(isinstance(item, str) and item for item in value):
+        raise ConfigError("node_listen must be a non-empty list of strports descriptions, e.g. "
+                          f'["{DEFAULT_NODE_LISTEN}"]')
+    return value
+
+
+def _check_registries(value: Any) -> list[str]:
+    from nmos_ref.node.registration import parse_registry_url  # (imports this module)
+
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ConfigError("registries must be a list of Registration API URLs, e.g. [\"http://127.0.0.1:8235\"]")
+    for index, url in enumerate(value):
+        try:
+            parse_registry_url(url, index)
+        except ValueError as exc:
+            raise ConfigError(f"registries: {exc}") from None
+    return value
+
+
+def _check_optional_text(name: str) -> Any:
+    def check(value: Any) -> str | None:
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ConfigError(f"{name} must be a non-empty string or null, not {value!r}")
+        return value
+    return check
+
+
+def _check_seconds(name: str, low: float, high: float) -> Any:
+    def check(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            raise ConfigError(f"{name} must be a number of seconds from {low:g} to {high:g}, not {value!r}")
+        return float(value)
+    return check
 
 
 def _check_host_name(value: Any) -> str | None:
@@ -85,6 +131,13 @@ _CHECKS = {
     "log_level": _check_log_level,
     "api_versions": _check_versions,
     "access_log": _check_bool("access_log"),
+    "node_listen": _check_node_listen,
+    "registries": _check_registries,
+    "node_file": _check_optional_text("node_file"),
+    "node_seed": _check_optional_text("node_seed"),
+    # IS-09 is04.heartbeat_interval: 1 to 1000 s; IS-04 default 5
+    "heartbeat_interval": _check_seconds("heartbeat_interval", 1, 1000),
+    "registry_timeout": _check_seconds("registry_timeout", 0.1, 60),
 }
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from twisted.application import strports
-from twisted.application.internet import TimerService
+from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import FilteringLogObserver, ILogObserver, LogLevel, LogLevelFilterPredicate, Logger, \
@@ -17,21 +19,27 @@ from nmos_ref.api.common import make_site, root_resource
 from nmos_ref.api.query import QueryAPI
 from nmos_ref.api.registration import RegistrationAPI
 from nmos_ref.config import ConfigError, Settings, apply, load_file
+from nmos_ref.gc_policy import FreezeAfterFullCollection
 from nmos_ref.model.store import Registry
+from nmos_ref.node import resources as node_resources
+from nmos_ref.node.service import build_node, listening
 from nmos_ref.validation import Schemas
+from nmos_ref.ws.protocol import serve_subscriptions
 
 log = Logger()
 
 GC_PERIOD = 0.5  # seconds between garbage collection sweeps: Nodes go at most this long after their expiry
+ADDITIVE = ("listen", "node_listen", "registries")  # repeatable flags, added up across the subcommand
 
 
 class CommonOptions(usage.Options):
-    """What `nmos-ref`, `nmos-ref registry` (and later `nmos-ref node`) all take."""
+    """What `nmos-ref`, `nmos-ref registry` and `nmos-ref node` all take."""
 
     optParameters = [
         ["config", "c", None, "JSON configuration file (settings as in docs/configuration.md); flags override it"],
         ["expiry", None, None, "Seconds without a heartbeat before a Node is removed (default 12)"],
-        ["host-name", None, None, "Host name to put in hrefs (default: the host each client used)"],
+        ["host-name", None, None, "Host name to put in hrefs (default: the host each client used; for a Node, the "
+                                  "addresses it listens on)"],
         ["log-level", None, None, "debug, info, warn, error or critical (default info)"],
         ["api-versions", None, None, "Comma-separated IS-04 versions to serve (default v1.0,v1.1,v1.2,v1.3)"],
     ]
@@ -62,19 +70,74 @@ class CommonOptions(usage.Options):
         return values
 
 
+class NodeFlags(usage.Options):
+    """What configures a Node: `nmos-ref node`, and the demo Node of plain `nmos-ref`."""
+
+    optParameters = [
+        ["node-file", None, None, "JSON description of the Node (docs/node.md; default: the built-in demo Node)"],
+        ["seed", None, None, "What the Node's ids are made from, so they survive restarts (default: the host name)"],
+        ["heartbeat-interval", None, None, "Seconds between the Node's heartbeats (default 5)"],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["node-listen"] = []
+        self["registry"] = []
+
+    def opt_node_listen(self, description: str) -> None:
+        """Serve the Node API on this strports description (repeatable; default tcp:8236:interface=127.0.0.1)."""
+        self["node-listen"].append(description)
+
+    def opt_registry(self, url: str) -> None:
+        """A Registration API to register with, e.g. http://127.0.0.1:8235 (repeatable, in priority order)."""
+        self["registry"].append(url)
+
+    def flag_values(self) -> dict[str, Any]:
+        values: dict[str, Any] = super().flag_values()  # type: ignore[misc]
+        if self["node-listen"]:
+            values["node_listen"] = list(self["node-listen"])
+        if self["registry"]:
+            values["registries"] = list(self["registry"])
+        for flag, key in (("node-file", "node_file"), ("seed", "node_seed")):
+            if self[flag] is not None:
+                values[key] = self[flag]
+        if self["heartbeat-interval"] is not None:
+            try:
+                values["heartbeat_interval"] = float(self["heartbeat-interval"])
+            except ValueError:
+                raise usage.UsageError(f"--heartbeat-interval must be a number of seconds, not "
+                                       f"{self['heartbeat-interval']!r}") from None
+        return values
+
+
 class RegistryOptions(CommonOptions):
     synopsis = "[--listen STRPORT ...] [--config FILE]"
     longdesc = "Run the registry alone: the Registration and Query APIs, on the same listen ports."
 
 
-class Options(CommonOptions):
-    synopsis = "[--listen STRPORT ...] [--config FILE] [registry]"
-    longdesc = ("Run the NMOS IS-04 registry (Registration and Query APIs) with working defaults on "
-                "127.0.0.1:8235. The subcommand 'registry' runs the registry alone.")
-    subCommands = [["registry", None, RegistryOptions, "Run the registry alone"]]
+class NodeOptions(NodeFlags, CommonOptions):
+    synopsis = "[--listen STRPORT ...] [--config FILE] [--registry URL ...] [--node-file FILE]"
+    longdesc = ("Run a Node alone: its Node API on the listen ports (here --listen means the Node API's; default "
+                "tcp:8236:interface=127.0.0.1), registered with the Registration APIs given by --registry, in "
+                "priority order. Without --node-file it is the built-in demo Node.")
+
+    def opt_listen(self, description: str) -> None:
+        """Serve the Node API on this strports description (repeatable; default tcp:8236:interface=127.0.0.1)."""
+        self["listen"].append(description)
+
+
+class Options(NodeFlags, CommonOptions):
+    synopsis = "[--listen STRPORT ...] [--node-listen STRPORT ...] [--config FILE] [registry|node]"
+    longdesc = ("Run the NMOS IS-04 registry (Registration and Query APIs on 127.0.0.1:8235) and a demo Node "
+                "registered with it (Node API on 127.0.0.1:8236). The subcommand 'registry' runs the registry alone, "
+                "'node' a Node alone.")
+    subCommands = [["registry", None, RegistryOptions, "Run the registry alone"],
+                   ["node", None, NodeOptions, "Run a Node alone"]]
 
     def postOptions(self) -> None:
         self["settings"] = settings_from(self)
+        self["parts"] = {"registry": ("registry",), "node": ("node",)}.get(self.subCommand or "",
+                                                                           ("registry", "node"))
 
 
 def settings_from(options: Options) -> Settings:
@@ -89,21 +152,33 @@ def settings_from(options: Options) -> Settings:
         flags: dict[str, Any] = {}
         for layer in layers:
             values = layer.flag_values()
-            # --listen adds up wherever it is given; other flags after the subcommand win.
-            values["listen"] = flags.get("listen", []) + values.get("listen", [])
+            if options.subCommand == "node" and "listen" in values:
+                # `nmos-ref node` serves only the Node API, so --listen is where it listens.
+                values["node_listen"] = values.pop("listen") + values.get("node_listen", [])
+            # Repeatable flags add up wherever they are given; other flags after the subcommand win.
+            for key in ADDITIVE:
+                values[key] = flags.get(key, []) + values.get(key, [])
             flags.update(values)
-        if not flags["listen"]:
-            del flags["listen"]
+        for key in ADDITIVE:
+            if not flags[key]:
+                del flags[key]
         settings = apply(settings, flags, "command line")
     except ConfigError as exc:
         raise usage.UsageError(str(exc)) from None
     from twisted.internet import reactor
 
-    for description in settings.listen:
-        try:
-            serverFromString(reactor, description)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise usage.UsageError(f"--listen {description!r} is not a strports description: {exc}") from None
+    for flag, descriptions in (("--listen", settings.listen), ("--node-listen", settings.node_listen)):
+        for description in descriptions:
+            try:
+                serverFromString(reactor, description)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise usage.UsageError(f"{flag} {description!r} is not a strports description: {exc}") from None
+    if options.subCommand != "registry" and settings.node_file is not None:
+        try:  # a broken Node description stops the start here, with the reason
+            node_resources.build(node_resources.load_description(settings.node_file), seed="check",
+                                 stamp="0:0", hostname=None, endpoints=[], versions=settings.api_versions)
+        except ConfigError as exc:
+            raise usage.UsageError(f"{settings.node_file}: {exc}") from None
     return settings
 
 
@@ -160,9 +235,11 @@ def build(settings: Settings, reactor: Any, clock: IReactorTime | None = None) -
     for description in settings.listen:
         listener: IService = strports.service(description, site, reactor=reactor)
         listener.setServiceParent(top)
+    serve_subscriptions(query, registry, clock, reactor).setServiceParent(top)
     collector = GarbageCollector(registry, clock)
     collector.clock = clock
     collector.setServiceParent(top)
+    FreezeAfterFullCollection(clock).setServiceParent(top)
     LogLevelService(settings.log_level).setServiceParent(top)
     top.registry = registry  # type: ignore[attr-defined]  # for tests and later services
     top.site = site  # type: ignore[attr-defined]
@@ -172,7 +249,41 @@ def build(settings: Settings, reactor: Any, clock: IReactorTime | None = None) -
     return top
 
 
+class StopInOrder(MultiService):
+    """Stops its children one at a time, the last added first: the Node unregisters before the registry it
+    registered with stops listening."""
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        return ensureDeferred(self._stop_all())
+
+    async def _stop_all(self) -> None:
+        for service in reversed(list(self)):
+            try:
+                await maybeDeferred(service.stopService)
+            except Exception:
+                log.failure("Stopping {service} failed", service=service)
+
+
+def build_all(settings: Settings, reactor: Any, clock: IReactorTime | None = None,
+              parts: tuple[str, ...] = ("registry", "node")) -> MultiService:
+    """What `twistd nmos-ref` runs: the registry, a Node, or both, the Node then registered with this registry."""
+    top = StopInOrder()
+    local = None
+    if "registry" in parts:
+        registry = build(settings, reactor, clock)
+        registry.setServiceParent(top)
+        top.registry = registry.registry  # type: ignore[attr-defined]
+        listeners = [child for child in registry if isinstance(child, StreamServerEndpointService)]
+        local = partial(listening, listeners)
+    if "node" in parts:
+        node = build_node(settings, reactor, clock, local_registries=local)
+        node.setServiceParent(top)
+        top.node = node  # type: ignore[attr-defined]
+    return top
+
+
 def makeService(options: Options) -> MultiService:
     from twisted.internet import reactor
 
-    return build(options["settings"], reactor)
+    return build_all(options["settings"], reactor, parts=options["parts"])

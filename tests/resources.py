@@ -243,7 +243,9 @@ def check(path: str, answer: Answer) -> None:
     elif len(segments) == 1:
         assert_official(version, "queryapi-base", answer.body)
     elif segments[1] == "subscriptions":
-        assert_official(version, "queryapi-subscriptions-response", answer.body)
+        # the list, or one subscription (GET by id, and the answer to POST)
+        assert_official(version, "queryapi-subscriptions-response" if isinstance(answer.body, list)
+                        else "queryapi-subscription-response", answer.body)
     elif "query.downgrade=v" in path:
         # Resources held at the versions from query.downgrade up are served as they are: each is valid at its own.
         lowest = path.split("query.downgrade=")[1][:4]

@@ -230,10 +230,12 @@ class ErrorResource(Resource):
         return render_error(request, self.error)
 
 
-def root_resource(apis: dict[str, IResource]) -> Resource:
-    """`/` → ["x-nmos/"], `/x-nmos/` → the APIs served, `/x-nmos/<api>/...` → that API's Klein resource."""
+def root_resource(apis: dict[str, IResource], others: dict[str, IResource] | None = None) -> Resource:
+    """`/` → ["x-nmos/"], `/x-nmos/` → the APIs served, `/x-nmos/<api>/...` → that API's Klein resource;
+    `others` are served beside `/x-nmos` (IS-04 "APIs": other content MAY share the port) without being listed."""
     x_nmos = ListingResource(sorted(f"{name}/" for name in apis), {name.encode(): api for name, api in apis.items()})
-    return ListingResource(["x-nmos/"], {b"x-nmos": x_nmos})
+    children = {name.encode(): resource for name, resource in (others or {}).items()}
+    return ListingResource(["x-nmos/"], {**children, b"x-nmos": x_nmos})
 
 
 def make_site(root: IResource, access_log: bool = False) -> server.Site:

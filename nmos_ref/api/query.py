@@ -11,13 +11,15 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from typing import Any, NoReturn
-from urllib.parse import unquote_to_bytes
+from urllib.parse import unquote_to_bytes, urlsplit
 
 from attrs import frozen
 from klein import Klein
 from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource
 
-from nmos_ref.api.common import Encoded, NmosError, add_error_handlers, json_list, json_response, options_response
+from nmos_ref.api.common import (Encoded, NmosError, add_error_handlers, empty_response, json_list, json_response,
+                                 options_response, read_json)
 from nmos_ref.model.downgrade import Translations, affects, stripped_paths
 from nmos_ref.model.indexes import Indexes
 from nmos_ref.model.query import (BadQuery, Limits, Page, Paging, Query, UnsupportedQuery, ancestry, page,
@@ -25,6 +27,9 @@ from nmos_ref.model.query import (BadQuery, Limits, Page, Paging, Query, Unsuppo
 from nmos_ref.model.store import Registry, Resource
 from nmos_ref.model.tai import format_tai
 from nmos_ref.model.versions import SINGULARS, parse_version
+from nmos_ref.validation import Schemas
+from nmos_ref.ws.subscriptions import (DEFAULT_RATE_MS, BadSubscription, PersistenceRequired, Subscription,
+                                       SubscriptionManager, View, Wanted, parse_subscription)
 
 COLLECTIONS = ["nodes/", "sources/", "flows/", "devices/", "senders/", "receivers/", "subscriptions/"]
 # A candidate set this much smaller than its collection is fetched and sorted; a larger one is answered by walking
@@ -67,6 +72,12 @@ _UNSAFE = re.compile(rb"[^A-Za-z0-9\-._~!$&'()*+;=:@/?%]|%(?![0-9A-Fa-f]{2})")
 _HOST = re.compile(r"(?:[A-Za-z0-9\-._~]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 
 
+def wants_websocket(request: IRequest) -> bool:
+    """Whether the request asks to upgrade to a WebSocket (RFC 6455: `Upgrade: websocket`)."""
+    tokens = (request.getHeader(b"upgrade") or b"").split(b",")
+    return any(token.strip().lower() == b"websocket" for token in tokens)
+
+
 def link_safe(raw: bytes) -> str:
     return _UNSAFE.sub(lambda m: b"%%%02X" % m.group(0)[0], raw).decode("ascii")
 
@@ -103,7 +114,7 @@ class IndexTimeline:
 class ListTimeline:
     """A few resources (from indexes or an ancestry search), sorted by stamp."""
 
-    def __init__(self, records: list[Resource], order: str) -> None:
+    def __init__(self, records: Sequence[Any], order: str) -> None:
         attribute = STAMPS[order]
         self.items = sorted(((getattr(record, attribute), record) for record in records), key=lambda item: item[0])
         self.stamps = [stamp for stamp, _ in self.items]
@@ -129,14 +140,20 @@ class QueryAPI:
     add_error_handlers(app)
 
     def __init__(self, registry: Registry, versions: Sequence[str], host_name: str | None = None,
-                 limits: Limits = Limits()) -> None:
+                 limits: Limits = Limits(), schemas: Schemas | None = None, authorization: bool = False) -> None:
         self.registry = registry
         self.versions = list(versions)
-        self.host_name = host_name  # for Link URLs; default: the Host the client used
+        self.host_name = host_name  # for Link URLs and ws_href; default: the Host the client used
         self.limits = limits
+        self.schemas = schemas or Schemas()
+        self.authorization = authorization  # whether the API requires authorization (IS-10), for subscriptions
         self.indexes = Indexes(registry)
         self.translations = Translations()
         registry.feed.subscribe(self.translations.changed)
+        # WebSocket subscriptions, given by nmos_ref.ws.protocol.serve_subscriptions; without them /subscriptions
+        # is an empty list and POST answers 501.
+        self.subscriptions: SubscriptionManager | None = None
+        self.websockets: IResource | None = None
 
     # Listings
 
@@ -165,6 +182,9 @@ class QueryAPI:
             query = parse_query([(p.key, p.value) for p in params], version, collection, self.limits)
         except (BadQuery, UnsupportedQuery) as exc:
             _refuse(exc)
+        if self.websockets is not None and version != "v1.0" and request.method == b"GET" and \
+                wants_websocket(request):
+            return self._upgrade(request, version, collection, params)
         accept = self._acceptor(kind, version, query)
         candidates = self._candidates(kind, query)
         if query.ancestry is not None:
@@ -200,7 +220,7 @@ class QueryAPI:
         raise NmosError(404, f"No {kind} {rid} is registered at {version}",
                         f"it is registered at {record.api_version}")
 
-    # Subscriptions: WebSockets come with the next issue; the listing entry and the paths exist already.
+    # Subscriptions (nmos_ref.ws, docs/subscriptions.md)
 
     @app.route("/<version>/subscriptions", methods=["GET"], strict_slashes=False)
     def list_subscriptions(self, request: IRequest, version: str) -> bytes:
@@ -210,20 +230,91 @@ class QueryAPI:
             query = parse_query([(p.key, p.value) for p in params], version, "subscriptions", self.limits)
         except (BadQuery, UnsupportedQuery) as exc:
             _refuse(exc)
-        # IS-04 "Upgrade Path": /subscriptions is never translated, so query.downgrade changes nothing here.
+        # IS-04 "Upgrade Path": /subscriptions is never translated, so query.downgrade changes nothing here: only
+        # the subscriptions made at this version are listed.
+        every = self.subscriptions.listing(version) if self.subscriptions is not None else []
+        found = every if query.filter is None else [item for item in every if query.filter.matches(item.as_dict())]
         if query.paging is not None:
-            self._paging_headers(request, params, page(ListTimeline([], query.paging.order), 0, query.paging))
-        return json_response(request, 200, [])
+            newest = max((item.created for item in every), default=0)
+            result = page(ListTimeline(found, query.paging.order), newest, query.paging)
+            self._paging_headers(request, params, result)
+            found = result.items
+        return json_response(request, 200, json_list(item.json for item in found))
 
     @app.route("/<version>/subscriptions", methods=["POST"], strict_slashes=False)
     def post_subscription(self, request: IRequest, version: str) -> bytes:
         self._version(version)
-        raise NmosError(501, "WebSocket subscriptions are not implemented yet")
+        if self.subscriptions is None:
+            raise NmosError(501, "WebSocket subscriptions are not enabled on this server")
+        body = read_json(request)
+        self.schemas.check(version, "queryapi-subscriptions-post-request", body)
+        subscription, created = self.subscriptions.subscribe(*self._wanted(request, version, body))
+        # QueryAPI.raml v1.3: 201 and 200 carry "Location: /x-nmos/query/{version}/subscriptions/{id}".
+        request.setHeader(b"location", _subscription_location(subscription).encode())
+        return json_response(request, 201 if created else 200, Encoded(subscription.json))
 
-    @app.route("/<version>/subscriptions/<sid>", methods=["GET", "DELETE"], strict_slashes=False)
-    def subscription(self, request: IRequest, version: str, sid: str) -> bytes:
+    @app.route("/<version>/subscriptions/<sid>", methods=["GET"], strict_slashes=False)
+    def get_subscription(self, request: IRequest, version: str, sid: str) -> bytes:
+        return json_response(request, 200, Encoded(self._subscription(version, sid).json))
+
+    @app.route("/<version>/subscriptions/<sid>", methods=["DELETE"], strict_slashes=False)
+    def delete_subscription(self, request: IRequest, version: str, sid: str) -> bytes:
+        subscription = self._subscription(version, sid)
+        assert self.subscriptions is not None
+        try:
+            self.subscriptions.delete(subscription.id)
+        except PersistenceRequired as exc:
+            raise NmosError(403, str(exc)) from None
+        return empty_response(request, 204)
+
+    @app.route("/<version>/ws/<sid>", methods=["GET"], strict_slashes=False)
+    def websocket(self, request: IRequest, version: str, sid: str) -> IResource:
+        """A subscription's ws_href: Autobahn's WebSocketResource takes the connection over."""
         self._version(version)
-        raise NmosError(404, f"No subscription {sid}")
+        subscription = self.subscriptions.get(sid) if self.subscriptions is not None else None
+        if subscription is None or subscription.version != version or self.websockets is None:
+            raise NmosError(404, f"No subscription {sid} at {version}")
+        if not wants_websocket(request):
+            raise NmosError(426, "This is the WebSocket of a subscription: connect with a WebSocket client", None,
+                            {"Upgrade": "websocket"})
+        return self.websockets
+
+    def _upgrade(self, request: IRequest, version: str, collection: str, params: list[Param]) -> IResource:
+        """GET on a list with `Upgrade: websocket`. IS-04 v1.3 "Behaviour - Querying": "Query APIs MAY additionally
+        support the HTTP protocol upgrade mechanism on list resources such as /nodes ... a corresponding entry in
+        /subscriptions for a non-persistent Subscription MUST also be created with matching attributes". Paging
+        parameters are left out: they do not apply to sockets."""
+        assert self.subscriptions is not None and self.websockets is not None
+        body = {"max_update_rate_ms": DEFAULT_RATE_MS, "persist": False, "resource_path": f"/{collection}",
+                "params": {p.key: p.value for p in params if not p.key.startswith("paging.")}}
+        subscription, _ = self.subscriptions.subscribe(*self._wanted(request, version, body))
+        # Autobahn replays the handshake from the request: point it at the subscription's own socket path.
+        request.uri = urlsplit(subscription.ws_href).path.encode()
+        return self.websockets
+
+    def _wanted(self, request: IRequest, version: str, body: dict[str, Any]) -> tuple[Wanted, View]:
+        try:
+            return parse_subscription(body, version, request.isSecure(), self.authorization, self._authority(request))
+        except UnsupportedQuery as exc:
+            if version == "v1.0":  # its RAML has no 501 for POST /subscriptions
+                raise NmosError(400, str(exc)) from None
+            _refuse(exc)
+        except (BadQuery, BadSubscription) as exc:
+            raise NmosError(400, str(exc)) from None
+
+    def _subscription(self, version: str, sid: str) -> Subscription:
+        self._version(version)
+        subscription = self.subscriptions.get(sid) if self.subscriptions is not None else None
+        if subscription is None:
+            raise NmosError(404, f"No subscription {sid}")
+        if subscription.version != version:
+            if parse_version(version) >= (1, 3):
+                # QueryAPI.raml v1.3: 409 "when the requested Subscription ID exists in the registry at a
+                # different API version. The correct API version is identified via the Location header."
+                raise NmosError(409, f"Subscription {sid} was made at {subscription.version}", None,
+                                {"Location": _subscription_location(subscription)})
+            raise NmosError(404, f"No subscription {sid} at {version}", f"it was made at {subscription.version}")
+        return subscription
 
     # Helpers
 
@@ -362,6 +453,10 @@ class QueryAPI:
     def _base_url(self, request: IRequest) -> str:
         """scheme://host[:port]/path of the request, as the client addressed it."""
         scheme = "https" if request.isSecure() else "http"
+        return f"{scheme}://{self._authority(request)}{link_safe(request.path)}"
+
+    def _authority(self, request: IRequest) -> str:
+        """host[:port] as the client addressed the API (`host_name`, when set, replaces the host)."""
         host = (request.getHeader(b"host") or b"").decode("latin-1")
         if _HOST.fullmatch(host) is None:
             address: Any = request.getHost()
@@ -371,5 +466,9 @@ class QueryAPI:
             port = host.rpartition(":")[2] if not host.endswith("]") and ":" in host else ""
             name = f"[{self.host_name}]" if ":" in self.host_name else self.host_name
             host = name + (f":{port}" if port else "")
-        return f"{scheme}://{host}{link_safe(request.path)}"
+        return host
+
+
+def _subscription_location(subscription: Subscription) -> str:
+    return f"/x-nmos/query/{subscription.version}/subscriptions/{subscription.id}"
 

@@ -1,0 +1,84 @@
+"""One HTTP exchange for the Node's clients: the whole answer read, within a time limit, on an injected client.
+
+Reading the whole body every time keeps connections reusable (and the reactor clean in tests); one time limit covers
+connecting, the answer and its body, measured on the injected clock.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from attrs import frozen
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError
+from twisted.internet.error import ConnectError, ConnectingCancelledError, DNSLookupError
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseFailed, ResponseNeverReceived
+from twisted.web.iweb import IResponse
+
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+# What "could not talk to the server" looks like: no connection, a broken one, or no answer in time.
+_UNREACHABLE = (ConnectError, DNSLookupError, ResponseFailed, ResponseNeverReceived, TimeoutError, CancelledError,
+                ConnectingCancelledError, ConnectionError)
+
+
+class Unreachable(Exception):
+    """The server could not be reached, or did not answer in time; the message says how."""
+
+
+@frozen
+class Reply:
+    code: int
+    headers: Mapping[str, str]  # lower-case names; repeated headers joined with ", "
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def error_text(self) -> str:
+        """The NMOS error JSON's `error` (and `debug`), or the start of the body."""
+        try:
+            body = self.json()
+            if isinstance(body, dict) and "error" in body:
+                debug = f" ({body['debug']})" if body.get("debug") else ""
+                return f"{body['error']}{debug}"
+        except ValueError:
+            pass
+        return self.body[:200].decode("utf-8", "replace")
+
+
+def exchange(http: Any, clock: IReactorTime, method: str, url: str, *, timeout: float, json_body: Any = None,
+             accept: str = "application/json") -> Deferred[Reply]:
+    """Send one request and read the whole answer; fails with Unreachable. A JSON body is sent with its
+    Content-Type and Content-Length; without one, nothing (IS-04 "APIs - Client Side Implementation Notes": no
+    body and no Content-Type on requests that have none, such as heartbeats)."""
+    headers = {"Accept": accept}
+    data = None
+    if json_body is not None:
+        headers["Content-Type"] = "application/json"
+        data = _encode(json_body).encode("utf-8")
+    request: Deferred[Any] = http.request(method, url, data=data, headers=headers)
+
+    def read(response: IResponse) -> Deferred[Reply]:
+        raw = response.headers.getAllRawHeaders()  # type: ignore[attr-defined]
+        found = {name.decode("latin-1").lower(): b", ".join(values).decode("latin-1") for name, values in raw}
+        return response.content().addCallback(  # type: ignore[attr-defined,no-any-return]
+            lambda body: Reply(response.code, found, body))
+
+    def unreachable(failure: Failure) -> Failure:
+        if failure.check(*_UNREACHABLE):
+            reason = failure.value
+            if isinstance(reason, TimeoutError):
+                raise Unreachable(f"no answer within {timeout:g} s")
+            if isinstance(reason, (ResponseFailed, ResponseNeverReceived)) and reason.reasons:
+                reason = reason.reasons[0].value
+            raise Unreachable(f"{type(reason).__name__}: {reason}")
+        return failure
+
+    request.addCallback(read)
+    request.addTimeout(timeout, clock)
+    request.addErrback(unreachable)
+    return request

@@ -1,0 +1,205 @@
+"""The Node as a service: its Node API on the configured ports, then, once it knows where it answers, its
+registration client. `nmos_ref.service` builds it for `nmos-ref node` and for the demo Node of plain `nmos-ref`."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import ifaddr
+from attrs import evolve
+from treq.client import HTTPClient
+from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, succeed
+from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.internet.interfaces import IListeningPort, IReactorTime
+from twisted.logger import Logger
+from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
+
+from nmos_ref.api.common import make_site, root_resource
+from nmos_ref.api.node import ManifestAPI, NodeAPI
+from nmos_ref.config import Settings
+from nmos_ref.model.tai import TAIClock, format_tai
+from nmos_ref.node.model import NodeModel
+from nmos_ref.node.registration import Candidate, RegistrationClient, parse_registry_url
+from nmos_ref.node.resources import MANIFEST_ROOT, Endpoint, build, demo_description, load_description
+from nmos_ref.node.target import ReceiverTargets
+from nmos_ref.validation import Schemas
+
+log = Logger()
+
+
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+
+
+class _QuietFactory(_HTTP11ClientFactory):
+    noisy = False
+
+
+def host_name() -> str | None:
+    """The machine's host name, if it is a valid one (the node `hostname` has JSON Schema format "hostname")."""
+    name = socket.gethostname()
+    return name if len(name) <= 253 and _HOSTNAME.fullmatch(name) else None
+
+
+def listening(services: Sequence[StreamServerEndpointService]) -> Deferred[list[tuple[str, Any]]]:
+    """(protocol, address) of each strports service once it listens (twistd starts them before us)."""
+    def one(service: StreamServerEndpointService) -> Deferred[tuple[str, Any]]:
+        protocol = "https" if isinstance(service.endpoint, SSL4ServerEndpoint) else "http"
+        found: Deferred[tuple[str, Any]] = Deferred()
+
+        def listens(port: IListeningPort) -> IListeningPort:
+            found.callback((protocol, port.getHost()))
+            return port  # the service needs its port back to stop listening
+
+        def fails(failure: Any) -> Any:
+            found.errback(failure)
+            return failure
+
+        # Twisted keeps the port of a StreamServerEndpointService only here.
+        service._waitingForPort.addCallbacks(listens, fails)  # type: ignore[attr-defined]
+        return found
+    return gatherResults([one(service) for service in services], consumeErrors=True)
+
+
+def machine_addresses(ipv6: bool) -> list[str]:
+    """The machine's addresses for a wildcard listener: IPv4 (and IPv6 when asked), loopback last, no link-local
+    addresses (they need a zone, which `api.endpoints` cannot carry)."""
+    found: list[str] = []
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            text = ip.ip if ip.is_IPv4 else ip.ip[0]
+            if not ip.is_IPv4 and not ipv6:
+                continue
+            address = ipaddress.ip_address(text.split("%")[0])
+            if address.is_link_local or text in found:
+                continue
+            found.append(text)
+    return sorted(found, key=lambda text: ipaddress.ip_address(text).is_loopback)
+
+
+def endpoints_for(addresses: Sequence[tuple[str, Any]], host_name: str | None) -> list[Endpoint]:
+    """The Node's `api.endpoints` for where it listens: the configured host name, or each address (a wildcard
+    listener answers on all of the machine's addresses)."""
+    found: list[Endpoint] = []
+    for protocol, address in addresses:
+        if host_name is not None:
+            hosts = [host_name]
+        elif address.host in ("0.0.0.0", "::", ""):
+            hosts = machine_addresses(ipv6=address.host == "::")
+        else:
+            hosts = [address.host]
+        for host in hosts:
+            endpoint = Endpoint(host, address.port, protocol)
+            if endpoint not in found:
+                found.append(endpoint)
+    return found
+
+
+def registry_candidates(addresses: Sequence[tuple[str, Any]]) -> list[Candidate]:
+    """Candidates for a registry listening at these addresses in this process: reached over loopback when it
+    listens on every address."""
+    found = []
+    for protocol, address in addresses:
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(address.host, address.host)
+        shown = f"[{host}]" if ":" in host else host
+        found.append(Candidate(f"{protocol}://{shown}:{address.port}", len(found), protocol, origin="local"))
+    return found
+
+
+class NodeService(MultiService):
+    """One Node: the Node API listeners (children), the model they serve and the registration client."""
+
+    def __init__(self, model: NodeModel, site: Any, listen: Sequence[str], reactor: Any, client: RegistrationClient,
+                 targets: ReceiverTargets, pool: HTTPConnectionPool, host_name: str | None) -> None:
+        super().__init__()
+        self.model = model
+        self.site = site
+        self.client = client
+        self.targets = targets
+        self.pool = pool
+        self.host_name = host_name
+        self.listeners = [strports.service(description, site, reactor=reactor) for description in listen]
+        for listener in self.listeners:
+            listener.setServiceParent(self)
+        self.ready: Deferred[None] = Deferred()  # fires once the Node API listens and registration started
+
+    def startService(self) -> None:
+        super().startService()
+        listening(self.listeners).addCallback(self._listening).addErrback(self._not_listening)
+
+    def _listening(self, addresses: list[tuple[str, Any]]) -> None:
+        if not self.running:
+            return
+        self.model.set_endpoints(endpoints_for(addresses, self.host_name))
+        for endpoint in self.model.endpoints:
+            log.info("Node {id}: Node API at {url}x-nmos/node/ ({versions})", id=self.model.node_id,
+                     url=endpoint.base, versions=", ".join(self.model.versions))
+        self.client.startService()
+        self.ready.callback(None)
+
+    def _not_listening(self, failure: Any) -> None:
+        log.failure("The Node API could not listen; the Node is not registered", failure)
+
+    def stopService(self) -> Deferred[None]:
+        """Unregister first (the registry must still be reachable), then stop listening and close connections."""
+        return ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        if self.client.running:
+            await self.client.stopService()
+        self.targets.stop()
+        await super().stopService()
+        await self.pool.closeCachedConnections()
+
+
+def build_node(settings: Settings, reactor: Any, clock: IReactorTime | None = None, *,
+               local_registries: Callable[[], Deferred[list[tuple[str, Any]]]] | None = None,
+               http: Any = None, schemas: Schemas | None = None) -> NodeService:
+    """The Node of `settings`: its description (file or demo), model, APIs, listeners and registration client.
+    `local_registries` gives the addresses of a registry in this process, used first; `http` replaces the treq
+    client (tests)."""
+    clock = clock or reactor
+    schemas = schemas or Schemas()
+    tai = TAIClock(clock)
+    seed = settings.node_seed or socket.gethostname()
+    name = settings.host_name or host_name()
+    description = load_description(settings.node_file) if settings.node_file else demo_description(seed, name)
+    built = build(description, seed=seed, stamp=format_tai(tai.stamp()), hostname=name, endpoints=[],
+                  versions=settings.api_versions, schemas=schemas)
+    model = NodeModel(built, tai, settings.api_versions, schemas)
+    timeout = min(settings.registry_timeout, settings.heartbeat_interval)
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool._factory = _QuietFactory  # no log line per connection to a registry
+    if http is None:
+        http = HTTPClient(Agent(reactor, pool=pool, connectTimeout=timeout))
+    targets = ReceiverTargets(model, http, clock, timeout)
+    api = NodeAPI(model, targets, schemas)
+    manifests = ManifestAPI(model)
+    site = make_site(root_resource({"node": api.app.resource()}, {MANIFEST_ROOT: manifests.app.resource()}),
+                     settings.access_log)
+    configured = [parse_registry_url(url, index) for index, url in enumerate(settings.registries)]
+
+    def candidates() -> Deferred[list[Candidate]]:
+        if local_registries is None:
+            return succeed(configured)
+        # The registry of this process first, then the configured ones.
+        return local_registries().addCallback(
+            lambda addresses: registry_candidates(addresses) + [
+                evolve(candidate, priority=candidate.priority + len(addresses)) for candidate in configured])
+
+    protocols = {"https" if listen.startswith("ssl:") else "http" for listen in settings.node_listen}
+    client = RegistrationClient(model, http, clock, candidates, protocol=sorted(protocols)[-1],
+                                interval=settings.heartbeat_interval, timeout=timeout)
+    log.info("nmos-ref: Node {id} ({label}) with {devices} devices, {senders} senders and {receivers} receivers",
+             id=model.node_id, label=model.node["label"], devices=len(model.all("device")),
+             senders=len(model.all("sender")), receivers=len(model.all("receiver")))
+    # api.endpoints name the configured host name, else the addresses listened on (not the machine's name, which
+    # other hosts may not resolve).
+    return NodeService(model, site, settings.node_listen, reactor, client, targets, pool, settings.host_name)

@@ -1,0 +1,1 @@
+"""Query API WebSocket subscriptions: the model (`subscriptions`) and the Autobahn sockets (`protocol`)."""

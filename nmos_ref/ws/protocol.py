@@ -1,0 +1,156 @@
+"""The sockets of Query API subscriptions: one Autobahn protocol per WebSocket, all served by one `WebSocketResource`
+in the Query API's Klein tree (so on the API's own port and scheme), and the service that closes them at shutdown.
+
+`ws_href` is `ws[s]://<host the client used>/x-nmos/query/<version>/ws/<subscription id>`. The Query API's route
+for that path checks the subscription and hands the request to the `WebSocketResource`, which takes the connection
+over from twisted.web (../shared/docs/stack-notes.md §2); the protocol finds its subscription by the same path.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.interfaces import IPushProducer, IReactorTime
+from zope.interface import implementer
+
+from nmos_ref.api.query import QueryAPI
+from nmos_ref.model.store import Registry
+from nmos_ref.ws.subscriptions import Connection, SubscriptionLimits, SubscriptionManager
+
+_PATH = re.compile(r"/x-nmos/query/(v[0-9]+\.[0-9]+)/ws/([^/]+)/?")
+MAX_FRAME = 64 * 1024  # bytes of one incoming frame: clients have nothing to send but control frames
+# A ping every PING_INTERVAL seconds, and the socket dropped if nothing comes back within PING_TIMEOUT: a client that
+# vanished without closing (or stopped reading) does not keep its subscription alive for ever.
+PING_INTERVAL = 30.0
+PING_TIMEOUT = 30.0
+
+
+@implementer(IPushProducer)
+class SubscriptionProtocol(WebSocketServerProtocol):
+    """One WebSocket: the socket its `Connection` writes to, and the producer its transport pauses when the client
+    stops reading."""
+
+    factory: SubscriptionFactory
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.connection: Connection | None = None
+        self._sid: str | None = None
+        self._waiting: list[Deferred[None]] = []
+
+    def onConnect(self, request: ConnectionRequest) -> None:
+        match = _PATH.fullmatch(request.path)
+        subscription = self.factory.manager.get(match.group(2)) if match is not None else None
+        if subscription is None or match is None or subscription.version != match.group(1):
+            raise ConnectionDeny(ConnectionDeny.NOT_FOUND, "No such subscription")
+        self._sid = subscription.id
+
+    def onOpen(self) -> None:
+        # twisted.web's HTTPChannel registered itself as the transport's producer; the connection is ours now, and
+        # its pauses tell the Connection that the client has stopped reading.
+        self.transport.unregisterProducer()
+        self.transport.registerProducer(self, True)
+        self.factory.sockets.add(self)
+        assert self._sid is not None
+        self.connection = self.factory.manager.connect(self._sid, self)
+        if self.connection is None:  # deleted or expired since the handshake began
+            self.sendClose(1000, "subscription deleted")
+
+    def onMessageFrameData(self, payload: bytes) -> None:
+        """IS-04 defines no messages from clients: what they send is not even kept."""
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        """See onMessageFrameData."""
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self.connection is not None:
+            self.factory.manager.disconnect(self.connection)
+            self.connection = None
+        self.factory.sockets.discard(self)
+        waiting, self._waiting = self._waiting, []
+        for deferred in waiting:
+            deferred.callback(None)
+
+    def when_closed(self) -> Deferred[None]:
+        """Fires once the socket has closed (for an orderly shutdown)."""
+        deferred: Deferred[None] = Deferred()
+        self._waiting.append(deferred)
+        return deferred
+
+    # IPushProducer, for the transport
+
+    def pauseProducing(self) -> None:
+        if self.connection is not None:
+            self.connection.pause()
+
+    def resumeProducing(self) -> None:
+        if self.connection is not None:
+            self.connection.resume()
+
+    def stopProducing(self) -> None:
+        """The connection is being lost; onClose follows."""
+
+    # nmos_ref.ws.subscriptions.Socket, for the Connection
+
+    def send(self, payload: bytes) -> None:
+        self.sendMessage(payload, isBinary=False)
+
+    def close(self, code: int, reason: str) -> None:
+        self.sendClose(code, reason)
+
+    def drop(self) -> None:
+        self.dropConnection(abort=True)
+
+
+class SubscriptionFactory(WebSocketServerFactory):
+    """Builds the protocol of every subscription socket, and knows which are open."""
+
+    protocol = SubscriptionProtocol
+
+    def __init__(self, manager: SubscriptionManager, reactor: Any) -> None:
+        super().__init__(reactor=reactor)
+        self.manager = manager
+        self.sockets: set[SubscriptionProtocol] = set()
+        # (maxMessagePayloadSize would limit the grains sent too; onMessageFrameData keeps nothing instead)
+        self.setProtocolOptions(maxFramePayloadSize=MAX_FRAME, autoPingInterval=PING_INTERVAL,
+                                autoPingTimeout=PING_TIMEOUT)
+
+
+class SubscriptionService(Service):
+    """Closes every subscription socket (and stops the expiry timers) when the service stops."""
+
+    def __init__(self, manager: SubscriptionManager, factory: SubscriptionFactory) -> None:
+        self.manager = manager
+        self.factory = factory
+
+    def startService(self) -> None:
+        super().startService()
+        self.manager.start()
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        closed = [socket.when_closed() for socket in self.factory.sockets]
+        self.manager.stop()
+        for socket in list(self.factory.sockets):
+            if socket.connection is None:  # never attached, or already ending
+                socket.sendClose(1000, "the Query API is shutting down")
+        return gatherResults(closed)
+
+
+def serve_subscriptions(query: QueryAPI, registry: Registry, clock: IReactorTime, reactor: Any,
+                        limits: SubscriptionLimits = SubscriptionLimits(),
+                        source_id: str | None = None) -> SubscriptionService:
+    """Give `query` its subscriptions: the manager (`clock` for expiry and rate limits, `reactor` for the sockets and
+    for yielding between slices of work) and the WebSocket resource. The service closes the sockets on stop."""
+    manager = SubscriptionManager(registry, clock, query.translations, scheduler=reactor, source_id=source_id,
+                                  limits=limits)
+    factory = SubscriptionFactory(manager, reactor)
+    query.subscriptions = manager
+    query.websockets = WebSocketResource(factory)
+    return SubscriptionService(manager, factory)

@@ -1,0 +1,595 @@
+"""Query API WebSocket subscriptions without the sockets: what a client may ask for, what each subscription sees,
+the grains it is sent and when (rate limit, batching, backlog), and when a subscription goes away.
+
+Sources: IS-04 v1.3 "Behaviour - Querying" (Subscriptions, WebSocket Messages), QueryAPI.raml and the
+`queryapi-subscriptions-*` schemas of v1.0-v1.3, ../shared/docs/spec-notes.md §5. docs/subscriptions.md is the
+user's view. Time comes from an injected clock, and the pauses between slices of work from an injected scheduler
+(both the reactor in service). A socket is anything with `send`, `close` and `drop`: `nmos_ref.ws.protocol` in
+service, a fake in unit tests.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from functools import cache
+from typing import Any, Protocol
+
+from attrs import define, field, frozen
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from nmos_ref.model.downgrade import Translations, downgrade
+from nmos_ref.model.errors import ModelError
+from nmos_ref.model.query import Expr, UnsupportedQuery, parse_query
+from nmos_ref.model.store import Change, Registry, Resource
+from nmos_ref.model.tai import format_tai
+from nmos_ref.model.versions import parse_version
+
+log = Logger()
+
+# The resource paths of every version's post-request schema, and the type each holds.
+RESOURCE_PATHS = {"/nodes": "node", "/devices": "device", "/sources": "source", "/flows": "flow",
+                  "/senders": "sender", "/receivers": "receiver"}
+WS_PATH = "/x-nmos/query/{version}/ws/{id}"  # where ws_href points, on the Query API's own port
+DEFAULT_RATE_MS = 100  # the schemas' default max_update_rate_ms (used for HTTP Upgrade, which has no body)
+SECURE_FROM = (1, 1)  # `secure` is defined from v1.1 ...
+AUTHORIZATION_FROM = (1, 3)  # ... and `authorization` from v1.3; below, the schemas allow any key and they mean nothing
+
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+class BadSubscription(ModelError):
+    """A subscription this server cannot provide as asked (400)."""
+
+
+class PersistenceRequired(ModelError):
+    """DELETE of a non-persistent subscription (403: IS-04 "Behaviour - Querying": the Query API "MUST NOT
+    acknowledge HTTP DELETE requests for Subscriptions running in this non-persistent mode")."""
+
+
+@frozen
+class SubscriptionLimits:
+    """The numbers that bound what subscriptions cost (docs/subscriptions.md explains each)."""
+
+    grace: float = 30.0  # seconds a non-persistent subscription outlives its last socket (or its creation)
+    sync_slice: int = 256  # resources examined per reactor turn while sending the initial state
+    grain_events: int = 1000  # most events in one grain of the initial state
+    backlog_bytes: int = 8 << 20  # events held for a socket whose client stopped reading; beyond this it is closed
+
+
+# --- what a client asks for
+
+@frozen
+class Wanted:
+    """The attributes of a subscription, defaults filled in; equal ones are the same subscription."""
+
+    version: str
+    resource_path: str
+    params: Mapping[str, Any]  # exactly as posted
+    max_update_rate_ms: int
+    persist: bool
+    secure: bool  # wss:// (from v1.1 shown and settable; always the API's own scheme)
+    authorization: bool  # the socket needs a token (from v1.3 shown and settable; always the API's own mode)
+    host: str  # host[:port] the client addressed: ws_href names it, and only a request there reuses it
+
+    def key(self) -> tuple[Any, ...]:
+        return (self.version, self.resource_path, json.dumps(self.params, sort_keys=True), self.max_update_rate_ms,
+                self.persist, self.secure, self.authorization, self.host)
+
+
+def parse_subscription(body: Mapping[str, Any], version: str, served_securely: bool, authorization_mode: bool,
+                       host: str) -> tuple[Wanted, View]:
+    """A POST /subscriptions body that already matches the version's schema, as a subscription and its view.
+
+    IS-04 v1.3 "Behaviour - Querying": `secure` defaults to false under HTTP and true under HTTPS, and "Query API
+    clients MAY specify the opposite value ... however they will receive a 400 (Bad Request) response code unless
+    the Query API explicitly supports a mismatch" (this one does not: sockets share the API's port, so its scheme);
+    `authorization` likewise follows the API's own mode. `BadSubscription` is a 400, `UnsupportedQuery` a 501.
+    """
+    number = parse_version(version)
+    rate = body["max_update_rate_ms"]
+    if rate < 0:
+        raise BadSubscription(f"max_update_rate_ms must not be negative (got {rate})")
+    secure = body.get("secure", served_securely) if number >= SECURE_FROM else served_securely
+    if secure != served_securely:
+        scheme, other = ("https", "wss") if served_securely else ("http", "ws")
+        raise BadSubscription(f"secure={json.dumps(secure)} is not available here: this Query API is served over "
+                              f"{scheme}, and its WebSockets share its port, so they are {other}://")
+    authorization = body.get("authorization", authorization_mode) if number >= AUTHORIZATION_FROM \
+        else authorization_mode
+    if authorization != authorization_mode:
+        raise BadSubscription(f"authorization={json.dumps(authorization)} is not available here: this Query API "
+                              f"{'requires' if authorization_mode else 'does not use'} authorization")
+    wanted = Wanted(version, body["resource_path"], body["params"], rate, body["persist"], secure, authorization,
+                    host)
+    return wanted, View.of(wanted)
+
+
+@cache
+def _minor_version(text: str) -> tuple[int, int]:
+    return parse_version(text)
+
+
+@frozen
+class View:
+    """What a subscription sees: resources of one type held at the versions it serves (its own and higher minors,
+    down to `query.downgrade`), that match its filter as served at its version (keys stripped for an older version
+    can no longer match) - the same rule as the HTTP lists of `nmos_ref.api.query`."""
+
+    kind: str
+    version: str
+    lowest: tuple[int, int]
+    filter: Expr | None
+
+    @classmethod
+    def of(cls, wanted: Wanted) -> View:
+        """The view `params` ask for: basic query keys, `query.rql` and `query.downgrade`, as for GET (IS-04 v1.3
+        "Behaviour - Querying": "As for the HTTP API endpoints, a 501 ... indicates that the requested query
+        parameters are not supported")."""
+        pairs = []
+        for key, value in wanted.params.items():
+            if isinstance(value, str):
+                text = value
+            elif value is None or isinstance(value, (bool, int, float)):
+                text = json.dumps(value)  # as it would be written in a query string: true, 1920, null
+            else:
+                raise BadSubscription(f"params.{key} must be a string, number, boolean or null (name nested "
+                                      f"attributes with dots, e.g. tags.location)")
+            if key.startswith("paging."):
+                raise BadSubscription(f"params.{key}: paging does not apply to WebSocket subscriptions")
+            if key.startswith("query.ancestry_"):
+                raise UnsupportedQuery(f"params.{key}: ancestry queries are not supported on subscriptions")
+            pairs.append((key, text))
+        query = parse_query(pairs, wanted.version, wanted.resource_path[1:])
+        return cls(RESOURCE_PATHS[wanted.resource_path], wanted.version,
+                   _minor_version(query.downgrade or wanted.version), query.filter)
+
+    def visible(self, held: str) -> bool:
+        major, minor = _minor_version(held)
+        return major == self.lowest[0] and minor >= self.lowest[1]
+
+    def matches(self, data: Mapping[str, Any]) -> bool:
+        return self.filter is None or self.filter.matches(data)
+
+
+# --- messages
+
+def event_json(rid: str, pre: str | None, post: str | None) -> str:
+    """One entry of a grain's `data`: only `post` is added, only `pre` removed, both modified (or, equal, sync)."""
+    parts = ['{"path":', _encode(rid)]
+    if pre is not None:
+        parts += [',"pre":', pre]
+    if post is not None:
+        parts += [',"post":', post]
+    parts.append("}")
+    return "".join(parts)
+
+
+def grain_json(source_id: str, flow_id: str, topic: str, stamp: str, events: Sequence[str]) -> str:
+    """A data Grain (`queryapi-subscriptions-websocket.json`, the same in every version) around encoded events.
+    IS-04 "Behaviour - Querying": the three timestamps "MAY be identical"; here all are when the grain was made."""
+    return (f'{{"grain_type":"event","source_id":"{source_id}","flow_id":"{flow_id}",'
+            f'"origin_timestamp":"{stamp}","sync_timestamp":"{stamp}","creation_timestamp":"{stamp}",'
+            f'"rate":{{"numerator":0,"denominator":1}},"duration":{{"numerator":0,"denominator":1}},'
+            f'"grain":{{"type":"urn:x-nmos:format:data.event","topic":"{topic}/","data":[{",".join(events)}]}}}}')
+
+
+# --- subscriptions
+
+@define(eq=False)
+class Subscription:
+    """One entry of /subscriptions and the sockets connected to it."""
+
+    id: str
+    wanted: Wanted
+    view: View
+    ws_href: str
+    created: int  # TAI ns from the registry's stamps, for paging (a subscription never changes: updated = created)
+    connections: set[Connection] = field(factory=set)
+    expiry: IDelayedCall | None = None
+    _json: str | None = None
+
+    @property
+    def version(self) -> str:
+        return self.wanted.version
+
+    @property
+    def updated(self) -> int:
+        return self.created
+
+    def as_dict(self) -> dict[str, Any]:
+        """As served at its version (`queryapi-subscription-response.json`)."""
+        wanted = self.wanted
+        body: dict[str, Any] = {"id": self.id, "ws_href": self.ws_href, "max_update_rate_ms": wanted.max_update_rate_ms,
+                                "persist": wanted.persist}
+        number = parse_version(wanted.version)
+        if number >= SECURE_FROM:
+            body["secure"] = wanted.secure
+        if number >= AUTHORIZATION_FROM:
+            body["authorization"] = wanted.authorization
+        body["resource_path"] = wanted.resource_path
+        body["params"] = wanted.params
+        return body
+
+    @property
+    def json(self) -> str:
+        if self._json is None:
+            self._json = _encode(self.as_dict())
+        return self._json
+
+
+def ws_href(wanted: Wanted, sid: str) -> str:
+    return f"{'wss' if wanted.secure else 'ws'}://{wanted.host}{WS_PATH.format(version=wanted.version, id=sid)}"
+
+
+class Socket(Protocol):
+    """What a connection needs of its WebSocket."""
+
+    def send(self, payload: bytes) -> None:
+        """Send one text message."""
+
+    def close(self, code: int, reason: str) -> None:
+        """Start the closing handshake."""
+
+    def drop(self) -> None:
+        """Close at once, without a handshake (the client is not reading)."""
+
+
+class Connection:
+    """One socket of a subscription: the initial state still to send, the events queued behind it, and the rate
+    limit between its messages.
+
+    QueryAPI.raml: `max_update_rate_ms` "Sets the minimum interval (in milliseconds) between consecutive WebSocket
+    messages". A message goes out as soon as the interval since the previous one has passed (the first at once);
+    everything that happens meanwhile waits and goes out together in the next grain, nothing is dropped. The
+    initial state goes first, in grains of at most `grain_events` events, built `sync_slice` resources per reactor
+    turn so that a large registry never holds the reactor for long. A grain holds at most one event per resource
+    (the next event of a resource waits for the next grain), so no two of its events can be equal (the schema's
+    `uniqueItems`) and each resource's events stay in order. While the transport is paused (its buffers are full
+    because the client is not reading) nothing is sent; if the queue then grows beyond `backlog_bytes`, the socket is
+    dropped.
+    """
+
+    def __init__(self, name: str, socket: Socket, clock: IReactorTime, scheduler: IReactorTime, interval: float,
+                 make_grain: Callable[[list[str]], bytes], initial: Iterator[str | None],
+                 limits: SubscriptionLimits) -> None:
+        self.name = name  # for log lines: the subscription id
+        self.socket = socket
+        self.clock = clock
+        self.scheduler = scheduler
+        self.interval = interval
+        self.make_grain = make_grain
+        self.limits = limits
+        self._initial: Iterator[str | None] | None = initial  # an event, or None for a resource that does not match
+        self._ready: list[str] = []  # initial-state events built, not yet sent
+        self._queue: deque[tuple[str, str]] = deque()  # (resource id, event) that happened since
+        self.backlog = 0  # bytes in _queue
+        self._last_sent: float | None = None
+        self._paused = False
+        self._closed = False
+        self._window: IDelayedCall | None = None  # on `clock`: the rate limit's interval
+        self._turn: IDelayedCall | None = None  # on `scheduler`: the next reactor turn
+
+    @property
+    def open(self) -> bool:
+        return not self._closed
+
+    def start(self) -> None:
+        self._schedule()
+
+    def push(self, events: Iterable[tuple[str, str]]) -> None:
+        """Queue events (resource id, encoded event) to send after everything before them."""
+        if self._closed:
+            return
+        for event in events:
+            self._queue.append(event)
+            self.backlog += len(event[1])
+        if self._paused and self.backlog > self.limits.backlog_bytes:
+            log.warn("Dropping a WebSocket of subscription {id}: its client stopped reading and {size} bytes of "
+                     "events are waiting (limit {limit})", id=self.name, size=self.backlog,
+                     limit=self.limits.backlog_bytes)
+            self._stop()
+            self.socket.drop()
+            return
+        self._schedule()
+
+    def pause(self) -> None:
+        """The transport's buffers are full: hold everything back."""
+        self._paused = True
+
+    def resume(self) -> None:
+        self._paused = False
+        self._schedule()
+
+    def end(self, code: int, reason: str) -> None:
+        """Stop sending and start the closing handshake."""
+        if not self._closed:
+            self._stop()
+            self.socket.close(code, reason)
+
+    def lost(self) -> None:
+        """The socket has closed."""
+        self._stop()
+
+    def _stop(self) -> None:
+        self._closed = True
+        for call in (self._window, self._turn):
+            if call is not None and call.active():
+                call.cancel()
+        self._window = self._turn = None
+        self._initial = None
+        self._ready.clear()
+        self._queue.clear()
+        self.backlog = 0
+
+    def _schedule(self) -> None:
+        if self._closed or self._paused or self._window is not None or self._turn is not None:
+            return
+        if self._initial is None and not self._ready and not self._queue:
+            return
+        wait = 0.0 if self._last_sent is None else self._last_sent + self.interval - self.clock.seconds()
+        if wait > 0:
+            self._window = self.clock.callLater(wait, self._window_opened)
+        else:
+            # Next turn, not now: the change that got here is still inside a request, whose answer goes first, and
+            # the other changes of this turn join the same grain.
+            self._turn = self.scheduler.callLater(0, self._flush)
+
+    def _window_opened(self) -> None:
+        self._window = None
+        self._flush()
+
+    def _flush(self) -> None:
+        self._turn = None
+        if self._closed or self._paused:
+            return
+        if self._initial is not None:
+            self._build_initial()
+            if self._initial is not None and len(self._ready) < self.limits.grain_events:
+                self._turn = self.scheduler.callLater(0, self._flush)  # yield to the reactor, then build more
+                return
+        if self._ready:
+            events = self._ready[:self.limits.grain_events]
+            del self._ready[:self.limits.grain_events]
+        else:
+            events = self._take_queued()
+        if events:
+            self._last_sent = self.clock.seconds()
+            self.socket.send(self.make_grain(events))
+        self._schedule()
+
+    def _build_initial(self) -> None:
+        initial, ready = self._initial, self._ready
+        assert initial is not None
+        for _ in range(self.limits.sync_slice):
+            try:
+                event = next(initial)
+            except StopIteration:
+                self._initial = None
+                return
+            if event is not None:
+                ready.append(event)
+
+    def _take_queued(self) -> list[str]:
+        queue, events, seen = self._queue, [], set()
+        while queue and queue[0][0] not in seen:
+            rid, event = queue.popleft()
+            seen.add(rid)
+            events.append(event)
+            self.backlog -= len(event)
+        return events
+
+
+class SubscriptionManager:
+    """Every subscription of the Query API, and the events the registry's changes make for their sockets.
+
+    Non-persistent subscriptions go `limits.grace` seconds after their last socket closes, or after they were
+    created or last returned by a POST if no socket has connected since (IS-04: the Query API "MAY remove any
+    Subscriptions with persist set to false that no longer have WebSocket connections"); persistent ones stay until
+    DELETE, which closes their sockets ("they SHOULD be forcibly closed by the server").
+    """
+
+    def __init__(self, registry: Registry, clock: IReactorTime, translations: Translations,
+                 scheduler: IReactorTime | None = None, source_id: str | None = None,
+                 limits: SubscriptionLimits = SubscriptionLimits()) -> None:
+        self.registry = registry
+        self.clock = clock
+        self.scheduler = scheduler or clock
+        self.translations = translations
+        # IS-04: "the source_id in each message identifies the Query API instance"; one per manager, so per process.
+        self.source_id = source_id or str(uuid.uuid4())
+        self.limits = limits
+        self._subscriptions: dict[str, Subscription] = {}  # in creation order
+        self._by_key: dict[tuple[Any, ...], Subscription] = {}
+        # type -> view -> the subscriptions with sockets that see it: each change is matched once per view
+        self._watching: dict[str, dict[View, set[Subscription]]] = {}
+        self.running = True  # False once stopped: no expiry timers are left behind
+        registry.feed.subscribe(self._changed)
+
+    # The HTTP side
+
+    def subscribe(self, wanted: Wanted, view: View) -> tuple[Subscription, bool]:
+        """The subscription for `wanted` and whether it is new. IS-04: "the Query API MAY return an existing
+        Subscription to the user, if it matches the requested attributes" - this one does, when every attribute and
+        the host the client used are the same, which also restarts a non-persistent one's grace period."""
+        found = self._by_key.get(wanted.key())
+        if found is not None:
+            self._arm(found)
+            return found, False
+        sid = str(uuid.uuid4())
+        subscription = Subscription(sid, wanted, view, ws_href(wanted, sid), self.registry.tai.stamp())
+        self._subscriptions[sid] = subscription
+        self._by_key[wanted.key()] = subscription
+        self._arm(subscription)
+        log.info("Subscription {id} created: {path} at {version} with {params}, {persist}", id=sid,
+                 path=wanted.resource_path, version=wanted.version, params=json.dumps(wanted.params),
+                 persist="persistent" if wanted.persist else "non-persistent")
+        return subscription, True
+
+    def get(self, sid: str) -> Subscription | None:
+        return self._subscriptions.get(sid)
+
+    def listing(self, version: str) -> list[Subscription]:
+        """The subscriptions made at `version`, oldest first (IS-04 "Upgrade Path": /subscriptions lists only the
+        request's version and is never translated)."""
+        return [subscription for subscription in self._subscriptions.values() if subscription.version == version]
+
+    def delete(self, sid: str) -> None:
+        """Remove a persistent subscription and close its sockets; `PersistenceRequired` for a non-persistent one."""
+        subscription = self._subscriptions[sid]
+        if not subscription.wanted.persist:
+            raise PersistenceRequired(f"subscription {sid} is not persistent: the Query API removes it once no "
+                                      f"WebSocket uses it, and it cannot be deleted")
+        self._remove(subscription)
+        for connection in list(subscription.connections):
+            connection.end(1000, "subscription deleted")
+        log.info("Subscription {id} deleted; {count} socket(s) closed", id=sid,
+                 count=len(subscription.connections))
+
+    def _remove(self, subscription: Subscription) -> None:
+        del self._subscriptions[subscription.id]
+        del self._by_key[subscription.wanted.key()]
+        self._unwatch(subscription)
+        self._disarm(subscription)
+
+    # Expiry
+
+    def _arm(self, subscription: Subscription) -> None:
+        """(Re)start the grace period of a non-persistent subscription without sockets."""
+        self._disarm(subscription)
+        if self.running and not subscription.wanted.persist and not subscription.connections:
+            subscription.expiry = self.clock.callLater(self.limits.grace, self._expire, subscription)
+
+    @staticmethod
+    def _disarm(subscription: Subscription) -> None:
+        if subscription.expiry is not None and subscription.expiry.active():
+            subscription.expiry.cancel()
+        subscription.expiry = None
+
+    def _expire(self, subscription: Subscription) -> None:
+        subscription.expiry = None
+        if self._subscriptions.get(subscription.id) is subscription:
+            self._remove(subscription)
+            log.info("Subscription {id} removed: no WebSocket for {grace} s", id=subscription.id,
+                     grace=self.limits.grace)
+
+    # The socket side
+
+    def connect(self, sid: str, socket: Socket) -> Connection | None:
+        """A socket opened on a subscription's ws_href: it is sent the current state, then every change."""
+        subscription = self._subscriptions.get(sid)
+        if subscription is None:
+            return None
+        view, registry = subscription.view, self.registry
+        # The state now: records never change, so later changes are queued behind this snapshot in order.
+        snapshot = list(registry.resources(view.kind))
+        initial = (self._sync_event(view, record, registry.find(record.id) is record) for record in snapshot)
+        topic = subscription.wanted.resource_path
+        tai, source_id = registry.tai, self.source_id
+
+        def make_grain(events: list[str]) -> bytes:
+            return grain_json(source_id, sid, topic, format_tai(tai.now()), events).encode("utf-8")
+
+        connection = Connection(sid, socket, self.clock, self.scheduler, subscription.wanted.max_update_rate_ms / 1000,
+                                make_grain, initial, self.limits)
+        subscription.connections.add(connection)
+        self._watching.setdefault(view.kind, {}).setdefault(view, set()).add(subscription)
+        self._disarm(subscription)
+        connection.start()
+        return connection
+
+    def disconnect(self, connection: Connection) -> None:
+        """A socket closed."""
+        connection.lost()
+        subscription = self._subscriptions.get(connection.name)
+        if subscription is None or connection not in subscription.connections:
+            return
+        subscription.connections.discard(connection)
+        if not subscription.connections:
+            self._unwatch(subscription)
+            self._arm(subscription)
+
+    def _unwatch(self, subscription: Subscription) -> None:
+        view = subscription.view
+        views = self._watching.get(view.kind, {})
+        watchers = views.get(view, set())
+        watchers.discard(subscription)
+        if not watchers:
+            views.pop(view, None)
+            if not views:
+                self._watching.pop(view.kind, None)
+
+    def start(self) -> None:
+        """(Re)start the grace periods that `stop` cancelled."""
+        self.running = True
+        for subscription in self._subscriptions.values():
+            self._arm(subscription)
+
+    def stop(self) -> None:
+        """Shutting down: no more expiry timers, and every socket asked to close."""
+        self.running = False
+        for subscription in self._subscriptions.values():
+            self._disarm(subscription)
+            for connection in list(subscription.connections):
+                connection.end(1000, "the Query API is shutting down")
+
+    # The registry side
+
+    def _changed(self, changes: Sequence[Change]) -> None:
+        """Change feed subscriber: each change as an event to every socket whose view it touches."""
+        watching = self._watching
+        if not watching:
+            return
+        batches: dict[Subscription, list[tuple[str, str]]] = {}
+        for change in changes:
+            for view, watchers in watching.get(change.kind, {}).items():
+                event = self._change_event(view, change)
+                if event is None:
+                    continue
+                entry = (change.id, event)
+                for subscription in watchers:
+                    batch = batches.get(subscription)
+                    if batch is None:
+                        batches[subscription] = [entry]
+                    else:
+                        batch.append(entry)
+        for subscription, events in batches.items():
+            for connection in list(subscription.connections):
+                connection.push(events)
+
+    def _change_event(self, view: View, change: Change) -> str | None:
+        """IS-04 "Behaviour - Querying": a resource that starts matching is added, one that stops is removed."""
+        record = change.post if change.post is not None else change.pre
+        assert record is not None
+        if not view.visible(record.api_version):  # the same for pre and post: a resource keeps its version
+            return None
+        pre = self._served(view, change.pre, live=False) if change.pre is not None else None
+        post = self._served(view, change.post, live=True) if change.post is not None else None
+        if pre is None and post is None:
+            return None
+        return event_json(change.id, pre, post)
+
+    def _sync_event(self, view: View, record: Resource, live: bool) -> str | None:
+        if not view.visible(record.api_version):
+            return None
+        served = self._served(view, record, live)
+        return event_json(record.id, served, served) if served is not None else None
+
+    def _served(self, view: View, record: Resource, live: bool) -> str | None:
+        """The record's JSON as `view` serves it, or None if it does not match. Only live records go through the
+        shared translation cache: one that is gone would stay there for good."""
+        if _minor_version(record.api_version) <= _minor_version(view.version):
+            data, text = record.data, None  # its own version, or a lower one asked for by query.downgrade: as is
+        elif live:
+            data, text = self.translations.data(record, view.version), None
+        else:
+            data = downgrade(record.kind, record.data, record.api_version, view.version)
+            text = record.json if data is record.data else _encode(data)
+        if not view.matches(data):
+            return None
+        if text is None:
+            text = record.json if data is record.data else self.translations.json(record, view.version)
+        return text
