@@ -58,9 +58,13 @@ def set_cors(request: IRequest) -> None:
     request.setHeader(b"access-control-max-age", b"3600")
 
 
+# Reason phrases twisted.web does not know (it would send "Unknown Status").
+_REASONS = {426: b"Upgrade Required"}
+
+
 def json_response(request: IRequest, status: int, body: Any) -> bytes:
     """Set status, `Content-Type: application/json` (exactly) and CORS; the encoded body."""
-    request.setResponseCode(status)
+    request.setResponseCode(status, _REASONS.get(status))
     request.setHeader(b"content-type", b"application/json")
     set_cors(request)
     data = (body if isinstance(body, Encoded) else _encode(body)).encode("utf-8")
