@@ -191,6 +191,24 @@ class Answer:
         return found
 
 
+def stub_call(stub: StubTreq, method: str, url: str, data: bytes | None = None,
+              headers: dict[str, str] | None = None) -> Answer:
+    """One request through StubTreq with its body read, checked for what every NMOS answer needs: no redirect, and
+    CORS headers."""
+    deferred = stub.request(method, url, data=data, headers=headers, allow_redirects=False)
+    stub.flush()
+    answers: list[Any] = []
+    deferred.addCallback(lambda r: r.content().addCallback(lambda content: answers.append((r, content))))
+    deferred.addErrback(answers.append)
+    stub.flush()
+    response, content = answers[0]
+    found = {k.decode().lower(): b", ".join(v).decode() for k, v in response.headers.getAllRawHeaders()}
+    answer = Answer(response.code, found, content)
+    assert not 300 <= answer.code < 400, "IS-04 APIs never redirect"
+    assert answer.headers["access-control-allow-origin"] == "*"
+    return answer
+
+
 class QueryHarness:
     """A registry and its Query API in memory. The Clock stays at 0, so TAI stamps are 0:1, 0:2, ... as in the
     examples of IS-04 "APIs - Query Parameters"."""
@@ -206,17 +224,7 @@ class QueryHarness:
             headers: dict[str, str] | None = None) -> Answer:
         """Call the API; check the CORS and content type every answer needs and, for the versioned paths, the body
         against the official schema of that version (resource, list, listing or error)."""
-        deferred = self.stub.request(method, base + path, headers=headers, allow_redirects=False)
-        self.stub.flush()
-        answers: list[Any] = []
-        deferred.addCallback(lambda r: r.content().addCallback(lambda content: answers.append((r, content))))
-        deferred.addErrback(answers.append)
-        self.stub.flush()
-        response, content = answers[0]
-        found = {k.decode().lower(): b", ".join(v).decode() for k, v in response.headers.getAllRawHeaders()}
-        answer = Answer(response.code, found, content)
-        assert not 300 <= answer.code < 400, "IS-04 APIs never redirect"
-        assert answer.headers["access-control-allow-origin"] == "*"
+        answer = stub_call(self.stub, method, base + path, headers=headers)
         if method != "HEAD":
             assert answer.headers["content-type"] == "application/json"
             if method != "OPTIONS":

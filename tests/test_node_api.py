@@ -20,7 +20,7 @@ from nmos_ref.node.sdp import parse_sdp
 from nmos_ref.node.target import ReceiverTargets
 from node_support import NODE_ENDPOINT, Events, demo_model
 from official import assert_official
-from resources import Answer
+from resources import Answer, stub_call
 from twisted.internet.task import Clock
 
 COLLECTIONS = ("devices", "sources", "flows", "senders", "receivers")
@@ -46,17 +46,7 @@ class NodeHarness:
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         if data is not None:
             headers = {"Content-Type": "application/json", **(headers or {})}
-        deferred = self.stub.request(method, BASE + path, data=data, headers=headers, allow_redirects=False)
-        self.stub.flush()
-        answers: list[Any] = []
-        deferred.addCallback(lambda r: r.content().addCallback(lambda content: answers.append((r, content))))
-        deferred.addErrback(answers.append)
-        self.stub.flush()
-        response, content = answers[0]
-        found = {k.decode().lower(): b", ".join(v).decode() for k, v in response.headers.getAllRawHeaders()}
-        answer = Answer(response.code, found, content)
-        assert not 300 <= answer.code < 400, "IS-04 APIs never redirect"
-        assert answer.headers["access-control-allow-origin"] == "*"
+        answer = stub_call(self.stub, method, BASE + path, data=data, headers=headers)
         if answer.code >= 400:
             assert answer.headers["content-type"] == "application/json"
             version = next((part for part in path.split("/") if part in ALL_VERSIONS), "v1.3")

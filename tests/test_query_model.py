@@ -223,11 +223,15 @@ def test_bad_requests(params: list[tuple[str, str]]) -> None:
         parse_query(params, "v1.3", "nodes")
 
 
-@pytest.mark.parametrize("key", ["paging.limit", "paging.since", "query.rql", "query.downgrade",
-                                 "query.ancestry_id"])
+@pytest.mark.parametrize("key", ["paging.limit", "paging.since", "query.downgrade", "query.ancestry_id"])
 def test_v1_0_has_no_paging_or_advanced_queries(key: str) -> None:
     with pytest.raises(UnsupportedQuery, match="v1.0"):
         parse_query([(key, "x")], "v1.0", "sources")
+
+
+def test_v1_0_serves_rql_as_an_extension() -> None:
+    query = parse_query([("query.rql", "eq(label,x)")], "v1.0", "sources")
+    assert query.has_rql and query.paging is None
 
 
 @pytest.mark.parametrize("key", ["query.sort", "paging.offset", "query."])

@@ -24,7 +24,7 @@ from nmos_ref.service import build
 from nmos_ref.ws.protocol import SubscriptionService, serve_subscriptions
 from nmos_ref.ws.subscriptions import SubscriptionLimits
 from official import assert_official, official_errors
-from resources import VERSIONS, Answer, QueryHarness, check
+from resources import VERSIONS, Answer, QueryHarness, check, stub_call
 
 TIMEOUT = 10.0  # seconds: only ever reached when a test is failing
 
@@ -83,18 +83,9 @@ class SubscriptionHarness(QueryHarness):
         """Like `get`, with a JSON body; the answer is checked against the official schemas."""
         sent = {"Content-Type": "application/json", **(headers or {})}
         data = raw if raw is not None else json.dumps(body).encode() if body is not None else None
-        deferred = self.stub.request(method, base + path, data=data, headers=sent, allow_redirects=False)
-        self.stub.flush()
-        answers: list[Any] = []
-        deferred.addCallback(lambda r: r.content().addCallback(lambda content: answers.append((r, content))))
-        deferred.addErrback(answers.append)
-        self.stub.flush()
-        response, content = answers[0]
-        found = {k.decode().lower(): b", ".join(v).decode() for k, v in response.headers.getAllRawHeaders()}
-        answer = Answer(response.code, found, content)
-        assert answer.headers["access-control-allow-origin"] == "*"
+        answer = stub_call(self.stub, method, base + path, data=data, headers=sent)
         assert answer.headers["content-type"] == "application/json"
-        if content:
+        if answer.raw:
             check(path, answer)
         return answer
 
