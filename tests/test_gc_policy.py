@@ -25,9 +25,6 @@ class FakeCollector:
     def unfreeze(self) -> None:
         self.unfrozen += 1
 
-    def get_freeze_count(self) -> int:
-        return 1000 * self.frozen
-
 
 def test_freezes_once_per_full_collection() -> None:
     clock, collector = Clock(), FakeCollector()
