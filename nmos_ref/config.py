@@ -3,6 +3,7 @@ so a typo or a wrong type stops the service at start with a message that names i
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,6 +16,7 @@ from nmos_ref.model.versions import ALL_VERSIONS, sort_versions
 DEFAULT_LISTEN = "tcp:8235:interface=127.0.0.1"
 DEFAULT_NODE_LISTEN = "tcp:8236:interface=127.0.0.1"  # the Node's own port: it stands for another machine
 LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+DNS_SD_MODES = ("both", "multicast", "unicast", "off")
 
 
 class ConfigError(ValueError):
@@ -36,6 +38,21 @@ class Settings:
     node_seed: str | None = None  # what the Node's ids are made from; default: the host name
     heartbeat_interval: float = 5.0  # seconds between heartbeats (IS-04 default 5; IS-09 range 1-1000)
     registry_timeout: float = 4.0  # seconds to wait for a Registration API before moving to the next one
+    # DNS-SD (docs/configuration.md, "Discovery")
+    dns_sd: str = "both"  # both (unicast, then mDNS), multicast, unicast or off
+    mdns_interfaces: list[str] | None = None  # addresses; default: those the APIs listen on (all for a wildcard)
+    dns_sd_domain: str | None = None  # the unicast DNS-SD domain; default: the resolver's search domain
+    dns_servers: list[str] | None = None  # "address[:port]"; default: the resolver's name servers
+    pri: int = 10  # the `pri` the Registration and Query APIs advertise (0-99: live, 100+: development)
+    peer_to_peer: bool = True  # the Node advertises ver_* while it has no registry
+    max_registry_pri: int = 99  # the Node ignores registries advertising a higher pri (100+: development)
+    # Security (docs/security.md): IS-10 / BCP-003-02 authorization and BCP-003-01 TLS
+    auth: bool = False  # require bearer tokens on every API (IS-10 resource server)
+    auth_issuers: list[str] = field(factory=list)  # trusted authorization servers (issuer URLs); "*": any token iss
+    auth_fqdn: str | None = None  # this server's fully qualified name, matched against `aud`; default: the machine's
+    tls_certificates: list[dict[str, str]] = field(factory=list)  # [{"certificate": chain PEM, "key": key PEM}, ...]
+    tls_ca: str | None = None  # PEM of the CA(s) the Node and the key fetcher trust; default: the system's
+    hsts_max_age: int = 31536000  # Strict-Transport-Security max-age on HTTPS answers; 0: no header
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -59,6 +76,12 @@ def _check_node_listen(value: Any) -> list[str]:
         raise ConfigError("node_listen must be a non-empty list of strports descriptions, e.g. "
                           f'["{DEFAULT_NODE_LISTEN}"]')
     return value
+
+
+def _parse_server(text: str) -> Any:
+    from nmos_ref.discovery.unicast import parse_server  # (imports twisted.names)
+
+    return parse_server(text)
 
 
 def _check_registries(value: Any) -> list[str]:
@@ -116,6 +139,66 @@ def _check_versions(value: Any) -> list[str]:
     return sort_versions(list(dict.fromkeys(value)))
 
 
+def _check_issuers(value: Any) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(item, str) and (item == "*" or item.startswith(
+            ("http://", "https://"))) for item in value):
+        raise ConfigError('auth_issuers must be a list of issuer URLs such as ["https://auth.example.com"] (or "*")')
+    return value
+
+
+def _check_certificates(value: Any) -> list[dict[str, str]]:
+    if not isinstance(value, list) or not all(
+            isinstance(item, dict) and set(item) == {"certificate", "key"} and all(
+                isinstance(v, str) and v for v in item.values()) for item in value):
+        raise ConfigError('tls_certificates must be a list of {"certificate": "chain.pem", "key": "key.pem"}')
+    return value
+
+
+def _check_max_age(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"hsts_max_age must be a whole number of seconds (0: no header), not {value!r}")
+    return value
+
+
+def _check_dns_sd(value: Any) -> str:
+    if value not in DNS_SD_MODES:
+        raise ConfigError(f"dns_sd must be one of {', '.join(DNS_SD_MODES)}, not {value!r}")
+    return value
+
+
+def _check_addresses(name: str, parse: Any, example: str) -> Any:
+    def check(value: Any) -> list[str] | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not value or not all(isinstance(item, str) for item in value):
+            raise ConfigError(f"{name} must be a non-empty list of addresses such as {example}, or null")
+        for item in value:
+            try:
+                parse(item)
+            except ValueError:
+                raise ConfigError(f"{name}: {item!r} is not an address such as {example}") from None
+        return value
+    return check
+
+
+def _check_domain(value: Any) -> str | None:
+    if value is not None and (not isinstance(value, str) or not value.strip(".") or " " in value):
+        raise ConfigError(f"dns_sd_domain must be a DNS domain such as \"example.com\", or null, not {value!r}")
+    return value.strip(".") if value is not None else None
+
+
+def _check_int(name: str, low: int, high: int) -> Any:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ConfigError(f"{name} must be an integer from {low} to {high}, not {value!r}")
+        return value
+    return check
+
+
 def _check_bool(name: str) -> Any:
     def check(value: Any) -> bool:
         if not isinstance(value, bool):
@@ -138,6 +221,19 @@ _CHECKS = {
     # IS-09 is04.heartbeat_interval: 1 to 1000 s; IS-04 default 5
     "heartbeat_interval": _check_seconds("heartbeat_interval", 1, 1000),
     "registry_timeout": _check_seconds("registry_timeout", 0.1, 60),
+    "dns_sd": _check_dns_sd,
+    "mdns_interfaces": _check_addresses("mdns_interfaces", ipaddress.ip_address, '"192.0.2.10"'),
+    "dns_sd_domain": _check_domain,
+    "dns_servers": _check_addresses("dns_servers", _parse_server, '"192.0.2.53" or "[2001:db8::53]:5353"'),
+    "pri": _check_int("pri", 0, 2**31 - 1),
+    "peer_to_peer": _check_bool("peer_to_peer"),
+    "max_registry_pri": _check_int("max_registry_pri", 0, 2**31 - 1),
+    "auth": _check_bool("auth"),
+    "auth_issuers": _check_issuers,
+    "auth_fqdn": _check_host_name,
+    "tls_certificates": _check_certificates,
+    "tls_ca": _check_optional_text("tls_ca"),
+    "hsts_max_age": _check_max_age,
 }
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from twisted.application import strports
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
@@ -18,18 +17,24 @@ from twisted.python import usage
 from nmos_ref.api.common import make_site, root_resource
 from nmos_ref.api.query import QueryAPI
 from nmos_ref.api.registration import RegistrationAPI
+from nmos_ref.auth.guard import guard_apis
+from nmos_ref.auth.service import resource_server
 from nmos_ref.config import ConfigError, Settings, apply, load_file
+from nmos_ref.discovery.registry import RegistryAdvertiser
+from nmos_ref.discovery.setup import DnsSd, build_dns_sd
 from nmos_ref.gc_policy import FreezeAfterFullCollection
 from nmos_ref.model.store import Registry
 from nmos_ref.node import resources as node_resources
 from nmos_ref.node.service import build_node, listening
+from nmos_ref.tls import listen_service, ssl_endpoint
 from nmos_ref.validation import Schemas
 from nmos_ref.ws.protocol import serve_subscriptions
 
 log = Logger()
 
 GC_PERIOD = 0.5  # seconds between garbage collection sweeps: Nodes go at most this long after their expiry
-ADDITIVE = ("listen", "node_listen", "registries")  # repeatable flags, added up across the subcommand
+# repeatable flags, added up across the subcommand
+ADDITIVE = ("listen", "node_listen", "registries", "mdns_interfaces", "dns_servers")
 
 
 class CommonOptions(usage.Options):
@@ -42,12 +47,29 @@ class CommonOptions(usage.Options):
                                   "addresses it listens on)"],
         ["log-level", None, None, "debug, info, warn, error or critical (default info)"],
         ["api-versions", None, None, "Comma-separated IS-04 versions to serve (default v1.0,v1.1,v1.2,v1.3)"],
+        ["dns-sd", None, None, "DNS-SD: both (unicast in the search domain, else mDNS), multicast, unicast or off "
+                               "(default both)"],
+        ["dns-sd-domain", None, None, "The unicast DNS-SD domain (default: the resolver's search domain)"],
+        ["pri", None, None, "The pri the Registration and Query APIs advertise (default 10; 100+ is development)"],
+        ["auth-issuers", None, None, "Comma-separated issuer URLs of the trusted authorization servers"],
+        ["auth-fqdn", None, None, "This server's fully qualified name, as tokens' aud must name it"],
     ]
-    optFlags = [["access-log", None, "Log one line per HTTP request"]]
+    optFlags = [["access-log", None, "Log one line per HTTP request"],
+                ["auth", None, "Require IS-10 bearer tokens on every API (docs/security.md)"]]
 
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["mdns-interface"] = []
+        self["dns-server"] = []
+
+    def opt_mdns_interface(self, address: str) -> None:
+        """An address whose interface mDNS uses (repeatable; default: those the APIs listen on)."""
+        self["mdns-interface"].append(address)
+
+    def opt_dns_server(self, server: str) -> None:
+        """A name server for unicast DNS-SD, ADDRESS[:PORT] (repeatable; default: the resolver's)."""
+        self["dns-server"].append(server)
 
     def opt_listen(self, description: str) -> None:
         """Serve the APIs on this strports description (repeatable; default tcp:8235:interface=127.0.0.1)."""
@@ -67,6 +89,23 @@ class CommonOptions(usage.Options):
                 values[key] = self[flag]
         if self["access-log"]:
             values["access_log"] = True
+        for flag, key in (("mdns-interface", "mdns_interfaces"), ("dns-server", "dns_servers")):
+            if self[flag]:
+                values[key] = list(self[flag])
+        for flag, key in (("dns-sd", "dns_sd"), ("dns-sd-domain", "dns_sd_domain")):
+            if self[flag] is not None:
+                values[key] = self[flag]
+        if self["pri"] is not None:
+            try:
+                values["pri"] = int(self["pri"])
+            except ValueError:
+                raise usage.UsageError(f"--pri must be an integer, not {self['pri']!r}") from None
+        if self["auth"]:
+            values["auth"] = True
+        if self["auth-issuers"] is not None:
+            values["auth_issuers"] = [url.strip() for url in self["auth-issuers"].split(",") if url.strip()]
+        if self["auth-fqdn"] is not None:
+            values["auth_fqdn"] = self["auth-fqdn"]
         return values
 
 
@@ -170,7 +209,12 @@ def settings_from(options: Options) -> Settings:
     for flag, descriptions in (("--listen", settings.listen), ("--node-listen", settings.node_listen)):
         for description in descriptions:
             try:
+                if description.startswith("ssl:"):  # certificates and keys checked now, not at the first client
+                    ssl_endpoint(reactor, description, settings.tls_certificates)
+                    continue
                 serverFromString(reactor, description)
+            except ConfigError as exc:
+                raise usage.UsageError(f"{flag} {description!r}: {exc}") from None
             except (ValueError, KeyError, TypeError) as exc:
                 raise usage.UsageError(f"{flag} {description!r} is not a strports description: {exc}") from None
     if options.subCommand != "registry" and settings.node_file is not None:
@@ -222,19 +266,40 @@ class LogLevelService(Service):
         super().stopService()
 
 
-def build(settings: Settings, reactor: Any, clock: IReactorTime | None = None) -> MultiService:
-    """The whole service tree for `settings`; `clock` defaults to the reactor (tests pass a Clock)."""
+def _subscription_path(query: QueryAPI, version: str, sid: str) -> str | None:
+    """BCP-003-02: a subscription socket is judged by the subscription's resource_path."""
+    subscription = query.subscriptions.get(sid) if query.subscriptions is not None else None
+    return subscription.wanted.resource_path if subscription is not None else None
+
+
+def build(settings: Settings, reactor: Any, clock: IReactorTime | None = None,
+          dns_sd: DnsSd | None = None) -> MultiService:
+    """The whole service tree for `settings`; `clock` defaults to the reactor (tests pass a Clock), `dns_sd` to the
+    DNS-SD of the settings (started and stopped here)."""
     clock = clock or reactor
     top = MultiService()
+    if dns_sd is None:
+        dns_sd = build_dns_sd(settings, reactor, clock, settings.listen, browse=False)
+        if dns_sd.multicast is not None:
+            dns_sd.multicast.setServiceParent(top)
     registry = Registry(clock, expiry=settings.registration_expiry_interval)
     schemas = Schemas()
     registration = RegistrationAPI(registry, schemas, settings.api_versions)
-    query = QueryAPI(registry, settings.api_versions, host_name=settings.host_name)
-    site = make_site(root_resource({"registration": registration.app.resource(), "query": query.app.resource()}),
-                     settings.access_log)
+    query = QueryAPI(registry, settings.api_versions, host_name=settings.host_name, authorization=settings.auth)
+    apis = {"registration": registration.app.resource(), "query": query.app.resource()}
+    if settings.auth:  # IS-10: every API behind the token check (docs/security.md)
+        guard, keys = resource_server(settings, reactor, clock)
+        keys.setServiceParent(top)
+        apis = guard_apis(apis, guard, {"query": partial(_subscription_path, query)})
+        top.keys = keys.keys  # type: ignore[attr-defined]  # the hook for DNS-SD `_nmos-auth._tcp` discovery
+    site = make_site(root_resource(apis), settings.access_log, settings.hsts_max_age)
     for description in settings.listen:
-        listener: IService = strports.service(description, site, reactor=reactor)
+        listener: IService = listen_service(description, site, reactor, settings.tls_certificates)
         listener.setServiceParent(top)
+    if dns_sd.multicast is not None:
+        listeners = [child for child in top if isinstance(child, StreamServerEndpointService)]
+        RegistryAdvertiser(dns_sd.multicast, partial(listening, listeners), settings.api_versions, settings.pri,
+                           settings.auth, dns_sd.host, dns_sd.interfaces).setServiceParent(top)
     serve_subscriptions(query, registry, clock, reactor).setServiceParent(top)
     collector = GarbageCollector(registry, clock)
     collector.clock = clock
@@ -270,14 +335,21 @@ def build_all(settings: Settings, reactor: Any, clock: IReactorTime | None = Non
     """What `twistd nmos-ref` runs: the registry, a Node, or both, the Node then registered with this registry."""
     top = StopInOrder()
     local = None
+    # One DNS-SD for the process, stopped last (after the adverts are withdrawn); the Node browses only without
+    # the registry of this process.
+    served = (settings.listen if "registry" in parts else []) + (settings.node_listen if "node" in parts else [])
+    dns_sd = build_dns_sd(settings, reactor, clock or reactor, served,
+                          browse="registry" not in parts and not settings.registries)
+    if dns_sd.multicast is not None:
+        dns_sd.multicast.setServiceParent(top)
     if "registry" in parts:
-        registry = build(settings, reactor, clock)
+        registry = build(settings, reactor, clock, dns_sd)
         registry.setServiceParent(top)
         top.registry = registry.registry  # type: ignore[attr-defined]
         listeners = [child for child in registry if isinstance(child, StreamServerEndpointService)]
         local = partial(listening, listeners)
     if "node" in parts:
-        node = build_node(settings, reactor, clock, local_registries=local)
+        node = build_node(settings, reactor, clock, local_registries=local, dns_sd=dns_sd)
         node.setServiceParent(top)
         top.node = node  # type: ignore[attr-defined]
     return top

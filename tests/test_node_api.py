@@ -133,7 +133,7 @@ def test_manifests_are_sdp(node: NodeHarness) -> None:
         flow = node.model.get("flow", sender["flow_id"])
         media = parse_sdp(answer.raw.decode())
         assert [medium.media_type for medium in media] == [flow["media_type"]]
-        assert f"o=- " in answer.raw.decode() and "\r\n" in answer.raw.decode()
+        assert "o=- " in answer.raw.decode() and "\r\n" in answer.raw.decode()
     assert node.call("/x-nmos-ref/sdp/7c0d5b7f-8a55-4c44-9bd3-4a2fd3c6e0a1.sdp").code == 404
 
 

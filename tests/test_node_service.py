@@ -147,7 +147,7 @@ def changed(model: Any, kind: str, rid: str) -> defer.Deferred[None]:
 
 @pytest_twisted.ensureDeferred
 async def test_registry_and_demo_node_in_one_process(http: Any) -> None:
-    top = build_all(Settings(listen=[LOOPBACK], node_listen=[LOOPBACK]), reactor)
+    top = build_all(Settings(listen=[LOOPBACK], node_listen=[LOOPBACK], dns_sd="off"), reactor)
     top.startService()
     node = top.node
     stopped = False
@@ -218,8 +218,8 @@ class TwistdProcess(protocol.ProcessProtocol):
 
 def spawn(process: TwistdProcess, args: list[str], cwd: Path) -> Any:
     twistd = str(Path(sys.executable).with_name("twistd"))
-    return reactor.spawnProcess(process, twistd, [twistd, "-n", "--pidfile=", "nmos-ref", *args], env=None,
-                                path=str(cwd))
+    return reactor.spawnProcess(process, twistd, [twistd, "-n", "--pidfile=", "nmos-ref", "--dns-sd", "off", *args],
+                                env=None, path=str(cwd))
 
 
 async def stop(process: TwistdProcess, transport: Any) -> None:
@@ -249,7 +249,7 @@ async def test_twistd_runs_the_registry_and_a_demo_node_registered_with_it(http:
 
 @pytest_twisted.ensureDeferred
 async def test_twistd_node_registers_with_a_registry_and_unregisters_on_sigterm(http: Any, tmp_path: Path) -> None:
-    top = build(Settings(listen=[LOOPBACK]), reactor)
+    top = build(Settings(listen=[LOOPBACK], dns_sd="off"), reactor)
     top.startService()
     try:
         port = (await next(iter(top))._waitingForPort).getHost().port

@@ -36,7 +36,7 @@ async def call(http: Any, url: str, method: str = "GET", body: Any = None) -> An
 
 @pytest_twisted.ensureDeferred
 async def test_query_api_on_a_loopback_port(http: Any) -> None:
-    top = build(Settings(listen=["tcp:0:interface=127.0.0.1"]), reactor)
+    top = build(Settings(listen=["tcp:0:interface=127.0.0.1"], dns_sd="off"), reactor)
     top.startService()
     try:
         port = await next(iter(top))._waitingForPort

@@ -110,7 +110,7 @@ def http() -> Any:
 
 @pytest_twisted.ensureDeferred
 async def test_service_on_a_loopback_port(http: Any) -> None:
-    settings = Settings(listen=["tcp:0:interface=127.0.0.1"])
+    settings = Settings(listen=["tcp:0:interface=127.0.0.1"], dns_sd="off")
     top = build(settings, reactor)
     top.startService()
     try:
@@ -176,7 +176,7 @@ async def test_twistd_serves_and_stops_cleanly_on_sigterm(http: Any, tmp_path: P
 
 @pytest_twisted.ensureDeferred
 async def test_oversized_bodies_are_refused_without_being_kept(http: Any) -> None:
-    top = build(Settings(listen=["tcp:0:interface=127.0.0.1"]), reactor)
+    top = build(Settings(listen=["tcp:0:interface=127.0.0.1"], dns_sd="off"), reactor)
     top.startService()
     try:
         port = await next(iter(top))._waitingForPort

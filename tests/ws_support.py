@@ -188,7 +188,7 @@ class Served:
         self._channels: list[tuple[Any, Deferred[None]]] = []  # the server's HTTP connections
 
     async def start(self) -> Served:
-        self.top = build(Settings(listen=["tcp:0:interface=127.0.0.1"]), reactor, self.clock)
+        self.top = build(Settings(listen=["tcp:0:interface=127.0.0.1"], dns_sd="off"), reactor, self.clock)
         build_protocol = self.top.site.buildProtocol
         self.top.site.buildProtocol = lambda address: self._track(build_protocol(address))
         self.top.startService()

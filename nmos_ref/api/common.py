@@ -9,7 +9,7 @@ so no HTML page from Twisted, Klein or Werkzeug ever reaches a client.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from klein import Klein
@@ -20,7 +20,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
-from nmos_ref.model.errors import InvalidResource, ModelError, UnknownResource, VersionConflict
+from nmos_ref.model.errors import InvalidResource, ModelError, NotOwner, UnknownResource, VersionConflict
 from nmos_ref.validation import SchemaViolation
 
 log = Logger()
@@ -109,6 +109,10 @@ def as_nmos_error(failure: Failure, request: IRequest) -> NmosError:
         return NmosError(400, str(exc))
     if isinstance(exc, UnknownResource):
         return NmosError(404, str(exc))
+    if isinstance(exc, NotOwner):
+        # BCP-003-02: 403 with the RFC 6750 challenge, as for any token that does not grant the request.
+        host = (request.getRequestHostname() or b"nmos").decode("ascii", "replace")
+        return NmosError(403, str(exc), None, {"WWW-Authenticate": f"Bearer realm={host},error=insufficient_scope"})
     if isinstance(exc, ModelError):
         return NmosError(400, str(exc))
     if isinstance(exc, MethodNotAllowed) and set(exc.valid_methods or ()) - {"OPTIONS"}:
@@ -130,6 +134,41 @@ def add_error_handlers(app: Klein) -> None:
     @app.handle_errors(Exception)
     def _handle(_api: object, request: IRequest, failure: Failure) -> bytes:
         return render_error(request, as_nmos_error(failure, request))
+
+
+class VersionedAPI:
+    """What every versioned NMOS API shares: the versions it serves and the listing of one version. A subclass has
+    its own `app = Klein()` and calls `add_common_routes(app)` in its body."""
+
+    api_name = "API"
+    base: list[str] = []  # the listing of /<version>/
+    versions: list[str]
+
+    def _version(self, version: str) -> str:
+        if version not in self.versions:
+            raise NmosError(404, f"{self.api_name} version {version} is not served",
+                            f"served: {', '.join(self.versions)}")
+        return version
+
+
+def add_common_routes(app: Klein) -> None:
+    """The routes of every `VersionedAPI`: errors as the NMOS JSON, `/` lists the versions, `/<version>` lists what
+    is under it, and OPTIONS answers any path with the methods it allows (IS-10: OPTIONS never needs a token)."""
+    add_error_handlers(app)
+
+    @app.route("/", methods=["GET"], strict_slashes=False)
+    def versions_listing(api: VersionedAPI, request: IRequest) -> bytes:
+        return json_response(request, 200, [f"{version}/" for version in api.versions])
+
+    @app.route("/<version>", methods=["GET"], strict_slashes=False)
+    def base_listing(api: VersionedAPI, request: IRequest, version: str) -> bytes:
+        api._version(version)
+        return json_response(request, 200, api.base)
+
+    @app.route("/", methods=["OPTIONS"], strict_slashes=False)
+    @app.route("/<path:_rest>", methods=["OPTIONS"], strict_slashes=False)
+    def options(api: VersionedAPI, request: IRequest, _rest: str = "") -> bytes:
+        return options_response(app, request)
 
 
 def options_response(app: Klein, request: IRequest) -> bytes:
@@ -180,6 +219,13 @@ class NmosRequest(server.Request):
 
     max_body = MAX_BODY
     body_too_large = False
+
+    def process(self) -> None:
+        # BCP-003-01: HTTPS answers carry HSTS (the site's hsts_max_age; 0 leaves it out).
+        max_age = getattr(self.channel.site, "hsts_max_age", 0) if self.channel is not None else 0
+        if max_age and self.isSecure():
+            self.setHeader(b"strict-transport-security", b"max-age=%d" % max_age)
+        super().process()
 
     def gotLength(self, length: int | None) -> None:
         if length is not None and length > self.max_body:
@@ -242,8 +288,9 @@ def root_resource(apis: dict[str, IResource], others: dict[str, IResource] | Non
     return ListingResource(["x-nmos/"], {**children, b"x-nmos": x_nmos})
 
 
-def make_site(root: IResource, access_log: bool = False) -> server.Site:
+def make_site(root: IResource, access_log: bool = False, hsts_max_age: int = 31536000) -> server.Site:
     site = server.Site(root, requestFactory=NmosRequest)
+    site.hsts_max_age = hsts_max_age  # type: ignore[attr-defined]
     site.displayTracebacks = False
     if not access_log:
         site.log = _no_access_log  # type: ignore[method-assign]

@@ -11,8 +11,8 @@ from klein import Klein
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
-from nmos_ref.api.common import (Encoded, NmosError, add_error_handlers, json_list, json_response,
-                                 options_response, read_json, set_cors)
+from nmos_ref.api.common import (Encoded, NmosError, VersionedAPI, add_common_routes, add_error_handlers, json_list,
+                                 json_response, options_response, read_json, set_cors)
 from nmos_ref.model.versions import SINGULARS
 from nmos_ref.node.model import NodeModel, View
 from nmos_ref.node.sdp import make_sdp
@@ -24,22 +24,19 @@ log = Logger()
 BASE = ["self/", "sources/", "flows/", "devices/", "senders/", "receivers/"]  # NodeAPI.raml, nodeapi-base.json
 
 
-class NodeAPI:
+class NodeAPI(VersionedAPI):
     """Serves a NodeModel; PUT on a Receiver's target goes to ReceiverTargets."""
 
     app = Klein()
-    add_error_handlers(app)
+    add_common_routes(app)
+    api_name = "Node API"
+    base = BASE
 
     def __init__(self, model: NodeModel, targets: ReceiverTargets, schemas: Schemas | None = None) -> None:
         self.model = model
         self.targets = targets
         self.schemas = schemas or model.schemas
         self.versions = list(model.versions)
-
-    def _version(self, version: str) -> str:
-        if version not in self.versions:
-            raise NmosError(404, f"Node API version {version} is not served", f"served: {', '.join(self.versions)}")
-        return version
 
     def _kind(self, collection: str) -> str:
         kind = SINGULARS.get(collection)
@@ -60,23 +57,7 @@ class NodeAPI:
             raise NmosError(404, f"The Node has no {kind} {rid} at {version}", view.hidden + shown)
         return view
 
-    # --- listings
-
-    @app.route("/", methods=["GET"], strict_slashes=False)
-    def versions_listing(self, request: IRequest) -> bytes:
-        return json_response(request, 200, [f"{version}/" for version in self.versions])
-
-    @app.route("/<version>", methods=["GET"], strict_slashes=False)
-    def base(self, request: IRequest, version: str) -> bytes:
-        self._version(version)
-        return json_response(request, 200, BASE)
-
-    @app.route("/", methods=["OPTIONS"], strict_slashes=False)
-    @app.route("/<path:_rest>", methods=["OPTIONS"], strict_slashes=False)
-    def options(self, request: IRequest, _rest: str = "") -> bytes:
-        return options_response(self.app, request)
-
-    # --- resources
+    # --- resources (the listings come from add_common_routes)
 
     @app.route("/<version>/self", methods=["GET"], strict_slashes=False)
     def node_self(self, request: IRequest, version: str) -> bytes:

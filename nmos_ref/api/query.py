@@ -18,8 +18,8 @@ from klein import Klein
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
-from nmos_ref.api.common import (Encoded, NmosError, add_error_handlers, empty_response, json_list, json_response,
-                                 options_response, read_json)
+from nmos_ref.api.common import (Encoded, NmosError, VersionedAPI, add_common_routes, empty_response, json_list,
+                                 json_response, read_json)
 from nmos_ref.model.downgrade import Translations, affects, stripped_paths
 from nmos_ref.model.indexes import Indexes
 from nmos_ref.model.query import (BadQuery, Limits, Page, Paging, Query, UnsupportedQuery, ancestry, page,
@@ -133,11 +133,13 @@ class ListTimeline:
         return (self.items[i] for i in range(low, high))
 
 
-class QueryAPI:
+class QueryAPI(VersionedAPI):
     """Read-only views of the registry, per version, filtered, paged and translated."""
 
     app = Klein()
-    add_error_handlers(app)
+    add_common_routes(app)
+    api_name = "Query API"
+    base = COLLECTIONS
 
     def __init__(self, registry: Registry, versions: Sequence[str], host_name: str | None = None,
                  limits: Limits = Limits(), schemas: Schemas | None = None, authorization: bool = False) -> None:
@@ -155,23 +157,7 @@ class QueryAPI:
         self.subscriptions: SubscriptionManager | None = None
         self.websockets: IResource | None = None
 
-    # Listings
-
-    @app.route("/", methods=["GET"], strict_slashes=False)
-    def versions_listing(self, request: IRequest) -> bytes:
-        return json_response(request, 200, [f"{version}/" for version in self.versions])
-
-    @app.route("/<version>", methods=["GET"], strict_slashes=False)
-    def base(self, request: IRequest, version: str) -> bytes:
-        self._version(version)
-        return json_response(request, 200, COLLECTIONS)
-
-    @app.route("/", methods=["OPTIONS"], strict_slashes=False)
-    @app.route("/<path:_rest>", methods=["OPTIONS"], strict_slashes=False)
-    def options(self, request: IRequest, _rest: str = "") -> bytes:
-        return options_response(self.app, request)
-
-    # Resources
+    # Resources (the listings come from add_common_routes)
 
     @app.route("/<version>/<collection>", methods=["GET"], strict_slashes=False)
     def list_resources(self, request: IRequest, version: str, collection: str) -> bytes:
@@ -317,11 +303,6 @@ class QueryAPI:
         return subscription
 
     # Helpers
-
-    def _version(self, version: str) -> str:
-        if version not in self.versions:
-            raise NmosError(404, f"Query API version {version} is not served", f"served: {', '.join(self.versions)}")
-        return version
 
     @staticmethod
     def _kind(collection: str) -> str:

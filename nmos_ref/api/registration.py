@@ -8,7 +8,7 @@ from klein import Klein
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
-from nmos_ref.api.common import (NmosError, add_error_handlers, empty_response, json_response, options_response,
+from nmos_ref.api.common import (NmosError, VersionedAPI, add_common_routes, empty_response, json_response,
                                  read_json, resource_location)
 from nmos_ref.model.store import Registry
 from nmos_ref.model.tai import format_tai
@@ -18,37 +18,23 @@ from nmos_ref.validation import Schemas
 log = Logger()
 
 
-class RegistrationAPI:
+def _client(request: IRequest) -> str | None:
+    """The OAuth client of the request's token, when authorization is on (set by nmos_ref.auth.guard)."""
+    return getattr(request, "nmos_client_id", None)
+
+
+class RegistrationAPI(VersionedAPI):
     """Resources in, heartbeats in; the rules themselves live in the `Registry`."""
 
     app = Klein()
-    add_error_handlers(app)
+    add_common_routes(app)
+    api_name = "Registration API"
+    base = ["resource/", "health/"]
 
     def __init__(self, registry: Registry, schemas: Schemas, versions: list[str]) -> None:
         self.registry = registry
         self.schemas = schemas
         self.versions = list(versions)
-
-    def _version(self, version: str) -> str:
-        if version not in self.versions:
-            raise NmosError(404, f"Registration API version {version} is not served",
-                            f"served: {', '.join(self.versions)}")
-        return version
-
-    @app.route("/", methods=["GET"], strict_slashes=False)
-    def versions_listing(self, request: IRequest) -> bytes:
-        return json_response(request, 200, [f"{version}/" for version in self.versions])
-
-    @app.route("/<version>", methods=["GET"], strict_slashes=False)
-    def base(self, request: IRequest, version: str) -> bytes:
-        self._version(version)
-        return json_response(request, 200, ["resource/", "health/"])
-
-    @app.route("/", methods=["OPTIONS"], strict_slashes=False)
-    @app.route("/<path:_rest>", methods=["OPTIONS"], strict_slashes=False)
-    def options(self, request: IRequest, _rest: str = "") -> bytes:
-        # IS-10: OPTIONS never needs a token; CORS pre-flights get the methods of the path asked about.
-        return options_response(self.app, request)
 
     @app.route("/<version>/resource", methods=["POST"], strict_slashes=False)
     def post_resource(self, request: IRequest, version: str) -> bytes:
@@ -56,7 +42,7 @@ class RegistrationAPI:
         body = read_json(request)
         kind, data = self._registration(body)
         self.schemas.check(version, kind, data)
-        outcome = self.registry.register(kind, data, version)
+        outcome = self.registry.register(kind, data, version, client_id=_client(request))
         record = outcome.resource
         log.debug("{action} {kind} {id} at {version}", action="Registered" if outcome.created else "Updated",
                   kind=kind, id=record.id, version=version)
@@ -104,7 +90,7 @@ class RegistrationAPI:
     @app.route("/<version>/resource/<types>/<rid>", methods=["DELETE"], strict_slashes=False)
     def delete_resource(self, request: IRequest, version: str, types: str, rid: str) -> bytes:
         self._version(version)
-        changes = self.registry.delete(self._kind(types), rid, version)
+        changes = self.registry.delete(self._kind(types), rid, version, client_id=_client(request))
         log.debug("Deleted {types} {id} at {version} ({count} resources removed)", types=types, id=rid,
                   version=version, count=len(changes))
         return empty_response(request, 204)
@@ -112,7 +98,7 @@ class RegistrationAPI:
     @app.route("/<version>/health/nodes/<rid>", methods=["POST"], strict_slashes=False)
     def heartbeat(self, request: IRequest, version: str, rid: str) -> bytes:
         self._version(version)
-        seen = self.registry.heartbeat(rid, version)
+        seen = self.registry.heartbeat(rid, version, client_id=_client(request))
         return json_response(request, 200, {"health": str(int(seen))})
 
     @app.route("/<version>/health/nodes/<rid>", methods=["GET"], strict_slashes=False)

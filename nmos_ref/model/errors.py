@@ -23,3 +23,7 @@ class VersionConflict(ModelError):
         self.kind = kind
         self.rid = rid
         self.held_version = held_version
+
+
+class NotOwner(ModelError):
+    """BCP-003-02: the resource belongs to a Node registered by another OAuth client (answer 403)."""

@@ -18,7 +18,7 @@ from attrs import define, field, frozen
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from nmos_ref.model.errors import InvalidResource, UnknownResource, VersionConflict
+from nmos_ref.model.errors import InvalidResource, NotOwner, UnknownResource, VersionConflict
 from nmos_ref.model.tai import TAIClock
 from nmos_ref.model.versions import TYPES
 
@@ -240,8 +240,10 @@ class Registry:
                 raise InvalidResource(f"{kind} {rid} names {parent_kind} {parent_id} as its parent, which is not "
                                       f"registered")
             node_id = parent.node_id
+        self._check_owner(node_id if existing is None else existing.node_id, client_id)
         if existing is None:
-            changes = [self._create(kind, rid, data, api_version, parent_id, node_id, client_id)]
+            owner = self._by_id[node_id].client_id if node_id != rid else client_id
+            changes = [self._create(kind, rid, data, api_version, parent_id, node_id, owner)]
         elif data == existing.data:
             # An identical re-POST changes nothing (nmos-cpp does the same); it still counts as a sign of life.
             if kind == "node":
@@ -287,7 +289,14 @@ class Registry:
         self._updated[kind].append(record.updated, rid)
         return Change(kind, rid, existing, record, "register")
 
-    def delete(self, kind: str, rid: str, api_version: str) -> list[Change]:
+    def _check_owner(self, node_id: str, client_id: str | None) -> None:
+        """BCP-003-02: "the Registration API SHOULD reject ... requests to modify or delete resources ... from a
+        client other than the one which registered the Node" (the client_id or azp of its first token)."""
+        node = self._by_id.get(node_id)
+        if node is not None and node.client_id is not None and client_id != node.client_id:
+            raise NotOwner(f"node {node_id} was registered by another client")
+
+    def delete(self, kind: str, rid: str, api_version: str, client_id: str | None = None) -> list[Change]:
         """Remove a resource and, at once, every resource below it (IS-04: a registry MUST clean up children)."""
         existing = self._by_kind[kind].get(rid)
         if existing is None:
@@ -295,6 +304,7 @@ class Registry:
         if existing.api_version != api_version:
             raise VersionConflict(f"{kind} {rid} is registered at {existing.api_version}", kind, rid,
                                   existing.api_version)
+        self._check_owner(existing.node_id, client_id)
         changes = self._remove_tree(existing, "delete")
         self.feed.publish(changes)
         return changes
@@ -322,9 +332,10 @@ class Registry:
 
     # Health and garbage collection
 
-    def heartbeat(self, node_id: str, api_version: str) -> float:
+    def heartbeat(self, node_id: str, api_version: str, client_id: str | None = None) -> float:
         """Refresh a Node's health; the time it was seen. Never creates a Node (IS-04: 404 for an unknown one)."""
         self._node(node_id, api_version)
+        self._check_owner(node_id, client_id)
         return self._touch(node_id)
 
     def health(self, node_id: str, api_version: str) -> float:

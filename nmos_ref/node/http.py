@@ -47,7 +47,7 @@ class Reply:
                 return f"{body['error']}{debug}"
         except ValueError:
             pass
-        return self.body[:200].decode("utf-8", "replace")
+        return " ".join(self.body[:200].decode("utf-8", "replace").split())  # one log line, even for HTML
 
 
 def exchange(http: Any, clock: IReactorTime, method: str, url: str, *, timeout: float, json_body: Any = None,

@@ -61,14 +61,15 @@ _LOCATION_VERSION = re.compile(r"/x-nmos/registration/(v[0-9]+\.[0-9]+)/")
 
 @frozen
 class Candidate:
-    """A Registration API the Node may use: from configured URLs now, from DNS-SD later (with its TXT records)."""
+    """A Registration API the Node may use: configured, or found by DNS-SD (with its TXT records)."""
 
     url: str  # "http://127.0.0.1:8235": scheme, host and port, no path
     priority: int
     protocol: str = "http"
     versions: tuple[str, ...] | None = None  # None: not known yet; the registry is asked
     authorization: bool = False
-    origin: str = "configured"
+    origin: str = "configured"  # configured, local (the registry of this process), mdns or unicast
+    name: str | None = None  # the DNS-SD instance name
 
     def api(self, version: str, path: str) -> str:
         return f"{self.url}/x-nmos/registration/{version}/{path}"
@@ -102,6 +103,20 @@ def parse_registry_url(text: str, priority: int) -> Candidate:
                      (version,) if version else None)
 
 
+def unsuitable(candidate: Candidate, versions: Sequence[str], protocol: str, authorization: bool) -> str | None:
+    """Why the Node cannot use this registry (its protocol, authorization mode or API versions), or None; versions
+    not known yet are not held against it."""
+    if candidate.protocol != protocol:
+        return f"it speaks {candidate.protocol} and this Node {protocol}"
+    if candidate.authorization != authorization:
+        mode = "requires" if candidate.authorization else "does not use"
+        return f"it {mode} authorization (IS-10) and this Node {'does' if authorization else 'does not'}"
+    if candidate.versions is not None and not set(candidate.versions) & set(versions):
+        return (f"no common API version (it offers {', '.join(candidate.versions) or 'none'}; this Node "
+                f"{', '.join(versions)})")
+    return None
+
+
 def rank(candidates: Sequence[Candidate], versions: Sequence[str], protocol: str, authorization: bool,
          rng: random.Random) -> tuple[list[Choice], list[Rejection]]:
     """The usable candidates, best first, each with the version to use; and the others, each with the reason."""
@@ -109,24 +124,11 @@ def rank(candidates: Sequence[Candidate], versions: Sequence[str], protocol: str
     usable: list[tuple[tuple[int, int], int, float, Choice]] = []
     rejected = []
     for candidate in candidates:
-        if candidate.protocol != protocol:
-            rejected.append(Rejection(candidate, f"it speaks {candidate.protocol} and this Node {protocol}"))
+        reason = unsuitable(candidate, versions, protocol, authorization)
+        if candidate.versions is None or reason is not None:
+            rejected.append(Rejection(candidate, reason or "its API versions are not known"))
             continue
-        if candidate.authorization != authorization:
-            mode = "requires" if candidate.authorization else "does not use"
-            rejected.append(Rejection(candidate, f"it {mode} authorization (IS-10) and this Node "
-                                                 f"{'does' if authorization else 'does not'}"))
-            continue
-        if candidate.versions is None:
-            rejected.append(Rejection(candidate, "its API versions are not known"))
-            continue
-        common = [v for v in candidate.versions if v in ours]
-        if not common:
-            rejected.append(Rejection(candidate, f"no common API version (it offers "
-                                                 f"{', '.join(candidate.versions) or 'none'}; this Node "
-                                                 f"{', '.join(versions)})"))
-            continue
-        best = max(common, key=parse_version)
+        best = max((v for v in candidate.versions if v in ours), key=parse_version)
         usable.append((parse_version(best), candidate.priority, rng.random(), Choice(candidate, best)))
     usable.sort(key=lambda item: (-item[0][0], -item[0][1], item[1], item[2]))
     return [item[3] for item in usable], rejected
@@ -192,6 +194,8 @@ class RegistrationClient(Service):
         self._requests: set[Deferred[Any]] = set()
         self._waiters: list[Deferred[None]] = []
         self._unsubscribe: Callable[[], None] | None = None
+        self._watchers: list[Callable[[str], None]] = []
+        self._changed_while_choosing = False
 
     # --- the service
 
@@ -264,10 +268,34 @@ class RegistrationClient(Service):
             for waiter in waiters:
                 waiter.callback(None)
 
+    def watch(self, listener: Callable[[str], None]) -> Callable[[], None]:
+        """Call `listener(state)` on every change of state; returns the function that stops it."""
+        self._watchers.append(listener)
+        return lambda: self._watchers.remove(listener) if listener in self._watchers else None
+
     def _set_state(self, state: str) -> None:
         if state != self.state:
             log.debug("Registration state: {old} -> {new}", old=self.state, new=state)
             self.state = state
+            for listener in list(self._watchers):
+                try:
+                    listener(state)
+                except Exception:
+                    log.failure("A watcher of the registration state failed on {state}", state=state)
+
+    def registries_changed(self, available: Sequence[Candidate]) -> None:
+        """DNS-SD found or lost registries: `available` are those now known. Ones gone are not failed over to; and
+        a Node without a registry (none known, or backing off) tries the new ones at once."""
+        urls = {candidate.url for candidate in available}
+        self._round = [choice for choice in self._round if choice.candidate.url in urls]
+        if not self.running:
+            return
+        if self.state == "choosing":
+            self._changed_while_choosing = True
+        elif self.state in ("no registry", "backoff") and available:
+            if self._retry is not None and self._retry.active():
+                self._retry.cancel()
+            self._choose()
 
     # --- choosing a registry
 
@@ -289,6 +317,7 @@ class RegistrationClient(Service):
         if fresh:
             self._tried.clear()
         self._set_state("choosing")
+        self._changed_while_choosing = False
         ensureDeferred(self._choose_from_candidates(epoch, fresh)).addErrback(
             lambda failure: log.failure("Choosing a registry failed", failure))
 
@@ -297,8 +326,12 @@ class RegistrationClient(Service):
         if epoch != self._epoch:
             return
         if not every:
+            if self._changed_while_choosing:
+                self._choose()
+                return
             self._set_state("no registry")
-            log.info("No Registration API is configured: the Node only serves its Node API")
+            log.info("No Registration API is configured or discovered yet: the Node serves its Node API and waits "
+                     "for one")
             return
         candidates = [candidate for candidate in every if candidate.url not in self._tried]
         probes = [ensureDeferred(self._probe(candidate)) for candidate in candidates]
@@ -323,6 +356,8 @@ class RegistrationClient(Service):
         self._round = choices
         if choices:
             self._next()
+        elif self._changed_while_choosing:
+            self._choose(fresh=fresh)
         else:
             self._back_off()
 

@@ -14,7 +14,7 @@ from attrs import evolve
 from treq.client import HTTPClient
 from twisted.application import strports
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService
+from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, succeed
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.interfaces import IListeningPort, IReactorTime
@@ -24,7 +24,10 @@ from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 from nmos_ref.api.common import make_site, root_resource
 from nmos_ref.api.node import ManifestAPI, NodeAPI
 from nmos_ref.config import Settings
+from nmos_ref.discovery.setup import DnsSd, build_dns_sd
 from nmos_ref.model.tai import TAIClock, format_tai
+from nmos_ref.node.advert import NodeAdvertiser
+from nmos_ref.node.discovered import RegistryBrowser
 from nmos_ref.node.model import NodeModel
 from nmos_ref.node.registration import Candidate, RegistrationClient, parse_registry_url
 from nmos_ref.node.resources import MANIFEST_ROOT, Endpoint, build, demo_description, load_description
@@ -114,10 +117,13 @@ def registry_candidates(addresses: Sequence[tuple[str, Any]]) -> list[Candidate]
 
 
 class NodeService(MultiService):
-    """One Node: the Node API listeners (children), the model they serve and the registration client."""
+    """One Node: the Node API listeners (children), the model they serve and the registration client; with DNS-SD,
+    the browse for registries (a child) and the Node's advert."""
 
     def __init__(self, model: NodeModel, site: Any, listen: Sequence[str], reactor: Any, client: RegistrationClient,
-                 targets: ReceiverTargets, pool: HTTPConnectionPool, host_name: str | None) -> None:
+                 targets: ReceiverTargets, pool: HTTPConnectionPool, host_name: str | None, *,
+                 registries: RegistryBrowser | None = None, advertiser: NodeAdvertiser | None = None,
+                 own_discovery: IService | None = None) -> None:
         super().__init__()
         self.model = model
         self.site = site
@@ -125,6 +131,12 @@ class NodeService(MultiService):
         self.targets = targets
         self.pool = pool
         self.host_name = host_name
+        self.registries = registries
+        self.advertiser = advertiser
+        if own_discovery is not None:  # mDNS made for this Node alone: started first, stopped last
+            own_discovery.setServiceParent(self)
+        if registries is not None:
+            registries.setServiceParent(self)
         self.listeners = [strports.service(description, site, reactor=reactor) for description in listen]
         for listener in self.listeners:
             listener.setServiceParent(self)
@@ -141,6 +153,9 @@ class NodeService(MultiService):
         for endpoint in self.model.endpoints:
             log.info("Node {id}: Node API at {url}x-nmos/node/ ({versions})", id=self.model.node_id,
                      url=endpoint.base, versions=", ".join(self.model.versions))
+        if self.advertiser is not None:
+            self.advertiser.listening(addresses)
+            self.advertiser.startService()
         self.client.startService()
         self.ready.callback(None)
 
@@ -154,6 +169,8 @@ class NodeService(MultiService):
     async def _stop(self) -> None:
         if self.client.running:
             await self.client.stopService()
+        if self.advertiser is not None and self.advertiser.running:
+            await self.advertiser.stopService()
         self.targets.stop()
         await super().stopService()
         await self.pool.closeCachedConnections()
@@ -161,10 +178,11 @@ class NodeService(MultiService):
 
 def build_node(settings: Settings, reactor: Any, clock: IReactorTime | None = None, *,
                local_registries: Callable[[], Deferred[list[tuple[str, Any]]]] | None = None,
-               http: Any = None, schemas: Schemas | None = None) -> NodeService:
-    """The Node of `settings`: its description (file or demo), model, APIs, listeners and registration client.
-    `local_registries` gives the addresses of a registry in this process, used first; `http` replaces the treq
-    client (tests)."""
+               http: Any = None, schemas: Schemas | None = None, dns_sd: DnsSd | None = None) -> NodeService:
+    """The Node of `settings`: its description (file or demo), model, APIs, listeners, registration client and
+    DNS-SD. `local_registries` gives the addresses of a registry in this process, used first; `http` replaces the
+    treq client (tests); `dns_sd` is the process's DNS-SD (default: made from the settings, for this Node alone).
+    Registries are browsed for only when none is configured (and there is no registry in this process)."""
     clock = clock or reactor
     schemas = schemas or Schemas()
     tai = TAIClock(clock)
@@ -186,7 +204,7 @@ def build_node(settings: Settings, reactor: Any, clock: IReactorTime | None = No
                      settings.access_log)
     configured = [parse_registry_url(url, index) for index, url in enumerate(settings.registries)]
 
-    def candidates() -> Deferred[list[Candidate]]:
+    def configured_candidates() -> Deferred[list[Candidate]]:
         if local_registries is None:
             return succeed(configured)
         # The registry of this process first, then the configured ones.
@@ -195,11 +213,32 @@ def build_node(settings: Settings, reactor: Any, clock: IReactorTime | None = No
                 evolve(candidate, priority=candidate.priority + len(addresses)) for candidate in configured])
 
     protocols = {"https" if listen.startswith("ssl:") else "http" for listen in settings.node_listen}
-    client = RegistrationClient(model, http, clock, candidates, protocol=sorted(protocols)[-1],
+    protocol = sorted(protocols)[-1]
+    authorization = False  # the Node does not use IS-10 tokens (yet)
+    browse = not configured and local_registries is None
+    own_discovery = None
+    if dns_sd is None:
+        dns_sd = build_dns_sd(settings, reactor, clock, settings.node_listen, browse=browse)
+        own_discovery = dns_sd.multicast
+    browser = dns_sd.browser() if browse else None
+    registries = None
+    candidates: Callable[[], Deferred[list[Candidate]]] = configured_candidates
+    if browser is not None:
+        registries = RegistryBrowser(browser, model.versions, protocol, authorization, settings.max_registry_pri)
+        candidates = registries.candidates
+    client = RegistrationClient(model, http, clock, candidates, protocol=protocol, authorization=authorization,
                                 interval=settings.heartbeat_interval, timeout=timeout)
+    if registries is not None:
+        registries.changed = client.registries_changed
+    advertiser = None
+    if dns_sd.multicast is not None:
+        advertiser = NodeAdvertiser(dns_sd.multicast, model, client.watch, clock, peer_to_peer=settings.peer_to_peer,
+                                    authorization=authorization, host=dns_sd.host,
+                                    interfaces=dns_sd.interfaces)
     log.info("nmos-ref: Node {id} ({label}) with {devices} devices, {senders} senders and {receivers} receivers",
              id=model.node_id, label=model.node["label"], devices=len(model.all("device")),
              senders=len(model.all("sender")), receivers=len(model.all("receiver")))
     # api.endpoints name the configured host name, else the addresses listened on (not the machine's name, which
     # other hosts may not resolve).
-    return NodeService(model, site, settings.node_listen, reactor, client, targets, pool, settings.host_name)
+    return NodeService(model, site, settings.node_listen, reactor, client, targets, pool, settings.host_name,
+                       registries=registries, advertiser=advertiser, own_discovery=own_discovery)

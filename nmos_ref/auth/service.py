@@ -1,0 +1,83 @@
+"""Putting the resource server together from the settings: the key cache, its HTTP client and its timers."""
+
+from __future__ import annotations
+
+import json
+import socket
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.ssl import Certificate
+from twisted.logger import Logger
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from treq.client import HTTPClient
+
+from nmos_ref.auth.guard import ResourceServer
+from nmos_ref.auth.keys import FetchJSON, KeyCache
+from nmos_ref.config import Settings
+
+log = Logger()
+
+FETCH_TIMEOUT = 10.0  # seconds for one metadata or JWKS request
+
+
+class KeyCacheService(Service):
+    """Starts the key cache's fetches with the service and stops its timers (and HTTP pool) with it."""
+
+    def __init__(self, keys: KeyCache, pool: HTTPConnectionPool | None = None) -> None:
+        self.keys = keys
+        self.pool = pool
+
+    def startService(self) -> None:
+        super().startService()
+        self.keys.start()
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        self.keys.stop()
+        return self.pool.closeCachedConnections() if self.pool is not None else None
+
+
+def tls_policy(ca_file: str | None) -> BrowserLikePolicyForHTTPS:
+    """Verify servers against `ca_file` (PEM) when given, else the system's roots; host names checked either way."""
+    if ca_file is None:
+        return BrowserLikePolicyForHTTPS()
+    with open(ca_file, "rb") as pem:
+        return BrowserLikePolicyForHTTPS(trustRoot=Certificate.loadPEM(pem.read()))
+
+
+def json_fetcher(http: HTTPClient, clock: IReactorTime) -> FetchJSON:
+    """GET a URL and parse its JSON body (non-2xx answers fail)."""
+    async def fetch(url: str) -> Any:
+        response = await http.get(url, headers={"Accept": ["application/json"]}, timeout=FETCH_TIMEOUT)
+        body = await response.content()
+        if not 200 <= response.code < 300:
+            raise ValueError(f"GET {url} answered {response.code}")
+        return json.loads(body)
+
+    def start(url: str) -> Deferred[Any]:
+        return Deferred.fromCoroutine(fetch(url))
+    return start
+
+
+def resource_server(settings: Settings, reactor: Any, clock: IReactorTime,
+                    fetch_json: FetchJSON | None = None) -> tuple[ResourceServer, KeyCacheService]:
+    """The resource server for `settings` (auth on) and the service that keeps its keys fresh. The issuers are the
+    configured ones; DNS-SD `_nmos-auth._tcp` discovery hands more to `KeyCache.add_issuer`."""
+    pool = None
+    if fetch_json is None:
+        pool = HTTPConnectionPool(reactor, persistent=True)
+        http = HTTPClient(Agent(reactor, contextFactory=tls_policy(settings.tls_ca), pool=pool,
+                                connectTimeout=FETCH_TIMEOUT))
+        fetch_json = json_fetcher(http, clock)
+    keys = KeyCache(clock, fetch_json, list(settings.auth_issuers))
+    if not settings.auth_issuers:
+        log.warn("Authorization is on but no auth_issuers are configured: every token is refused until an "
+                 "authorization server is added (DNS-SD discovery or auth_issuers)")
+    names = [settings.auth_fqdn or socket.getfqdn()]
+    return ResourceServer(keys, clock, names), KeyCacheService(keys, pool)
+
+
+

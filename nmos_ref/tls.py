@@ -1,0 +1,139 @@
+"""BCP-003-01 TLS for the APIs: a pyOpenSSL server context offering RSA and ECDSA certificates together, TLS 1.2 and
+1.3 only, with the cipher suites BCP-003-01 "Secure Communication" lists, and the listen endpoints built from it.
+
+Twisted's own `ssl:` strports take one certificate; OpenSSL keeps one certificate per key type in a context, so
+loading an RSA and an ECDSA pair into the same context offers both and lets the client's signature algorithms choose.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from OpenSSL import SSL, crypto
+from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.internet.interfaces import IOpenSSLContextFactory, IStreamServerEndpoint
+from zope.interface import implementer
+
+from nmos_ref.config import ConfigError
+
+# BCP-003-01: TLS 1.3 suites in the order given; TLS 1.2: ECDHE-RSA-AES128-GCM-SHA256 SHALL, the rest SHOULD.
+TLS13_SUITES = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+TLS12_ECDHE = ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES128-SHA256:"
+               "ECDHE-ECDSA-AES256-SHA384:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384:"
+               "ECDHE-RSA-AES128-SHA256:ECDHE-RSA-AES256-SHA384")
+TLS12_DHE = "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-AES128-SHA256:DHE-RSA-AES256-SHA256"
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the TLS {what} {path}: {exc.strerror}") from None
+
+
+def server_context(pairs: Sequence[tuple[str, str]], dh_params: str | None = None) -> SSL.Context:
+    """A server context with every (certificate chain PEM, private key PEM) pair loaded and checked; ConfigError
+    names the file when one is missing, unreadable or does not belong with its partner."""
+    if not pairs:
+        raise ConfigError("TLS needs at least one certificate and key (tls_certificates, or certKey= and "
+                          "privateKey= in the ssl: description)")
+    context = SSL.Context(SSL.TLS_SERVER_METHOD)
+    context.set_min_proto_version(SSL.TLS1_2_VERSION)  # BCP-003-01: never SSL, TLS 1.0 or 1.1
+    context.set_max_proto_version(SSL.TLS1_3_VERSION)
+    context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE | SSL.OP_NO_TICKET)
+    context.set_tls13_ciphersuites(TLS13_SUITES.encode())
+    suites = TLS12_ECDHE + (":" + TLS12_DHE if dh_params else "")
+    context.set_cipher_list(suites.encode())
+    if dh_params:  # the DHE suites are offered only with parameters (e.g. RFC 7919 ffdhe2048)
+        _read(dh_params, "DH parameters")
+        context.load_tmp_dh(dh_params.encode())
+    kinds = set()
+    for chain, key in pairs:
+        _read(chain, "certificate chain")
+        _read(key, "private key")
+        try:
+            context.use_certificate_chain_file(chain.encode())
+            context.use_privatekey_file(key.encode())
+            context.check_privatekey()
+        except SSL.Error as exc:
+            raise ConfigError(f"the TLS certificate {chain} and key {key} cannot be used together: {exc}") from None
+        leaf = crypto.load_certificate(crypto.FILETYPE_PEM, _read(chain, "certificate chain"))
+        kind = leaf.get_pubkey().type()
+        if kind in kinds:
+            raise ConfigError(f"{chain}: a second certificate of the same key type replaces the first; give one RSA "
+                              f"and one ECDSA certificate")
+        kinds.add(kind)
+    return context
+
+
+@implementer(IOpenSSLContextFactory)
+class ServerContextFactory:
+    """What SSL4ServerEndpoint asks for: the same checked context for every connection."""
+
+    def __init__(self, context: SSL.Context) -> None:
+        self._context = context
+
+    def getContext(self) -> SSL.Context:
+        return self._context
+
+
+def _fields(description: str) -> tuple[int, dict[str, str]]:
+    """`ssl:PORT[:key=value...]` split up (colons in values escaped as `\\:`, as strports does)."""
+    parts, current, escaped = [], "", False
+    for char in description[len("ssl:"):]:
+        if escaped:
+            current, escaped = current + char, False
+        elif char == "\\":
+            escaped = True
+        elif char == ":":
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    parts.append(current)
+    port_text, options = parts[0], {}
+    for part in parts[1:]:
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise ConfigError(f"{description}: {part!r} is not key=value")
+        options[key] = value
+    if port_text.startswith("port="):
+        port_text = port_text[len("port="):]
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(f"{description}: the port must be a number") from None
+    return port, options
+
+
+KNOWN = {"interface", "backlog", "privateKey", "certKey", "dhParameters"}
+
+
+def ssl_endpoint(reactor: Any, description: str, certificates: Sequence[dict[str, str]]) -> IStreamServerEndpoint:
+    """An endpoint for `ssl:PORT:interface=...[:certKey=chain.pem:privateKey=key.pem][:dhParameters=dh.pem]`, serving
+    that pair (if given) and every pair of `certificates` ({"certificate", "key"}) together."""
+    port, options = _fields(description)
+    unknown = set(options) - KNOWN
+    if unknown:
+        raise ConfigError(f"{description}: unknown option {', '.join(sorted(unknown))}; known: "
+                          f"{', '.join(sorted(KNOWN))}")
+    pairs = [(item["certificate"], item["key"]) for item in certificates]
+    if "certKey" in options or "privateKey" in options:
+        chain = options.get("certKey") or options.get("privateKey")
+        pairs.insert(0, (chain, options.get("privateKey") or chain))  # type: ignore[arg-type]
+    context = server_context(pairs, options.get("dhParameters"))
+    return SSL4ServerEndpoint(reactor, port, ServerContextFactory(context), backlog=int(options.get("backlog", 50)),
+                              interface=options.get("interface", ""))
+
+
+def listen_service(description: str, site: Any, reactor: Any,
+                   certificates: Sequence[dict[str, str]] = ()) -> StreamServerEndpointService:
+    """The service listening on one description: `ssl:` ones through `ssl_endpoint` (both key types, BCP-003-01
+    ciphers), anything else through Twisted's strports."""
+    if description.startswith("ssl:"):
+        return StreamServerEndpointService(ssl_endpoint(reactor, description, certificates), site)
+    return strports.service(description, site, reactor=reactor)
