@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -58,24 +58,18 @@ class Settings:
         return asdict(self)
 
 
-def _check_listen(value: Any) -> list[str]:
-    if not isinstance(value, list) or not value or not all(isinstance(item, str) and item for item in value):
-        raise ConfigError("listen must be a non-empty list of strports descriptions, e.g. "
-                          f'["{DEFAULT_LISTEN}"]')
-    return value
+def _check_strports(name: str, example: str) -> Callable[[Any], list[str]]:
+    def check(value: Any) -> list[str]:
+        if not isinstance(value, list) or not value or not all(isinstance(item, str) and item for item in value):
+            raise ConfigError(f'{name} must be a non-empty list of strports descriptions, e.g. ["{example}"]')
+        return value
+    return check
 
 
 def _check_expiry(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1 <= value <= 3600:
         raise ConfigError(f"registration_expiry_interval must be a number of seconds from 1 to 3600, not {value!r}")
     return float(value)
-
-
-def _check_node_listen(value: Any) -> list[str]:
-    if not isinstance(value, list) or not value or not all(isinstance(item, str) and item for item in value):
-        raise ConfigError("node_listen must be a non-empty list of strports descriptions, e.g. "
-                          f'["{DEFAULT_NODE_LISTEN}"]')
-    return value
 
 
 def _parse_server(text: str) -> Any:
@@ -208,13 +202,13 @@ def _check_bool(name: str) -> Any:
 
 
 _CHECKS = {
-    "listen": _check_listen,
+    "listen": _check_strports("listen", DEFAULT_LISTEN),
     "registration_expiry_interval": _check_expiry,
     "host_name": _check_host_name,
     "log_level": _check_log_level,
     "api_versions": _check_versions,
     "access_log": _check_bool("access_log"),
-    "node_listen": _check_node_listen,
+    "node_listen": _check_strports("node_listen", DEFAULT_NODE_LISTEN),
     "registries": _check_registries,
     "node_file": _check_optional_text("node_file"),
     "node_seed": _check_optional_text("node_seed"),
@@ -251,17 +245,23 @@ def apply(settings: Settings, values: Mapping[str, Any], source: str) -> Setting
     return Settings(**changed)
 
 
-def load_file(path: str | Path) -> dict[str, Any]:
+def read_json_object(path: str | Path, what: str) -> dict[str, Any]:
+    """A JSON object from a file; ConfigError names the file, what it is for and what is wrong."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read the {what} {path}: {exc.strerror}") from None
     try:
         values = json.loads(text)
     except ValueError as exc:
-        raise ConfigError(f"configuration file {path} is not valid JSON: {exc}") from None
+        raise ConfigError(f"the {what} {path} is not valid JSON: {exc}") from None
     if not isinstance(values, dict):
-        raise ConfigError(f"configuration file {path} must hold a JSON object of settings")
+        raise ConfigError(f"the {what} {path} must be a JSON object")
     return values
+
+
+def load_file(path: str | Path) -> dict[str, Any]:
+    """A configuration file's settings (checked by `apply`)."""
+    return read_json_object(path, "configuration file")
 
 

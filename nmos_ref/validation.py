@@ -16,6 +16,8 @@ from typing import Any
 import fastjsonschema
 from fastjsonschema import JsonSchemaValueException
 
+from nmos_ref.model.versions import sort_versions
+
 __all__ = ["FORMATS", "SchemaViolation", "Schemas"]
 
 DRAFT4 = "http://json-schema.org/draft-04/schema#"
@@ -84,9 +86,6 @@ FORMATS: dict[str, Callable[[Any], bool]] = {
 _COMPILED_FORMATS: dict[str, Callable[[Any], bool]] = {"hostname": lambda value: True, **FORMATS}
 
 
-def _version_key(version: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in version[1:].split("."))
-
 
 def _path(name: str) -> tuple[str | int, ...]:
     """fastjsonschema's "$.data.parents[2]" as ("data", "parents", 2)."""
@@ -136,7 +135,7 @@ class Schemas:
         if not self.root.is_dir():
             return []
         found = [p.name for p in self.root.iterdir() if p.is_dir() and _VERSION.fullmatch(p.name)]
-        return sorted(found, key=_version_key)
+        return sort_versions(found)
 
     def has(self, version: str, name: str) -> bool:
         # Both come from URLs at times: only plain names, never a path outside the schema folder.

@@ -60,7 +60,6 @@ class IssuerKeys:
     def __init__(self, issuer: str) -> None:
         self.issuer = issuer
         self.keys: list[PyJWK] = []
-        self.fetched_at: float | None = None  # last successful fetch
         self.tried_at: float | None = None  # last attempt
         self.fetching: list[Deferred[None]] | None = None  # waiting for the fetch under way
         self.timer: IDelayedCall | None = None
@@ -161,7 +160,6 @@ class KeyCache:
         else:
             changed = {k.key_id for k in keys} != {k.key_id for k in entry.keys}
             entry.keys = keys
-            entry.fetched_at = self.clock.seconds()
             entry.backoff = BACKOFF_FIRST
             delay = REFRESH_PERIOD + self.rng.uniform(0, REFRESH_JITTER)
             (log.info if changed else log.debug)("Fetched {count} keys of {issuer} ({kids})", count=len(keys),

@@ -37,11 +37,6 @@ def unix_to_tai_ns(unix_seconds: float) -> int:
     return int(round(unix_seconds * NS)) + leap_offset(unix_seconds) * NS
 
 
-def tai_ns_to_unix(stamp: int) -> float:
-    approx = stamp / NS
-    return approx - leap_offset(approx - leap_offset(approx))
-
-
 def format_tai(stamp: int) -> str:
     """Integer nanoseconds to "<seconds>:<nanoseconds>" (10 ns is "0:10", never "0.00000001")."""
     return f"{stamp // NS}:{stamp % NS}"

@@ -22,9 +22,5 @@ def parse_version(text: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
-def version_key(text: str) -> tuple[int, int]:
-    return parse_version(text)
-
-
 def sort_versions(versions: list[str] | tuple[str, ...]) -> list[str]:
     return sorted(versions, key=parse_version)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import re
 import uuid
 from collections.abc import Mapping, Sequence
@@ -25,7 +24,7 @@ from typing import Any, NoReturn
 
 from attrs import frozen
 
-from nmos_ref.config import ConfigError
+from nmos_ref.config import ConfigError, read_json_object
 from nmos_ref.model.versions import ALL_VERSIONS
 from nmos_ref.validation import Schemas, SchemaViolation
 
@@ -146,17 +145,7 @@ def manifest_href(endpoints: Sequence[Endpoint], sender_id: str) -> str:
 
 def load_description(path: str | Path) -> dict[str, Any]:
     """The description in a JSON file; ConfigError names the file and what is wrong (checked fully by `build`)."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read the Node description {path}: {exc.strerror}") from None
-    try:
-        description = json.loads(text)
-    except ValueError as exc:
-        raise ConfigError(f"the Node description {path} is not valid JSON: {exc}") from None
-    if not isinstance(description, dict):
-        raise ConfigError(f"the Node description {path} must be a JSON object")
-    return description
+    return read_json_object(path, "Node description")
 
 
 def _fail(where: str, message: str) -> NoReturn:

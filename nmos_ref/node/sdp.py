@@ -16,7 +16,6 @@ from typing import Any
 
 from attrs import frozen
 
-SDP_MEDIA_TYPES = ("video/raw", "audio/L16", "audio/L20", "audio/L24", "video/smpte291", "video/SMPTE2022-6")
 _PAYLOAD_TYPES = {"video/raw": 96, "audio/L16": 97, "audio/L20": 97, "audio/L24": 97, "video/smpte291": 100,
                   "video/SMPTE2022-6": 98}
 PTP_DOMAIN = 127  # SMPTE ST 2059-2's default domain; IS-04 clocks do not carry one
