@@ -22,6 +22,7 @@ from nmos_ref.api.query import QueryAPI
 from nmos_ref.model.query import Limits
 from nmos_ref.model.store import Registry
 from nmos_ref.model.versions import SINGULARS
+from nmos_ref.node.service import listening
 from official import assert_official, official_errors
 
 VERSIONS = ("v1.0", "v1.1", "v1.2", "v1.3")
@@ -265,3 +266,10 @@ def check(path: str, answer: Answer) -> None:
         assert_official(version, segments[1], answer.body)
     else:
         assert_official(version, SINGULARS[segments[1]], answer.body)
+
+
+async def port_of(service: Any) -> int:
+    """The port a started listener (or the first listener of a started service tree) listens on."""
+    listener = next(iter(service)) if hasattr(service, "__iter__") else service
+    [(_, address)] = await listening([listener])
+    return address.port

@@ -22,6 +22,7 @@ from nmos_ref.model.versions import ALL_VERSIONS
 from nmos_ref.node.model import KEPT_AT
 from nmos_ref.service import Options, build, build_all
 from official import assert_official
+from resources import port_of
 
 EXAMPLE = str(Path(__file__).resolve().parents[1] / "docs" / "node.example.json")
 LOOPBACK = "tcp:0:interface=127.0.0.1"
@@ -252,7 +253,7 @@ async def test_twistd_node_registers_with_a_registry_and_unregisters_on_sigterm(
     top = build(Settings(listen=[LOOPBACK], dns_sd="off"), reactor)
     top.startService()
     try:
-        port = (await next(iter(top))._waitingForPort).getHost().port
+        port = await port_of(top)
         registry = f"http://127.0.0.1:{port}"
         process = TwistdProcess({"node": r"Node API at (http://127\.0\.0\.1:\d+)/x-nmos/node/",
                                  "registered": r"Registered the Node and its (\d+) resources"})

@@ -13,7 +13,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 
 from nmos_ref.config import Settings
 from nmos_ref.service import build
-from resources import Answer, Family, check, node
+from resources import Answer, Family, check, node, port_of
 
 
 @pytest.fixture
@@ -39,8 +39,7 @@ async def test_query_api_on_a_loopback_port(http: Any) -> None:
     top = build(Settings(listen=["tcp:0:interface=127.0.0.1"], dns_sd="off"), reactor)
     top.startService()
     try:
-        port = await next(iter(top))._waitingForPort
-        base = f"http://127.0.0.1:{port.getHost().port}/x-nmos"
+        base = f"http://127.0.0.1:{await port_of(top)}/x-nmos"
         assert "query/" in (await call(http, f"{base}/")).body
         old, new = Family.build("v1.2"), Family.build("v1.3")
         for family in (old, new):

@@ -20,6 +20,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from nmos_ref.config import DEFAULT_LISTEN, Settings
 from nmos_ref.service import Options, build
 from official import assert_official
+from resources import port_of
 
 
 def parse(*argv: str) -> Settings:
@@ -114,9 +115,7 @@ async def test_service_on_a_loopback_port(http: Any) -> None:
     top = build(settings, reactor)
     top.startService()
     try:
-        listener = next(iter(top))
-        port = await listener._waitingForPort
-        base = f"http://127.0.0.1:{port.getHost().port}"
+        base = f"http://127.0.0.1:{await port_of(top)}"
         response = await http.get(f"{base}/x-nmos/")
         assert response.code == 200 and await response.json() == ["query/", "registration/"]
         node = a_node()
@@ -179,8 +178,7 @@ async def test_oversized_bodies_are_refused_without_being_kept(http: Any) -> Non
     top = build(Settings(listen=["tcp:0:interface=127.0.0.1"], dns_sd="off"), reactor)
     top.startService()
     try:
-        port = await next(iter(top))._waitingForPort
-        url = f"http://127.0.0.1:{port.getHost().port}/x-nmos/registration/v1.3/resource"
+        url = f"http://127.0.0.1:{await port_of(top)}/x-nmos/registration/v1.3/resource"
         big = json.dumps({"type": "node", "data": {**a_node(), "description": "x" * (2 << 20)}}).encode()
         response = await http.post(url, data=big, headers={"Content-Type": "application/json"})
         body = await response.json()

@@ -27,6 +27,7 @@ from nmos_ref.api.common import make_site, root_resource
 from nmos_ref.config import ConfigError
 from nmos_ref.service import Options
 from nmos_ref.tls import listen_service, server_context
+from resources import port_of
 
 
 def _name(common: str) -> x509.Name:
@@ -84,8 +85,7 @@ async def https(pki: dict[str, str]) -> Any:
     site = make_site(root_resource({}))
     service = listen_service("ssl:0:interface=127.0.0.1", site, reactor, pairs(pki))
     service.startService()
-    port = await service._waitingForPort
-    yield port.getHost().port
+    yield await port_of(service)
     await service.stopService()
 
 

@@ -24,7 +24,7 @@ from nmos_ref.service import build
 from nmos_ref.ws.protocol import SubscriptionService, serve_subscriptions
 from nmos_ref.ws.subscriptions import SubscriptionLimits
 from official import assert_official, official_errors
-from resources import VERSIONS, Answer, QueryHarness, check, stub_call
+from resources import VERSIONS, Answer, QueryHarness, check, port_of, stub_call
 
 TIMEOUT = 10.0  # seconds: only ever reached when a test is failing
 
@@ -192,8 +192,7 @@ class Served:
         build_protocol = self.top.site.buildProtocol
         self.top.site.buildProtocol = lambda address: self._track(build_protocol(address))
         self.top.startService()
-        port = await next(iter(self.top))._waitingForPort
-        self.base = f"http://127.0.0.1:{port.getHost().port}/x-nmos"
+        self.base = f"http://127.0.0.1:{await port_of(self.top)}/x-nmos"
         self.registry = self.top.registry
         self.service = next(child for child in self.top if isinstance(child, SubscriptionService))
         self.manager = self.service.manager
