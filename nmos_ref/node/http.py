@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlencode
 
 from attrs import frozen
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
@@ -51,16 +52,21 @@ class Reply:
 
 
 def exchange(http: Any, clock: IReactorTime, method: str, url: str, *, timeout: float, json_body: Any = None,
-             accept: str = "application/json") -> Deferred[Reply]:
-    """Send one request and read the whole answer; fails with Unreachable. A JSON body is sent with its
-    Content-Type and Content-Length; without one, nothing (IS-04 "APIs - Client Side Implementation Notes": no
-    body and no Content-Type on requests that have none, such as heartbeats)."""
-    headers = {"Accept": accept}
+             accept: str = "application/json", form: Mapping[str, str] | None = None,
+             headers: Mapping[str, str] | None = None) -> Deferred[Reply]:
+    """Send one request and read the whole answer; fails with Unreachable. A JSON body (or a `form`, sent as
+    application/x-www-form-urlencoded) is sent with its Content-Type and Content-Length; without one, nothing
+    (IS-04 "APIs - Client Side Implementation Notes": no body and no Content-Type on requests that have none, such
+    as heartbeats). `headers` are added as given (an Authorization header, say)."""
+    sent = {"Accept": accept, **(headers or {})}
     data = None
     if json_body is not None:
-        headers["Content-Type"] = "application/json"
+        sent["Content-Type"] = "application/json"
         data = _encode(json_body).encode("utf-8")
-    request: Deferred[Any] = http.request(method, url, data=data, headers=headers)
+    elif form is not None:
+        sent["Content-Type"] = "application/x-www-form-urlencoded"
+        data = urlencode(form).encode("ascii")
+    request: Deferred[Any] = http.request(method, url, data=data, headers=sent)
 
     def read(response: IResponse) -> Deferred[Reply]:
         raw = response.headers.getAllRawHeaders()  # type: ignore[attr-defined]
