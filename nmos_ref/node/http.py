@@ -16,14 +16,15 @@ from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.error import ConnectError, ConnectingCancelledError, DNSLookupError
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
-from twisted.web.client import ResponseFailed, ResponseNeverReceived
+from twisted.web.client import RequestTransmissionFailed, ResponseFailed, ResponseNeverReceived
 from twisted.web.iweb import IResponse
 
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
-# What "could not talk to the server" looks like: no connection, a broken one, or no answer in time.
-_UNREACHABLE = (ConnectError, DNSLookupError, ResponseFailed, ResponseNeverReceived, TimeoutError, CancelledError,
-                ConnectingCancelledError, ConnectionError)
+# What "could not talk to the server" looks like: no connection, a broken one (a TLS handshake that failed, a
+# certificate that could not be verified, included), or no answer in time.
+_UNREACHABLE = (ConnectError, DNSLookupError, RequestTransmissionFailed, ResponseFailed, ResponseNeverReceived,
+                TimeoutError, CancelledError, ConnectingCancelledError, ConnectionError)
 
 
 class Unreachable(Exception):
@@ -79,7 +80,8 @@ def exchange(http: Any, clock: IReactorTime, method: str, url: str, *, timeout: 
             reason = failure.value
             if isinstance(reason, TimeoutError):
                 raise Unreachable(f"no answer within {timeout:g} s")
-            if isinstance(reason, (ResponseFailed, ResponseNeverReceived)) and reason.reasons:
+            wrapped = (RequestTransmissionFailed, ResponseFailed, ResponseNeverReceived)
+            if isinstance(reason, wrapped) and reason.reasons:
                 reason = reason.reasons[0].value
             raise Unreachable(f"{type(reason).__name__}: {reason}")
         return failure

@@ -1,0 +1,122 @@
+"""The Node with BCP-003-01 TLS, over loopback: its Node API behind the same TLS context as the registry (both
+certificates, TLS 1.2+), `https` in its endpoints, and a registration client that checks the registry's certificate
+against `tls_ca` and will not register with a registry it cannot verify."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from OpenSSL import SSL
+from treq.client import HTTPClient
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.ssl import Certificate
+from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, ResponseNeverReceived
+
+from nmos_ref.config import Settings
+from nmos_ref.node.service import build_node
+from nmos_ref.service import build, build_all
+from official import assert_official
+from resources import port_of
+from tls_support import Pinned, make_pki, pairs
+
+TLS_LOOPBACK = "ssl:0:interface=127.0.0.1"
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: Any) -> dict[str, str]:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+async def fetch_with(url: str, policy: Any) -> tuple[int, Any, Any]:
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    try:
+        response = await HTTPClient(Agent(reactor, contextFactory=policy, pool=pool)).get(url)
+        return response.code, await response.json(), response.headers
+    finally:
+        await pool.closeCachedConnections()
+
+
+async def fetch(url: str, ca: str) -> tuple[int, Any, Any]:
+    return await fetch_with(url, BrowserLikePolicyForHTTPS(trustRoot=Certificate.loadPEM(Path(ca).read_bytes())))
+
+
+@pytest_twisted.ensureDeferred
+async def test_node_and_registry_over_https(pki: dict[str, str]) -> None:
+    settings = Settings(listen=[TLS_LOOPBACK], node_listen=[TLS_LOOPBACK], dns_sd="off", host_name="localhost",
+                        tls_certificates=pairs(pki), tls_ca=pki["ca"])
+    top = build_all(settings, reactor)
+    top.startService()
+    try:
+        node = top.node
+        await node.ready
+        await node.client.synced()
+        registry = node.client.current.candidate
+        assert registry.url.startswith("https://localhost:") and registry.origin == "local"
+        [endpoint] = node.model.endpoints
+        assert (endpoint.protocol, endpoint.host, endpoint.authorization) == ("https", "localhost", False)
+        code, data, headers = await fetch(f"{endpoint.base}x-nmos/node/v1.3/self", pki["ca"])
+        assert code == 200 and headers.getRawHeaders(b"strict-transport-security") == [b"max-age=31536000"]
+        assert_official("v1.3", "node", data)
+        assert data["api"]["endpoints"] == [{"host": "localhost", "port": endpoint.port, "protocol": "https",
+                                             "authorization": False}]
+        assert data["href"].startswith("https://localhost:")
+        code, registered, _ = await fetch(f"{registry.url}/x-nmos/query/v1.3/nodes/{data['id']}", pki["ca"])
+        assert code == 200 and registered == data
+        # The Node API's listener has the BCP-003-01 context: TLS 1.1 is refused, the ECDSA certificate offered.
+        with pytest.raises(ResponseNeverReceived):
+            await fetch_with(f"{endpoint.base}x-nmos/node/", Pinned(pki["ca"], SSL.TLS1_VERSION, SSL.TLS1_1_VERSION))
+        policy = Pinned(pki["ca"], SSL.TLS1_2_VERSION, SSL.TLS1_2_VERSION, b"ECDHE-ECDSA-AES128-GCM-SHA256")
+        assert (await fetch_with(f"{endpoint.base}x-nmos/node/", policy))[0] == 200
+    finally:
+        await top.stopService()
+    assert top.registry.count("node") == 0  # unregistered over HTTPS before the registry stopped
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_registry_whose_certificate_is_not_trusted_is_not_used(pki: dict[str, str],
+                                                                       tmp_path: Path) -> None:
+    other = make_pki(tmp_path / "other")  # a CA the registry's certificate does not come from
+    registry_settings = Settings(listen=[TLS_LOOPBACK], dns_sd="off", tls_certificates=pairs(pki))
+    registry = build(registry_settings, reactor)
+    registry.startService()
+    lines: list[str] = []
+
+    def observe(event: LogEvent) -> None:
+        if event.get("log_namespace", "").startswith("nmos_ref.node"):
+            lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        [listener] = [child for child in registry if hasattr(child, "endpoint")]
+        port = await port_of(listener)
+        node = build_node(Settings(node_listen=[TLS_LOOPBACK], dns_sd="off", registries=[
+            f"https://localhost:{port}/x-nmos/registration/v1.3"], tls_certificates=pairs(pki),
+            tls_ca=other["ca"], registry_timeout=2.0), reactor)
+        node.startService()
+        await node.ready
+        while node.client.state not in ("backoff", "registered"):
+            await state_change(node).addTimeout(30, reactor)  # a failure, not a hang, if the client never decides
+        assert node.client.state == "backoff"
+        assert registry.registry.count("node") == 0
+        assert any("certificate verify failed" in line or "SSL" in line for line in lines), lines
+        await node.stopService()
+    finally:
+        globalLogPublisher.removeObserver(observe)
+        await registry.stopService()
+
+
+def state_change(node: Any) -> Deferred[str]:
+    changed: Deferred[str] = Deferred()
+
+    def seen(state: str) -> None:
+        if not changed.called:
+            unsubscribe()
+            changed.callback(state)
+
+    unsubscribe = node.client.watch(seen)
+    return changed
