@@ -154,3 +154,14 @@ def instance_name(host: str, port: int) -> str:
     """"nmos-ref <host>:<port>", within the 63 bytes of a DNS label."""
     suffix = f":{port}"
     return "nmos-ref " + host.encode()[:63 - len("nmos-ref ") - len(suffix)].decode(errors="ignore") + suffix
+
+
+def url_host(instance: Instance, protocol: str) -> str | None:
+    """The host for the URL of an instance: its first IPv4 address, else its first IPv6 one; for HTTPS its host
+    name, which the certificate names."""
+    if protocol == "https" and instance.host:
+        return instance.host
+    addresses = sorted(instance.addresses, key=lambda text: ipaddress.ip_address(text.split("%")[0]).version)
+    if not addresses:
+        return None
+    return f"[{addresses[0]}]" if ":" in addresses[0] else addresses[0]

@@ -13,7 +13,6 @@ thing to read when a Node does not register.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -23,7 +22,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
-from nmos_ref.discovery import REGISTER, REGISTRATION, Instance, txt_text
+from nmos_ref.discovery import REGISTER, REGISTRATION, Instance, txt_text, url_host
 from nmos_ref.discovery.browse import UnicastFirst
 from nmos_ref.model.versions import parse_version
 from nmos_ref.node.registration import Candidate, unsuitable
@@ -37,17 +36,6 @@ def browsed_types(versions: Sequence[str]) -> list[str]:
     """The service types a Node serving `versions` browses for."""
     legacy = any(parse_version(version) <= (1, 2) for version in versions)
     return [REGISTER, REGISTRATION] if legacy else [REGISTER]
-
-
-def url_host(instance: Instance, protocol: str) -> str | None:
-    """The host for the URL of an instance: its first IPv4 address, else its first IPv6 one; for HTTPS its host
-    name, which the certificate names."""
-    if protocol == "https" and instance.host:
-        return instance.host
-    addresses = sorted(instance.addresses, key=lambda text: ipaddress.ip_address(text.split("%")[0]).version)
-    if not addresses:
-        return None
-    return f"[{addresses[0]}]" if ":" in addresses[0] else addresses[0]
 
 
 def candidate_of(instance: Instance, max_pri: int) -> Candidate | str:
