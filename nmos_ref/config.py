@@ -45,11 +45,14 @@ class Settings:
     dns_servers: list[str] | None = None  # "address[:port]"; default: the resolver's name servers
     pri: int = 10  # the `pri` the Registration and Query APIs advertise (0-99: live, 100+: development)
     peer_to_peer: bool = True  # the Node advertises ver_* while it has no registry
-    max_registry_pri: int = 99  # the Node ignores registries advertising a higher pri (100+: development)
+    max_registry_pri: int = 99  # registries and auth servers advertising a higher pri are ignored (100+: development)
     # Security (docs/security.md): IS-10 / BCP-003-02 authorization and BCP-003-01 TLS
     auth: bool = False  # require bearer tokens on every API (IS-10 resource server)
     auth_issuers: list[str] = field(factory=list)  # trusted authorization servers (issuer URLs); "*": any token iss
     auth_fqdn: str | None = None  # this server's fully qualified name, matched against `aud`; default: the machine's
+    auth_client_method: str = "private_key_jwt"  # the Node at the token endpoint; or client_secret_basic
+    auth_initial_token_file: str | None = None  # RFC 7591 initial access token for the Node's registration
+    auth_state_dir: str | None = None  # the Node's OAuth key and client_id; default ~/.local/state/nmos-ref
     tls_certificates: list[dict[str, str]] = field(factory=list)  # [{"certificate": chain PEM, "key": key PEM}, ...]
     tls_ca: str | None = None  # PEM of the CA(s) the Node and the key fetcher trust; default: the system's
     hsts_max_age: int = 31536000  # Strict-Transport-Security max-age on HTTPS answers; 0: no header
@@ -142,6 +145,15 @@ def _check_issuers(value: Any) -> list[str]:
     return value
 
 
+AUTH_CLIENT_METHODS = ("private_key_jwt", "client_secret_basic")
+
+
+def _check_client_method(value: Any) -> str:
+    if value not in AUTH_CLIENT_METHODS:
+        raise ConfigError(f"auth_client_method must be one of {', '.join(AUTH_CLIENT_METHODS)}, not {value!r}")
+    return str(value)
+
+
 def _check_certificates(value: Any) -> list[dict[str, str]]:
     if not isinstance(value, list) or not all(
             isinstance(item, dict) and set(item) == {"certificate", "key"} and all(
@@ -225,6 +237,9 @@ _CHECKS = {
     "auth": _check_bool("auth"),
     "auth_issuers": _check_issuers,
     "auth_fqdn": _check_host_name,
+    "auth_client_method": _check_client_method,
+    "auth_state_dir": _check_optional_text("auth_state_dir"),
+    "auth_initial_token_file": _check_optional_text("auth_initial_token_file"),
     "tls_certificates": _check_certificates,
     "tls_ca": _check_optional_text("tls_ca"),
     "hsts_max_age": _check_max_age,
@@ -243,6 +258,17 @@ def apply(settings: Settings, values: Mapping[str, Any], source: str) -> Setting
         except ConfigError as exc:
             raise ConfigError(f"{source}: {exc}") from None
     return Settings(**changed)
+
+
+def read_initial_token(path: str) -> str:
+    """The initial access token in `path` (surrounding white space ignored); ConfigError if there is none."""
+    try:
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the initial access token file {path}: {exc}") from None
+    if not token or any(character.isspace() for character in token):
+        raise ConfigError(f"the initial access token file {path} must hold one token")
+    return token
 
 
 def read_json_object(path: str | Path, what: str) -> dict[str, Any]:

@@ -18,8 +18,8 @@ from nmos_ref.api.common import make_site, root_resource
 from nmos_ref.api.query import QueryAPI
 from nmos_ref.api.registration import RegistrationAPI
 from nmos_ref.auth.guard import guard_apis
-from nmos_ref.auth.service import resource_server
-from nmos_ref.config import ConfigError, Settings, apply, load_file
+from nmos_ref.auth.service import Authorization, authorization
+from nmos_ref.config import ConfigError, Settings, apply, load_file, read_initial_token
 from nmos_ref.discovery.registry import RegistryAdvertiser
 from nmos_ref.discovery.setup import DnsSd, build_dns_sd
 from nmos_ref.gc_policy import FreezeAfterFullCollection
@@ -53,6 +53,10 @@ class CommonOptions(usage.Options):
         ["pri", None, None, "The pri the Registration and Query APIs advertise (default 10; 100+ is development)"],
         ["auth-issuers", None, None, "Comma-separated issuer URLs of the trusted authorization servers"],
         ["auth-fqdn", None, None, "This server's fully qualified name, as tokens' aud must name it"],
+        ["auth-client-method", None, None, "How the Node authenticates to the authorization server: private_key_jwt "
+                                           "(default) or client_secret_basic"],
+        ["auth-state-dir", None, None, "Where the Node keeps its OAuth key and client registration (default "
+                                       "~/.local/state/nmos-ref)"],
     ]
     optFlags = [["access-log", None, "Log one line per HTTP request"],
                 ["auth", None, "Require IS-10 bearer tokens on every API (docs/security.md)"]]
@@ -104,8 +108,10 @@ class CommonOptions(usage.Options):
             values["auth"] = True
         if self["auth-issuers"] is not None:
             values["auth_issuers"] = [url.strip() for url in self["auth-issuers"].split(",") if url.strip()]
-        if self["auth-fqdn"] is not None:
-            values["auth_fqdn"] = self["auth-fqdn"]
+        for flag, key in (("auth-fqdn", "auth_fqdn"), ("auth-client-method", "auth_client_method"),
+                          ("auth-state-dir", "auth_state_dir")):
+            if self[flag] is not None:
+                values[key] = self[flag]
         return values
 
 
@@ -217,6 +223,11 @@ def settings_from(options: Options) -> Settings:
                 raise usage.UsageError(f"{flag} {description!r}: {exc}") from None
             except (ValueError, KeyError, TypeError) as exc:
                 raise usage.UsageError(f"{flag} {description!r} is not a strports description: {exc}") from None
+    if options.subCommand != "registry" and settings.auth_initial_token_file is not None:
+        try:
+            read_initial_token(settings.auth_initial_token_file)
+        except ConfigError as exc:
+            raise usage.UsageError(str(exc)) from None
     if options.subCommand != "registry" and settings.node_file is not None:
         try:  # a broken Node description stops the start here, with the reason
             node_resources.build(node_resources.load_description(settings.node_file), seed="check",
@@ -273,13 +284,13 @@ def _subscription_path(query: QueryAPI, version: str, sid: str) -> str | None:
 
 
 def build(settings: Settings, reactor: Any, clock: IReactorTime | None = None,
-          dns_sd: DnsSd | None = None) -> MultiService:
+          dns_sd: DnsSd | None = None, guard: Authorization | None = None) -> MultiService:
     """The whole service tree for `settings`; `clock` defaults to the reactor (tests pass a Clock), `dns_sd` to the
-    DNS-SD of the settings (started and stopped here)."""
+    DNS-SD of the settings (started and stopped here), `guard` (with auth) to a resource server made here."""
     clock = clock or reactor
     top = MultiService()
     if dns_sd is None:
-        dns_sd = build_dns_sd(settings, reactor, clock, settings.listen, browse=False)
+        dns_sd = build_dns_sd(settings, reactor, clock, settings.listen, browse=settings.auth)
         if dns_sd.multicast is not None:
             dns_sd.multicast.setServiceParent(top)
     registry = Registry(clock, expiry=settings.registration_expiry_interval)
@@ -288,10 +299,11 @@ def build(settings: Settings, reactor: Any, clock: IReactorTime | None = None,
     query = QueryAPI(registry, settings.api_versions, host_name=settings.host_name, authorization=settings.auth)
     apis = {"registration": registration.app.resource(), "query": query.app.resource()}
     if settings.auth:  # IS-10: every API behind the token check (docs/security.md)
-        guard, keys = resource_server(settings, reactor, clock)
-        keys.setServiceParent(top)
-        apis = guard_apis(apis, guard, {"query": partial(_subscription_path, query)})
-        top.keys = keys.keys  # type: ignore[attr-defined]  # the hook for DNS-SD `_nmos-auth._tcp` discovery
+        if guard is None:
+            guard = authorization(settings, reactor, clock, dns_sd)
+            guard.services.setServiceParent(top)
+        apis = guard_apis(apis, guard.server, {"query": partial(_subscription_path, query)})
+        top.keys = guard.server.keys  # type: ignore[attr-defined]
     site = make_site(root_resource(apis), settings.access_log, settings.hsts_max_age)
     for description in settings.listen:
         listener: IService = listen_service(description, site, reactor, settings.tls_certificates)
@@ -339,17 +351,21 @@ def build_all(settings: Settings, reactor: Any, clock: IReactorTime | None = Non
     # the registry of this process.
     served = (settings.listen if "registry" in parts else []) + (settings.node_listen if "node" in parts else [])
     dns_sd = build_dns_sd(settings, reactor, clock or reactor, served,
-                          browse="registry" not in parts and not settings.registries)
+                          browse=("registry" not in parts and not settings.registries) or settings.auth)
     if dns_sd.multicast is not None:
         dns_sd.multicast.setServiceParent(top)
+    guard = None
+    if settings.auth:  # one resource server (one key cache) for every API of the process
+        guard = authorization(settings, reactor, clock or reactor, dns_sd)
+        guard.services.setServiceParent(top)
     if "registry" in parts:
-        registry = build(settings, reactor, clock, dns_sd)
+        registry = build(settings, reactor, clock, dns_sd, guard)
         registry.setServiceParent(top)
         top.registry = registry.registry  # type: ignore[attr-defined]
         listeners = [child for child in registry if isinstance(child, StreamServerEndpointService)]
         local = partial(listening, listeners)
     if "node" in parts:
-        node = build_node(settings, reactor, clock, local_registries=local, dns_sd=dns_sd)
+        node = build_node(settings, reactor, clock, local_registries=local, dns_sd=dns_sd, guard=guard)
         node.setServiceParent(top)
         top.node = node  # type: ignore[attr-defined]
     return top

@@ -4,6 +4,7 @@ served by the Query API exactly as the Node API serves it."""
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import sys
@@ -77,6 +78,27 @@ class TestCommandLine:
     def test_bad_flags(self, argv: tuple[str, ...], message: str) -> None:
         with pytest.raises(usage.UsageError, match=re.escape(message)):
             parse(*argv)
+
+    def test_auth_client_settings(self, tmp_path: Path) -> None:
+        token = tmp_path / "initial-token"
+        token.write_text("  abc.def.ghi\n")
+        settings = parse("--auth", "--auth-client-method", "client_secret_basic", "--auth-state-dir",
+                         str(tmp_path / "state"), "--auth-issuers", "http://127.0.0.1:5010,http://127.0.0.1:5011")[
+            "settings"]
+        assert (settings.auth, settings.auth_client_method) == (True, "client_secret_basic")
+        assert settings.auth_state_dir == str(tmp_path / "state")
+        assert settings.auth_issuers == ["http://127.0.0.1:5010", "http://127.0.0.1:5011"]
+        config = tmp_path / "auth.json"
+        config.write_text(json.dumps({"auth": True, "auth_initial_token_file": str(token)}))
+        assert parse("node", "--config", str(config))["settings"].auth_initial_token_file == str(token)
+        with pytest.raises(usage.UsageError, match="auth_client_method must be one of"):
+            parse("--auth-client-method", "tls_client_auth")
+        token.write_text("two tokens")
+        with pytest.raises(usage.UsageError, match="must hold one token"):
+            parse("node", "--config", str(config))
+        token.unlink()
+        with pytest.raises(usage.UsageError, match="cannot read the initial access token file"):
+            parse("node", "--config", str(config))
 
     def test_a_broken_node_file_stops_the_start_naming_the_problem(self, tmp_path: Path) -> None:
         broken = tmp_path / "node.json"

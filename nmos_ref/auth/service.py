@@ -6,7 +6,8 @@ import json
 import socket
 from typing import Any
 
-from twisted.application.service import Service
+from attrs import define
+from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.ssl import Certificate
@@ -17,10 +18,39 @@ from treq.client import HTTPClient
 from nmos_ref.auth.guard import ResourceServer
 from nmos_ref.auth.keys import FetchJSON, KeyCache
 from nmos_ref.config import Settings
+from nmos_ref.discovery.auth import AuthServerBrowser
+from nmos_ref.discovery.setup import DnsSd
 
 log = Logger()
 
 FETCH_TIMEOUT = 10.0  # seconds for one metadata or JWKS request
+
+
+@define
+class Authorization:
+    """What a process with `auth` on shares between its APIs: the resource server, the services keeping its keys
+    fresh and browsing for authorization servers, and that browse (whose servers the Node asks for tokens)."""
+
+    server: ResourceServer
+    services: MultiService
+    found: AuthServerBrowser | None = None
+
+
+def authorization(settings: Settings, reactor: Any, clock: IReactorTime, dns_sd: DnsSd,
+                  fetch_json: FetchJSON | None = None) -> Authorization:
+    """The resource server for `settings`, and (with DNS-SD) the browse for `_nmos-auth._tcp` (IS-10 "Discovery"),
+    each server found added to the trusted issuers and its keys fetched."""
+    server, keys = resource_server(settings, reactor, clock, fetch_json)
+    services = MultiService()
+    keys.setServiceParent(services)
+    found = None
+    browser = dns_sd.browser()
+    if browser is not None:
+        secure = any(description.startswith("ssl:") for description in settings.listen + settings.node_listen)
+        found = AuthServerBrowser(browser, "https" if secure else "http", settings.max_registry_pri)
+        found.added = server.keys.add_issuer
+        found.setServiceParent(services)
+    return Authorization(server, services, found)
 
 
 class KeyCacheService(Service):

@@ -37,7 +37,7 @@ from urllib.parse import urlsplit
 
 from attrs import evolve, frozen
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, ensureDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -164,7 +164,8 @@ class RegistrationClient(Service):
 
     def __init__(self, model: NodeModel, http: Any, clock: IReactorTime,
                  candidates: Callable[[], Deferred[list[Candidate]]], *, protocol: str = "http",
-                 authorization: bool = False, interval: float = HEARTBEAT_INTERVAL, timeout: float = REQUEST_TIMEOUT,
+                 authorization: bool = False, tokens: Any = None, interval: float = HEARTBEAT_INTERVAL,
+                 timeout: float = REQUEST_TIMEOUT,
                  backoff: Backoff = Backoff(), rng: random.Random | None = None) -> None:
         self.model = model
         self.http = http
@@ -172,6 +173,7 @@ class RegistrationClient(Service):
         self.candidates = candidates
         self.protocol = protocol
         self.authorization = authorization
+        self.tokens = tokens  # the OAuth client (token(), rejected(token)) when the Node uses authorization
         self.interval = interval
         self.timeout = timeout
         self.backoff = backoff
@@ -227,7 +229,7 @@ class RegistrationClient(Service):
         for kind, rid in sorted(held, key=lambda key: _CHILDREN_FIRST[key[0]]):
             url = choice.candidate.api(version, f"resource/{PLURALS[kind]}/{rid}")
             try:
-                reply = await exchange(self.http, self.clock, "DELETE", url, timeout=self.timeout)
+                reply = await self._send("DELETE", url)
             except Unreachable as exc:
                 log.warn("Unregistering stopped: DELETE {kind} {id} failed ({reason}); the registry will expire "
                          "the rest", kind=kind, id=rid, reason=str(exc))
@@ -367,7 +369,7 @@ class RegistrationClient(Service):
             return candidate
         url = f"{candidate.url}/x-nmos/registration/"
         try:
-            reply = await self._track(exchange(self.http, self.clock, "GET", url, timeout=self.timeout))
+            reply = await self._track(self._request("GET", url))
         except Unreachable as exc:
             return f"GET {url} failed: {exc}"
         try:
@@ -432,12 +434,41 @@ class RegistrationClient(Service):
 
         return request.addBoth(forget)
 
+    def _request(self, method: str, url: str, body: Any = None) -> Deferred[Reply]:
+        return Deferred.fromCoroutine(self._send(method, url, body))
+
+    async def _send(self, method: str, url: str, body: Any = None) -> Reply:
+        """One request, with the Node's bearer token when it uses authorization (IS-10). A 401 means the token was
+        not accepted (expired early, revoked, keys rotated): it is dropped and the request sent once more with a
+        new one. No token to be had counts as an unreachable registry (Unreachable), so failover and backoff
+        apply."""
+        if self.tokens is None:
+            return await exchange(self.http, self.clock, method, url, timeout=self.timeout, json_body=body)
+        token = await self._token()
+        reply = await exchange(self.http, self.clock, method, url, timeout=self.timeout, json_body=body,
+                               headers={"Authorization": f"Bearer {token}"})
+        if reply.code == 401:
+            log.info("{method} {url} answered 401 ({error}); trying once more with a new access token",
+                     method=method, url=url, error=reply.error_text())
+            self.tokens.rejected(token)
+            token = await self._token()
+            reply = await exchange(self.http, self.clock, method, url, timeout=self.timeout, json_body=body,
+                                   headers={"Authorization": f"Bearer {token}"})
+        return reply
+
+    async def _token(self) -> str:
+        try:
+            return str(await self.tokens.token())
+        except CancelledError:
+            raise
+        except Exception as exc:
+            raise Unreachable(f"no access token ({exc})") from None
+
     async def _call(self, epoch: int, method: str, url: str, body: Any = None) -> Reply:
         """One request to the registry in use: _Switched if the client moved on meanwhile, _Failed on no answer or
         a 5xx."""
         try:
-            reply = await self._track(exchange(self.http, self.clock, method, url, timeout=self.timeout,
-                                               json_body=body))
+            reply = await self._track(self._request(method, url, body))
         except Unreachable as exc:
             if epoch != self._epoch:
                 raise _Switched() from None

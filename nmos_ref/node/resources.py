@@ -75,6 +75,7 @@ class Endpoint:
     host: str
     port: int
     protocol: str = "http"
+    authorization: bool = False  # IS-10: the Node API wants bearer tokens here (v1.3 `api.endpoints[].authorization`)
 
     @property
     def base(self) -> str:
@@ -83,8 +84,8 @@ class Endpoint:
         return f"{self.protocol}://{host}:{self.port}/"
 
     def as_json(self) -> dict[str, Any]:
-        # v1.3 form; IS-10 authorization is not implemented, so it is always false.
-        return {"host": self.host, "port": self.port, "protocol": self.protocol, "authorization": False}
+        # The v1.3 form; the model's downgrade drops `authorization` below v1.3.
+        return {"host": self.host, "port": self.port, "protocol": self.protocol, "authorization": self.authorization}
 
 
 @frozen

@@ -4,6 +4,8 @@ registration client. `nmos_ref.service` builds it for `nmos-ref node` and for th
 from __future__ import annotations
 
 import ipaddress
+import json
+import os
 import re
 import socket
 from collections.abc import Callable, Sequence
@@ -12,18 +14,23 @@ from typing import Any
 import ifaddr
 from attrs import evolve
 from treq.client import HTTPClient
-from twisted.application import strports
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, succeed
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.logger import Logger
+from twisted.web.resource import Resource
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 
 from nmos_ref.api.common import make_site, root_resource
 from nmos_ref.api.node import ManifestAPI, NodeAPI
-from nmos_ref.config import Settings
+from nmos_ref.auth.client import OAuthClient
+from nmos_ref.auth.guard import guard_apis
+from nmos_ref.auth.keys import ANY_ISSUER
+from nmos_ref.auth.service import Authorization, tls_policy
+from nmos_ref.auth.service import authorization as make_authorization
+from nmos_ref.config import Settings, read_initial_token
 from nmos_ref.discovery.setup import DnsSd, build_dns_sd
 from nmos_ref.model.tai import TAIClock, format_tai
 from nmos_ref.node.advert import NodeAdvertiser
@@ -32,6 +39,7 @@ from nmos_ref.node.model import NodeModel
 from nmos_ref.node.registration import Candidate, RegistrationClient, parse_registry_url
 from nmos_ref.node.resources import MANIFEST_ROOT, Endpoint, build, demo_description, load_description
 from nmos_ref.node.target import ReceiverTargets
+from nmos_ref.tls import listen_service
 from nmos_ref.validation import Schemas
 
 log = Logger()
@@ -87,9 +95,10 @@ def machine_addresses(ipv6: bool) -> list[str]:
     return sorted(found, key=lambda text: ipaddress.ip_address(text).is_loopback)
 
 
-def endpoints_for(addresses: Sequence[tuple[str, Any]], host_name: str | None) -> list[Endpoint]:
+def endpoints_for(addresses: Sequence[tuple[str, Any]], host_name: str | None,
+                  authorization: bool = False) -> list[Endpoint]:
     """The Node's `api.endpoints` for where it listens: the configured host name, or each address (a wildcard
-    listener answers on all of the machine's addresses)."""
+    listener answers on all of the machine's addresses); `authorization` when the Node API wants tokens."""
     found: list[Endpoint] = []
     for protocol, address in addresses:
         if host_name is not None:
@@ -99,20 +108,25 @@ def endpoints_for(addresses: Sequence[tuple[str, Any]], host_name: str | None) -
         else:
             hosts = [address.host]
         for host in hosts:
-            endpoint = Endpoint(host, address.port, protocol)
+            endpoint = Endpoint(host, address.port, protocol, authorization)
             if endpoint not in found:
                 found.append(endpoint)
     return found
 
 
-def registry_candidates(addresses: Sequence[tuple[str, Any]]) -> list[Candidate]:
+def registry_candidates(addresses: Sequence[tuple[str, Any]], authorization: bool = False,
+                        host_name: str | None = None) -> list[Candidate]:
     """Candidates for a registry listening at these addresses in this process: reached over loopback when it
-    listens on every address."""
+    listens on every address, or for HTTPS by `host_name` (which its certificate names); it uses authorization
+    when this process does."""
     found = []
     for protocol, address in addresses:
         host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(address.host, address.host)
+        if protocol == "https" and host_name is not None:
+            host = host_name
         shown = f"[{host}]" if ":" in host else host
-        found.append(Candidate(f"{protocol}://{shown}:{address.port}", len(found), protocol, origin="local"))
+        found.append(Candidate(f"{protocol}://{shown}:{address.port}", len(found), protocol,
+                               authorization=authorization, origin="local"))
     return found
 
 
@@ -123,7 +137,9 @@ class NodeService(MultiService):
     def __init__(self, model: NodeModel, site: Any, listen: Sequence[str], reactor: Any, client: RegistrationClient,
                  targets: ReceiverTargets, pool: HTTPConnectionPool, host_name: str | None, *,
                  registries: RegistryBrowser | None = None, advertiser: NodeAdvertiser | None = None,
-                 own_discovery: IService | None = None) -> None:
+                 own_discovery: IService | None = None, authorization: bool = False,
+                 oauth: OAuthClient | None = None, auth_services: Sequence[IService] = (),
+                 certificates: Sequence[dict[str, str]] = ()) -> None:
         super().__init__()
         self.model = model
         self.site = site
@@ -135,9 +151,13 @@ class NodeService(MultiService):
         self.advertiser = advertiser
         if own_discovery is not None:  # mDNS made for this Node alone: started first, stopped last
             own_discovery.setServiceParent(self)
+        self.authorization = authorization
+        self.oauth = oauth  # started once the Node knows its jwks_uri, stopped after the last DELETE
+        for service in auth_services:  # the resource server's key cache, the browse for authorization servers
+            service.setServiceParent(self)
         if registries is not None:
             registries.setServiceParent(self)
-        self.listeners = [strports.service(description, site, reactor=reactor) for description in listen]
+        self.listeners = [listen_service(description, site, reactor, certificates) for description in listen]
         for listener in self.listeners:
             listener.setServiceParent(self)
         self.ready: Deferred[None] = Deferred()  # fires once the Node API listens and registration started
@@ -149,13 +169,15 @@ class NodeService(MultiService):
     def _listening(self, addresses: list[tuple[str, Any]]) -> None:
         if not self.running:
             return
-        self.model.set_endpoints(endpoints_for(addresses, self.host_name))
+        self.model.set_endpoints(endpoints_for(addresses, self.host_name, self.authorization))
         for endpoint in self.model.endpoints:
             log.info("Node {id}: Node API at {url}x-nmos/node/ ({versions})", id=self.model.node_id,
                      url=endpoint.base, versions=", ".join(self.model.versions))
         if self.advertiser is not None:
             self.advertiser.listening(addresses)
             self.advertiser.startService()
+        if self.oauth is not None:
+            self.oauth.startService()
         self.client.startService()
         self.ready.callback(None)
 
@@ -169,6 +191,8 @@ class NodeService(MultiService):
     async def _stop(self) -> None:
         if self.client.running:
             await self.client.stopService()
+        if self.oauth is not None and self.oauth.running:
+            self.oauth.stopService()  # synchronous: cancels its timers and requests
         if self.advertiser is not None and self.advertiser.running:
             await self.advertiser.stopService()
         self.targets.stop()
@@ -176,13 +200,43 @@ class NodeService(MultiService):
         await self.pool.closeCachedConnections()
 
 
+class JWKSResource(Resource):
+    """The Node's public keys (RFC 7517 JWK Set) at `/x-authorization/jwks`, for an authorization server checking
+    the Node's `private_key_jwt` client assertions (RFC 7523); public, so never behind the token check."""
+
+    isLeaf = True
+
+    def __init__(self, oauth: OAuthClient) -> None:
+        super().__init__()
+        self.oauth = oauth
+
+    def render_GET(self, request: Any) -> bytes:
+        request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"Access-Control-Allow-Origin", b"*")
+        return json.dumps(self.oauth.jwks()).encode("utf-8")
+
+
+def default_state_dir() -> str:
+    """~/.local/state/nmos-ref (or under $XDG_STATE_HOME): where a Node keeps its OAuth key and registration."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "nmos-ref")
+
+
+def client_servers(settings: Settings) -> list[str]:
+    """The configured authorization servers the Node gets tokens from (`auth_issuers`, "*" aside)."""
+    return [url.rstrip("/") for url in settings.auth_issuers if url != ANY_ISSUER]
+
+
 def build_node(settings: Settings, reactor: Any, clock: IReactorTime | None = None, *,
                local_registries: Callable[[], Deferred[list[tuple[str, Any]]]] | None = None,
-               http: Any = None, schemas: Schemas | None = None, dns_sd: DnsSd | None = None) -> NodeService:
+               http: Any = None, schemas: Schemas | None = None, dns_sd: DnsSd | None = None,
+               guard: Authorization | None = None) -> NodeService:
     """The Node of `settings`: its description (file or demo), model, APIs, listeners, registration client and
     DNS-SD. `local_registries` gives the addresses of a registry in this process, used first; `http` replaces the
     treq client (tests); `dns_sd` is the process's DNS-SD (default: made from the settings, for this Node alone).
-    Registries are browsed for only when none is configured (and there is no registry in this process)."""
+    Registries are browsed for only when none is configured (and there is no registry in this process). With
+    `auth`, the Node API wants tokens (checked by `guard`, the process's resource server, or one made here) and the
+    Node gets its own from an authorization server (configured in `auth_issuers`, or found by DNS-SD)."""
     clock = clock or reactor
     schemas = schemas or Schemas()
     tai = TAIClock(clock)
@@ -195,31 +249,63 @@ def build_node(settings: Settings, reactor: Any, clock: IReactorTime | None = No
     timeout = min(settings.registry_timeout, settings.heartbeat_interval)
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool._factory = _QuietFactory  # no log line per connection to a registry
-    if http is None:
-        http = HTTPClient(Agent(reactor, pool=pool, connectTimeout=timeout))
+    if http is None:  # BCP-003-01: registries (and authorization servers) checked against tls_ca when given
+        http = HTTPClient(Agent(reactor, contextFactory=tls_policy(settings.tls_ca), pool=pool,
+                                connectTimeout=timeout))
+    authorization = settings.auth
     targets = ReceiverTargets(model, http, clock, timeout)
     api = NodeAPI(model, targets, schemas)
     manifests = ManifestAPI(model)
-    site = make_site(root_resource({"node": api.app.resource()}, {MANIFEST_ROOT: manifests.app.resource()}),
-                     settings.access_log)
-    configured = [parse_registry_url(url, index) for index, url in enumerate(settings.registries)]
+    apis: dict[str, Any] = {"node": api.app.resource()}
+    others: dict[str, Any] = {MANIFEST_ROOT: manifests.app.resource()}
+    auth_services: list[IService] = []
+    oauth = None
+    protocols = {"https" if listen.startswith("ssl:") else "http" for listen in settings.node_listen}
+    protocol = sorted(protocols)[-1]
+    browse = not settings.registries and local_registries is None
+    own_discovery = None
+    if dns_sd is None:
+        dns_sd = build_dns_sd(settings, reactor, clock, settings.node_listen, browse=browse or authorization)
+        own_discovery = dns_sd.multicast
+    if authorization:
+        if guard is None:  # a Node alone: its own resource server and browse for authorization servers
+            guard = make_authorization(settings, reactor, clock, dns_sd)
+            auth_services.append(guard.services)
+        apis = guard_apis(apis, guard.server)
+        auth_browser = guard.found
+        configured_servers = client_servers(settings)
+
+        def servers() -> list[str]:
+            discovered = auth_browser.servers() if auth_browser is not None else []
+            return configured_servers + [url for url in discovered if url not in configured_servers]
+
+        def jwks_uri() -> str | None:
+            return f"{model.endpoints[0].base}x-authorization/jwks" if model.endpoints else None
+
+        oauth = OAuthClient(clock, http, servers=servers,
+                            state_dir=os.path.join(settings.auth_state_dir or default_state_dir(),
+                                                   f"node-{model.node_id}"),
+                            client_name=f"nmos-ref node {model.node['label']}"[:100], scopes=["registration"],
+                            method=settings.auth_client_method, jwks_uri=jwks_uri, timeout=timeout,
+                            initial_token=read_initial_token(settings.auth_initial_token_file)
+                            if settings.auth_initial_token_file else None)
+        if auth_browser is not None:  # IS-10 "Discovery": servers found by DNS-SD after the configured ones
+            auth_browser.changed = oauth.servers_changed
+        x_authorization = Resource()
+        x_authorization.putChild(b"jwks", JWKSResource(oauth))
+        others["x-authorization"] = x_authorization
+    site = make_site(root_resource(apis, others), settings.access_log, settings.hsts_max_age)
+    configured = [evolve(parse_registry_url(url, index), authorization=authorization)
+                  for index, url in enumerate(settings.registries)]
 
     def configured_candidates() -> Deferred[list[Candidate]]:
         if local_registries is None:
             return succeed(configured)
         # The registry of this process first, then the configured ones.
         return local_registries().addCallback(
-            lambda addresses: registry_candidates(addresses) + [
+            lambda addresses: registry_candidates(addresses, authorization, settings.host_name) + [
                 evolve(candidate, priority=candidate.priority + len(addresses)) for candidate in configured])
 
-    protocols = {"https" if listen.startswith("ssl:") else "http" for listen in settings.node_listen}
-    protocol = sorted(protocols)[-1]
-    authorization = False  # the Node does not use IS-10 tokens (yet)
-    browse = not configured and local_registries is None
-    own_discovery = None
-    if dns_sd is None:
-        dns_sd = build_dns_sd(settings, reactor, clock, settings.node_listen, browse=browse)
-        own_discovery = dns_sd.multicast
     browser = dns_sd.browser() if browse else None
     registries = None
     candidates: Callable[[], Deferred[list[Candidate]]] = configured_candidates
@@ -227,7 +313,7 @@ def build_node(settings: Settings, reactor: Any, clock: IReactorTime | None = No
         registries = RegistryBrowser(browser, model.versions, protocol, authorization, settings.max_registry_pri)
         candidates = registries.candidates
     client = RegistrationClient(model, http, clock, candidates, protocol=protocol, authorization=authorization,
-                                interval=settings.heartbeat_interval, timeout=timeout)
+                                tokens=oauth, interval=settings.heartbeat_interval, timeout=timeout)
     if registries is not None:
         registries.changed = client.registries_changed
     advertiser = None
@@ -241,4 +327,6 @@ def build_node(settings: Settings, reactor: Any, clock: IReactorTime | None = No
     # api.endpoints name the configured host name, else the addresses listened on (not the machine's name, which
     # other hosts may not resolve).
     return NodeService(model, site, settings.node_listen, reactor, client, targets, pool, settings.host_name,
-                       registries=registries, advertiser=advertiser, own_discovery=own_discovery)
+                       registries=registries, advertiser=advertiser, own_discovery=own_discovery,
+                       authorization=authorization, oauth=oauth, auth_services=auth_services,
+                       certificates=settings.tls_certificates)
