@@ -82,7 +82,9 @@ class ResourceServer:
             return invalid("the token's issuer is not trusted")
         kid = header.get("kid")
         keys = self.keys.keys(issuer)
-        candidates = [key for key in keys if kid is None or key.key_id in (kid, None)]
+        # Keys of the alg's type only (an RSA alg with an EC key is a TypeError in PyJWT, not a bad signature).
+        key_type = "EC" if header["alg"].startswith("ES") else "RSA"
+        candidates = [key for key in keys if key.key_type == key_type and (kid is None or key.key_id in (kid, None))]
         claims = None
         for key in candidates:
             try:
@@ -90,12 +92,14 @@ class ResourceServer:
                                     options={"verify_aud": False, "verify_exp": False, "verify_nbf": False,
                                              "verify_iat": False, "verify_iss": False})
                 break
-            except PyJWTError:  # wrong signature, or a key of another type than alg
+            except (PyJWTError, TypeError, ValueError):  # wrong signature, or a key unfit for alg
                 continue
         if claims is None:
             known = kid is not None and any(key.key_id == kid for key in keys)
-            if (not keys or (kid is not None and not known)) and self.keys.may_refetch(issuer):
-                # IS-10: no cached key matches; fetch through the token's iss and ask the client to come back.
+            # No cached key matches: none held, the token's kid not among them, or (a token without a kid) none
+            # verifies, as after a key rotation. IS-10: fetch through the token's iss and ask the client to come
+            # back, at most every MIN_REFETCH seconds per issuer.
+            if (not keys or kid is None or not known) and self.keys.may_refetch(issuer):
                 self.keys.refresh(issuer)
                 return Unavailable(issuer)
             return invalid("the token's signature does not verify")
