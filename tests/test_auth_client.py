@@ -274,11 +274,13 @@ def test_a_failed_refresh_keeps_the_valid_token_and_backs_off(tmp_path: Path) ->
     for index, gap in enumerate(gaps):
         ceiling = min(60.0, 2.0 ** index)
         assert ceiling / 2 - 1e-6 <= gap <= ceiling + 0.1 + 1e-6, (index, gaps)  # +0.1: the test's steps
-    # the server comes back: the next try gets a token, and refreshes go back to half-life
+    # the server comes back: the next try gets a token (and says so), and refreshes go back to half-life
+    recoveries: list[float] = []
+    rig.client.recovered = lambda: recoveries.append(rig.clock.seconds())
     rig.host.up()
     next_try = min(call.getTime() for call in rig.clock.getDelayedCalls())
     rig.clock.advance(next_try - rig.clock.seconds())
-    assert len(server.token_requests) == 2
+    assert len(server.token_requests) == 2 and recoveries == [next_try]
     renewed = succeeded(rig.client.token())
     assert renewed != first and renewed == server.token_answers[1]["access_token"]
     assert [call.getTime() - rig.clock.seconds() for call in rig.clock.getDelayedCalls()] == [30.0]

@@ -140,6 +140,7 @@ def test_authorization_servers_found_by_dns_sd_are_trusted_and_asked_for_tokens(
     node = build_node(settings, reactor, clock, dns_sd=dns_sd, guard=found,
                       local_registries=lambda: defer.succeed([]))
     assert found.found is not None and found.found.changed == node.oauth.servers_changed
+    assert node.oauth.recovered == node.client.retry_now  # a token again: the registration client retries at once
     found.services.startService()
     try:
         assert not found.server.keys.trusted(issuer.url)

@@ -205,6 +205,7 @@ class OAuthClient(Service):
         self.jwks_uri = jwks_uri
         self.timeout = timeout
         self.initial_token = initial_token  # RFC 7591 §3: sent as a bearer token with the registration request
+        self.recovered: Callable[[], None] | None = None  # called when a token is had again after failures
         self.rng = rng or random.Random()
         self._dir_checked = False
         self._key: rsa.RSAPrivateKey | None = None
@@ -313,9 +314,12 @@ class OAuthClient(Service):
             self._schedule(delay)
             self._fail_waiting(error)
             return None
+        recovered = self._failures > 0
         self._failures = 0
         self._held = result
         self._schedule(result.refresh_in)
+        if recovered and self.recovered is not None:  # e.g. the registration client, backing off for want of one
+            self.recovered()
         waiting, self._waiting = self._waiting, []
         for waiter in waiting:
             waiter.callback(result.token)

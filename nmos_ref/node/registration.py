@@ -299,6 +299,15 @@ class RegistrationClient(Service):
                 self._retry.cancel()
             self._choose()
 
+    def retry_now(self) -> None:
+        """Something that stopped every registry from being usable is fixed (an access token can be had again):
+        a client backing off tries at once instead of waiting out the delay."""
+        if self.running and self.state == "backoff":
+            log.info("Trying the registries again now")
+            if self._retry is not None and self._retry.active():
+                self._retry.cancel()
+            self._choose()
+
     # --- choosing a registry
 
     def _new_epoch(self) -> int:

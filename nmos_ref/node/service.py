@@ -316,6 +316,8 @@ def build_node(settings: Settings, reactor: Any, clock: IReactorTime | None = No
                                 tokens=oauth, interval=settings.heartbeat_interval, timeout=timeout)
     if registries is not None:
         registries.changed = client.registries_changed
+    if oauth is not None:
+        oauth.recovered = client.retry_now
     advertiser = None
     if dns_sd.multicast is not None:
         advertiser = NodeAdvertiser(dns_sd.multicast, model, client.watch, clock, peer_to_peer=settings.peer_to_peer,
