@@ -19,7 +19,7 @@ from nmos_ref.api.query import QueryAPI
 from nmos_ref.api.registration import RegistrationAPI
 from nmos_ref.auth.claims import audience_matches, check_access, normalise, path_allowed
 from nmos_ref.auth.guard import Granted, ResourceServer, guard_apis
-from nmos_ref.auth.keys import MIN_REFETCH, MIN_REFETCH_AFTER_FAILURE, REFRESH_JITTER, REFRESH_PERIOD, KeyCache, metadata_url
+from nmos_ref.auth.keys import MIN_REFETCH, REFRESH_JITTER, REFRESH_PERIOD, KeyCache, metadata_url
 from nmos_ref.model.store import Registry
 from nmos_ref.validation import Schemas
 from resources import device, node, stub_call
@@ -197,7 +197,7 @@ def unkeyed(issuer: Issuer, kid: str = "rsa-1", **changes: Any) -> str:
 
 def test_a_server_that_was_down_is_asked_again_when_its_token_comes(served: Served) -> None:
     """nmos-testing starts its authorization servers after the registry (and one only during a test): the keys
-    could not be fetched, and a token without a kid must still get 503 and a fetch, not a 401 for 10 s."""
+    could not be fetched, and a token without a kid must still get 503 and a fetch."""
     late = Issuer("http://127.0.0.1:5011")
     served.fetch.issuers[late.url] = late
     served.fetch.down = True
@@ -205,7 +205,7 @@ def test_a_server_that_was_down_is_asked_again_when_its_token_comes(served: Serv
     served.fetch.down = False
     token = unkeyed(late)
     assert served.call("GET", V, token).code == 401  # within a second of the failed try: no fetch storm
-    served.clock.advance(MIN_REFETCH_AFTER_FAILURE)
+    served.clock.advance(MIN_REFETCH)
     answer = served.call("GET", V, token)
     assert answer.code == 503 and answer.headers["retry-after"] == "1"
     assert served.call("GET", V, token).code == 200
@@ -219,7 +219,7 @@ def test_a_token_without_kid_that_no_held_key_verifies_makes_a_fetch(served: Ser
     assert served.call("GET", V, token).code == 503
     assert len(served.fetch.calls) == calls + 2  # metadata and the JWK Set
     assert served.call("GET", V, token).code == 200
-    forged = unkeyed(Issuer(served.issuer.url), "rsa-1")  # the right iss, nobody's key: at most one fetch per 10 s
+    forged = unkeyed(Issuer(served.issuer.url), "rsa-1")  # the right iss, nobody's key: no fetch storm
     assert served.call("GET", V, forged).code == 401
     assert len(served.fetch.calls) == calls + 2
 

@@ -98,7 +98,7 @@ class ResourceServer:
             known = kid is not None and any(key.key_id == kid for key in keys)
             # No cached key matches: none held, the token's kid not among them, or (a token without a kid) none
             # verifies, as after a key rotation. IS-10: fetch through the token's iss and ask the client to come
-            # back, at most every MIN_REFETCH seconds per issuer.
+            # back, at most once a MIN_REFETCH per issuer.
             if (not keys or kid is None or not known) and self.keys.may_refetch(issuer):
                 self.keys.refresh(issuer)
                 return Unavailable(issuer)

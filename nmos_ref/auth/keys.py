@@ -22,10 +22,10 @@ log = Logger()
 
 REFRESH_PERIOD = 3600.0  # IS-10: "at least once every hour"
 REFRESH_JITTER = 60.0  # "... altering their retrieval time by a value between 0-60 seconds"
-MIN_REFETCH = 10.0  # seconds between fetches a token naming an unknown key may cause (no fetch storms)
-# ... and after a fetch that failed (the server was down: an authorization server that has just started, or one
-# that is only up now and then), a token may cause the next one sooner.
-MIN_REFETCH_AFTER_FAILURE = 1.0
+# Seconds between fetches that tokens with unknown keys may cause, per issuer: no fetch storms from forged tokens,
+# yet a server that rotates its key (nmos-testing's second mock makes a new one each time it starts, seconds
+# apart) or that was down at the last try is asked again by the time the client comes back after Retry-After.
+MIN_REFETCH = 1.0
 BACKOFF_FIRST, BACKOFF_MAX = 5.0, 600.0  # randomised back-off while a server cannot be reached
 # IS-10 allows RSA and EC keys; "none" and HMAC are never accepted.
 ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512")
@@ -64,7 +64,6 @@ class IssuerKeys:
         self.issuer = issuer
         self.keys: list[PyJWK] = []
         self.tried_at: float | None = None  # last attempt
-        self.failed = False  # the last attempt could not fetch the keys
         self.fetching: list[Deferred[None]] | None = None  # waiting for the fetch under way
         self.timer: IDelayedCall | None = None
         self.backoff = BACKOFF_FIRST
@@ -127,8 +126,7 @@ class KeyCache:
             return self.trust_any
         if entry.fetching is not None:
             return True
-        wait = MIN_REFETCH_AFTER_FAILURE if entry.failed else MIN_REFETCH
-        return entry.tried_at is None or self.clock.seconds() - entry.tried_at >= wait
+        return entry.tried_at is None or self.clock.seconds() - entry.tried_at >= MIN_REFETCH
 
     def refresh(self, issuer: str) -> Deferred[None]:
         """Fetch one issuer's metadata and keys (one fetch at a time); fires when done, never fails."""
@@ -157,7 +155,6 @@ class KeyCache:
                 raise ValueError("the metadata has no jwks_uri")
             keys = parse_jwks(await self.fetch_json(jwks_uri))
         except Exception as exc:
-            entry.failed = True
             delay = self.rng.uniform(entry.backoff / 2, entry.backoff)
             entry.backoff = min(entry.backoff * 2, BACKOFF_MAX)
             log.warn("Cannot fetch the keys of {issuer} ({reason}); keeping {count} held keys, trying again in "
@@ -166,7 +163,6 @@ class KeyCache:
         else:
             changed = {k.key_id for k in keys} != {k.key_id for k in entry.keys}
             entry.keys = keys
-            entry.failed = False
             entry.backoff = BACKOFF_FIRST
             delay = REFRESH_PERIOD + self.rng.uniform(0, REFRESH_JITTER)
             (log.info if changed else log.debug)("Fetched {count} keys of {issuer} ({kids})", count=len(keys),
