@@ -7,11 +7,21 @@
 #   after --     anything run.sh takes (--set KEY=VALUE, --ignore T.., --selection S, --timeout S, ...), plus
 #                --version V [V ...]  the IS-04 versions to run, one run each (default v1.0 v1.1 v1.2 v1.3)
 #                --out DIR            results folder (default $NMOS_SCRATCH/conformance-results/nmos-ref-<time>)
+#                --https              BCP-003-01: everything over TLS (the tool's ENABLE_HTTPS), see below
 # Each run starts, inside the harness's network namespace:
 #   twistd -n --pidfile= --logfile=OUT/VER/registry.log nmos-ref registry --listen tcp:8235:interface=127.0.0.1
 #   scripts/conformance_seed.py: registers one Node (node, device, source, flow, sender, receiver) at the
 #     version under test and heartbeats it every 5 s, so the tool's /{id} auto tests have something to GET
 # and the tool starts once both are ready. The working tree's code is used (PYTHONPATH=<repo>).
+# With --auth after -- (the tool's ENABLE_AUTH): the registry runs with --auth, trusting the tool's two mock
+# authorization servers (127.0.0.1:5010 and :5011) and answering to nmos-ref.local; the seeder is then nmos-ref's
+# own Node (twistd nmos-ref node, Node API on 8236, demo resources, registering at the version under test), which
+# gets its tokens from the mock (private_key_jwt: the tool's JWKS_URI is set to the Node's key set), and the tool
+# waits MOCK_SERVICES_WARM_UP_DELAY=30 s after starting its mocks unless told otherwise. The usual seeder runs
+# as well, with tokens from the same mock, for its persistent subscription.
+# With --https: the registry (and the Node) listen with TLS on the same ports, with the tool's RSA and ECDSA
+# certificates for api.testsuite.nmos.tv (test_data/BCP00301, which the netns resolves to 127.0.0.1), trust the
+# tool's CA for its mocks, and the tool runs with ENABLE_HTTPS=True against https://api.testsuite.nmos.tv.
 # Prints per version the totals line and the tests that did not pass; everything else is in the results folder.
 #
 # env: NMOS_SCRATCH (default ~/nmos-scratch; the harness's setup.sh made nmos-testing/ in it), NMOS_HARNESS,
@@ -29,6 +39,7 @@ TWISTD=${TWISTD:-twistd}
 PYTHON=${PYTHON:-python3}
 read -r -a VERSIONS <<<"${NMOS_VERSIONS:-v1.0 v1.1 v1.2 v1.3}"
 OUT=""
+https=0
 
 die() { echo "conformance.sh: $*" >&2; exit 64; }
 
@@ -51,6 +62,7 @@ while (($#)); do
       ((${#VERSIONS[@]})) || die "--version needs at least one version" ;;
     --out) OUT=${2:?--out needs a folder}; shift 2 ;;
     --port|--host|--start|--wait) die "$1 is set by this script (see NMOS_REF_PORT)" ;;
+    --https) https=1; shift ;;
     *) extra+=("$1"); shift ;;
   esac
 done
@@ -86,19 +98,76 @@ rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo "no commit")
 dirty=$(git -C "$ROOT" status --porcelain 2>/dev/null | head -1)
 echo "nmos-ref $rev${dirty:+ (uncommitted changes)} | ${suites[*]} at ${VERSIONS[*]} | results $OUT"
 
+auth=0
+for arg in ${extra[@]+"${extra[@]}"}; do [[ $arg == --auth ]] && auth=1; done
+NODE_PORT=${NMOS_REF_NODE_PORT:-8236}
+auth_extra=()
+if ((https)); then
+  PKI=$WORK/test_data/BCP00301/ca
+  CA=$PKI/certs/ca.cert.pem
+  [[ -f $CA ]] || die "no test CA at $CA"
+  SCHEME=https HOST=api.testsuite.nmos.tv MOCKS=https://nmos-mocks.local
+  LISTEN="ssl:$PORT:interface=127.0.0.1" NODE_LISTEN="ssl:$NODE_PORT:interface=127.0.0.1"
+  AUTH_FQDN=$HOST
+  auth_extra+=(--set ENABLE_HTTPS=True --host "$HOST")
+  SEED_CA=(--ca "$CA")
+else
+  SCHEME=http HOST=127.0.0.1 MOCKS=http://127.0.0.1
+  LISTEN="tcp:$PORT:interface=127.0.0.1" NODE_LISTEN="tcp:$NODE_PORT:interface=127.0.0.1"
+  AUTH_FQDN=nmos-ref.local
+  SEED_CA=()
+fi
+AUTH_FLAGS=(--auth --auth-issuers "$MOCKS:5010,$MOCKS:5011" --auth-fqdn "$AUTH_FQDN")
+if ((auth)); then
+  auth_extra+=(--set "JWKS_URI='$SCHEME://$HOST:$NODE_PORT/x-authorization/jwks'")
+  # The seeders get their first tokens once the tool's mock authorization server is up; give them time.
+  [[ " ${extra[*]} " == *MOCK_SERVICES_WARM_UP_DELAY=* ]] || auth_extra+=(--set MOCK_SERVICES_WARM_UP_DELAY=30)
+fi
+
 worst=0
+seeder2=""
 for ver in "${VERSIONS[@]}"; do
   out=$OUT/$ver
   mkdir -p "$out"
-  registry=$(printf 'cd %q && PYTHONPATH=%q exec %q -n --pidfile= --logfile=%q nmos-ref registry --listen %q' \
-    "$ROOT" "$ROOT" "$TWISTD" "$out/registry.log" "tcp:$PORT:interface=127.0.0.1")
-  seeder=$(printf 'exec %q %q --registry %q --version %q --ready-port %q' \
-    "$PYTHON" "$ROOT/scripts/conformance_seed.py" "http://127.0.0.1:$PORT" "$ver" "$READY_PORT")
+  config=()
+  if ((https)); then  # the certificates, the CA and the name in hrefs, for the registry and the Node
+    cat >"$out/nmos-ref.json" <<JSON
+{"tls_certificates": [
+   {"certificate": "$PKI/intermediate/certs/rsa.api.testsuite.nmos.tv.cert.chain.pem",
+    "key": "$PKI/intermediate/private/rsa.api.testsuite.nmos.tv.key.pem"},
+   {"certificate": "$PKI/intermediate/certs/ecdsa.api.testsuite.nmos.tv.cert.chain.pem",
+    "key": "$PKI/intermediate/private/ecdsa.api.testsuite.nmos.tv.key.pem"}],
+ "tls_ca": "$CA", "host_name": "$HOST"}
+JSON
+    config=(--config "$out/nmos-ref.json")
+  fi
+  registry=$(printf 'cd %q && PYTHONPATH=%q exec %q -n --pidfile= --logfile=%q nmos-ref' \
+    "$ROOT" "$ROOT" "$TWISTD" "$out/registry.log")
+  registry+=$(printf ' %q' ${config[@]+"${config[@]}"} registry --listen "$LISTEN")
+  if ((auth)); then
+    registry+=$(printf ' %q' "${AUTH_FLAGS[@]}")
+    seeder=$(printf 'cd %q && PYTHONPATH=%q exec %q -n --pidfile= --logfile=%q nmos-ref' \
+      "$ROOT" "$ROOT" "$TWISTD" "$out/node.log")
+    seeder+=$(printf ' %q' ${config[@]+"${config[@]}"} "${AUTH_FLAGS[@]}" --auth-state-dir "$out/oauth" \
+      --dns-sd off node --listen "$NODE_LISTEN" --registry "$SCHEME://$HOST:$PORT/x-nmos/registration/$ver" \
+      --seed conformance-seed)
+    ready="127.0.0.1:$NODE_PORT"
+    # ... and the usual seeder too, with tokens of its own, for its persistent subscription (no ready port: the
+    # mock authorization server it waits for starts with the tool, after the harness's --wait).
+    seeder2=$(printf 'exec %q %q --registry %q --version %q --auth-server %q --wait-timeout 180' \
+      "$PYTHON" "$ROOT/scripts/conformance_seed.py" "$SCHEME://$HOST:$PORT" "$ver" "$MOCKS:5010")
+    seeder2+=$(printf ' %q' ${SEED_CA[@]+"${SEED_CA[@]}"})
+  else
+    seeder=$(printf 'exec %q %q --registry %q --version %q --ready-port %q' \
+      "$PYTHON" "$ROOT/scripts/conformance_seed.py" "$SCHEME://$HOST:$PORT" "$ver" "$READY_PORT")
+    seeder+=$(printf ' %q' ${SEED_CA[@]+"${SEED_CA[@]}"})
+    ready="127.0.0.1:$READY_PORT"
+  fi
   echo "==> ${suites[*]} $ver (full output: $out/run.txt)"
   rc=0
   "$HARNESS/run.sh" "${suites[@]}" --port "$PORT" --version "$ver" --out "$out" \
-    --start "$registry" --start "$seeder" --wait "127.0.0.1:$PORT" --wait "127.0.0.1:$READY_PORT" \
-    ${extra[@]+"${extra[@]}"} >"$out/run.txt" 2>&1 || rc=$?
+    --start "$registry" --start "$seeder" ${seeder2:+--start "$seeder2"} --wait "127.0.0.1:$PORT" --wait "$ready" \
+    ${extra[@]+"${extra[@]}"} ${auth_extra[@]+"${auth_extra[@]}"} >"$out/run.txt" 2>&1 || rc=$?
   # The harness exits 0..3; anything else is the harness itself failing (bad option, setup missing).
   if ((rc > 3)); then
     tail -5 "$out/run.txt" >&2
@@ -149,8 +218,9 @@ def lines(path, words):
 # problems outside the tool's results: the harness (IUT died, port not up), the seeder, the registry
 for ln in lines(os.path.join(out, "run.txt"), ["WARNING:"]):
     print("  harness: " + ln.strip())
-for ln in lines(os.path.join(out, "iut-1.log"), ["ERROR", "WARNING", "heartbeats answered"]):
-    print("  seeder:  " + ln.strip())
+for seeder_log in ("iut-1.log", "iut-2.log"):  # iut-2: the token-using seeder of --auth runs
+    for ln in lines(os.path.join(out, seeder_log), ["ERROR", "WARNING", "heartbeats answered"]):
+        print("  seeder:  " + ln.strip())
 reg_log = os.path.join(out, "registry.log")
 if any(r["state"] == "Error" for x in glob.glob(os.path.join(out, "*.xml")) for r in summarise.load(x)["results"]):
     for path in (os.path.join(out, "iut-0.log"), reg_log):

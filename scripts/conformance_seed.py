@@ -17,14 +17,21 @@ taken from the listings, so an empty registry leaves them "Could Not Test". This
 It is bounded: it exits after --retries consecutive connection failures (the registry went away) or
 after --max-seconds. Standard library only; nothing here is specific to nmos-ref.
 
+With --auth-server URL (a registry with IS-10 authorization, as in nmos-testing's ENABLE_AUTH runs), it first
+registers itself with that authorization server (RFC 7591, client_secret_basic), gets client_credentials
+tokens for the registration and query scopes (renewed before they expire) and sends one with every request. The
+tool starts its mock authorization server after the IUTs, so this waits for it (up to --wait-timeout).
+
     conformance_seed.py --version v1.3 [--registry http://127.0.0.1:8235] [--ready-port 18235]
     conformance_seed.py --version v1.0 --dump     # print the POST bodies and exit
 """
 import argparse
+import base64
 import http.client
 import json
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -126,11 +133,11 @@ def resources(version: str) -> list[tuple[str, dict]]:
             ("sender", sender), ("receiver", receiver)]
 
 
-def subscription(version: str) -> dict:
+def subscription(version: str, secure: bool = False) -> dict:
     body = {"max_update_rate_ms": 100, "persist": True, "resource_path": "/nodes",
             "params": {"label": "nmos-ref seed node"}}
     if at_least(version, "v1.1"):
-        body["secure"] = False
+        body["secure"] = secure  # wss:// when the Query API is served over https
     return body
 
 
@@ -138,33 +145,91 @@ def log(msg: str) -> None:
     print("{} seed: {}".format(time.strftime("%H:%M:%S"), msg), flush=True)
 
 
+CA_FILE: str | None = None  # --ca: the CA that HTTPS servers' certificates are checked against
+
+
+def http_call(url: str, method: str, timeout: float, body: bytes | None = None,
+              headers: dict | None = None) -> tuple[int, str]:
+    u = urllib.parse.urlsplit(url)
+    if u.scheme == "https":
+        context = ssl.create_default_context(cafile=CA_FILE)
+        conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+            u.hostname or "127.0.0.1", u.port or 443, timeout=timeout, context=context)
+    else:
+        conn = http.client.HTTPConnection(u.hostname or "127.0.0.1", u.port or 80, timeout=timeout)
+    try:
+        conn.request(method, u.path + ("?" + u.query if u.query else ""), body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode(errors="replace")
+    except http.client.HTTPException as e:
+        raise OSError("bad HTTP response: {!r}".format(e)) from e
+    finally:
+        conn.close()
+
+
+class Tokens:
+    """Bearer tokens from an IS-10 authorization server: registered once, renewed 20 s before expiry."""
+
+    def __init__(self, server: str, timeout: float) -> None:
+        self.server = server.rstrip("/")
+        self.timeout = timeout
+        self.client: tuple[str, str] | None = None
+        self.token: str | None = None
+        self.renew_at = 0.0
+
+    def _json(self, url: str, method: str = "GET", body: bytes | None = None, headers: dict | None = None) -> dict:
+        status, text = http_call(url, method, self.timeout, body, headers)
+        if status not in (200, 201):
+            raise OSError("{} {} answered {}: {}".format(method, url, status, " ".join(text.split())[:200]))
+        return json.loads(text)
+
+    def header(self) -> dict:
+        """{"Authorization": "Bearer ..."}; raises OSError while the server cannot give a token."""
+        if self.token is None or time.monotonic() >= self.renew_at:
+            meta = self._json(self.server + "/.well-known/oauth-authorization-server")
+            scope = "registration query"
+            if self.client is None:
+                answer = self._json(meta["registration_endpoint"], "POST", json.dumps({
+                    "client_name": "nmos-ref conformance seeder", "grant_types": ["client_credentials"],
+                    "response_types": ["none"], "scope": scope,
+                    "token_endpoint_auth_method": "client_secret_basic"}).encode(),
+                    {"Content-Type": "application/json"})
+                self.client = (answer["client_id"], answer["client_secret"])
+                log("registered with {} as client {}".format(self.server, self.client[0]))
+            basic = base64.b64encode("{}:{}".format(*(urllib.parse.quote_plus(part) for part in self.client))
+                                     .encode()).decode()
+            answer = self._json(meta["token_endpoint"], "POST", urllib.parse.urlencode(
+                {"grant_type": "client_credentials", "scope": scope, "client_id": self.client[0]}).encode(),
+                {"Content-Type": "application/x-www-form-urlencoded", "Authorization": "Basic " + basic})
+            self.token = answer["access_token"]
+            self.renew_at = time.monotonic() + max(1.0, float(answer.get("expires_in", 60)) - 20)
+        return {"Authorization": "Bearer " + self.token}
+
+
 class RegistryClient:
     """Just enough HTTP (http.client, no proxies) to talk to one registry."""
 
+    tokens: Tokens | None = None
+
     def __init__(self, base: str, version: str, timeout: float) -> None:
         u = urllib.parse.urlsplit(base)
-        self.host, self.port = u.hostname or "127.0.0.1", u.port or 80
+        self.scheme = u.scheme or "http"
+        self.host, self.port = u.hostname or "127.0.0.1", u.port or (443 if self.scheme == "https" else 80)
         self.root = u.path.rstrip("/")
         self.reg = "{}/x-nmos/registration/{}/".format(self.root, version)
         self.query = "{}/x-nmos/query/{}/".format(self.root, version)
         self.timeout = timeout
 
     def url(self, path: str) -> str:
-        return "http://{}:{}{}".format(self.host, self.port, path)
+        return "{}://{}:{}{}".format(self.scheme, self.host, self.port, path)
 
     def request(self, method: str, path: str, body=None) -> tuple[int, str]:
         """Returns (status, text); raises OSError when the registry cannot be reached."""
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-        try:
-            data = None if body is None else json.dumps(body).encode()
-            headers = {"Content-Type": "application/json"} if data is not None else {}
-            conn.request(method, path, body=data, headers=headers)
-            resp = conn.getresponse()
-            return resp.status, resp.read().decode(errors="replace")
-        except http.client.HTTPException as e:
-            raise OSError("bad HTTP response: {!r}".format(e)) from e
-        finally:
-            conn.close()
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        if self.tokens is not None:
+            headers.update(self.tokens.header())
+        return http_call(self.url(path), method, self.timeout, data, headers)
 
 
 def register_all(reg: RegistryClient, version: str) -> bool:
@@ -185,7 +250,7 @@ def register_all(reg: RegistryClient, version: str) -> bool:
 
 def subscribe(reg: RegistryClient, version: str, quiet: bool = False) -> bool:
     try:
-        status, text = reg.request("POST", reg.query + "subscriptions", subscription(version))
+        status, text = reg.request("POST", reg.query + "subscriptions", subscription(version, reg.scheme == "https"))
     except OSError as e:
         if not quiet:
             log("subscription not made yet: {}".format(e))
@@ -230,6 +295,8 @@ def main() -> int:
     ap.add_argument("--max-seconds", type=float, default=7200.0, help="exit after this long in any case")
     ap.add_argument("--http-timeout", type=float, default=2.0)
     ap.add_argument("--no-subscription", action="store_true", help="do not make the persistent subscription")
+    ap.add_argument("--auth-server", help="IS-10 authorization server to get bearer tokens from (issuer URL)")
+    ap.add_argument("--ca", help="PEM file of the CA to check HTTPS servers against (default: the system's)")
     ap.add_argument("--dump", action="store_true", help="print the registration bodies as JSON and exit")
     args = ap.parse_args()
 
@@ -239,8 +306,12 @@ def main() -> int:
         print()
         return 0
 
+    global CA_FILE
+    CA_FILE = args.ca
     started = time.monotonic()
     reg = RegistryClient(args.registry, args.version, args.http_timeout)
+    if args.auth_server:
+        reg.tokens = Tokens(args.auth_server, args.http_timeout)
     deadline = started + args.wait_timeout
     while True:
         try:
