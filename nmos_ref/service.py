@@ -26,6 +26,7 @@ from nmos_ref.gc_policy import FreezeAfterFullCollection
 from nmos_ref.model.store import Registry
 from nmos_ref.node import resources as node_resources
 from nmos_ref.node.service import build_node, listening
+from nmos_ref.ocsp import ocsp_stapler
 from nmos_ref.tls import listen_service, ssl_endpoint
 from nmos_ref.validation import Schemas
 from nmos_ref.ws.protocol import serve_subscriptions
@@ -305,9 +306,14 @@ def build(settings: Settings, reactor: Any, clock: IReactorTime | None = None,
         apis = guard_apis(apis, guard.server, {"query": partial(_subscription_path, query)})
         top.keys = guard.server.keys  # type: ignore[attr-defined]
     site = make_site(root_resource(apis), settings.access_log, settings.hsts_max_age)
+    # BCP-003-01: OCSP stapling for the ssl: listeners (certificates naming an OCSP responder)
+    stapler = ocsp_stapler(reactor, settings.tls_ca, clock) if any(
+        description.startswith("ssl:") for description in settings.listen) else None
     for description in settings.listen:
-        listener: IService = listen_service(description, site, reactor, settings.tls_certificates)
+        listener: IService = listen_service(description, site, reactor, settings.tls_certificates, stapler)
         listener.setServiceParent(top)
+    if stapler is not None:
+        stapler.setServiceParent(top)
     if dns_sd.multicast is not None:
         listeners = [child for child in top if isinstance(child, StreamServerEndpointService)]
         RegistryAdvertiser(dns_sd.multicast, partial(listening, listeners), settings.api_versions, settings.pri,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from OpenSSL import SSL, crypto
 from twisted.application import strports
@@ -19,6 +19,9 @@ from twisted.internet.interfaces import IOpenSSLContextFactory, IStreamServerEnd
 from zope.interface import implementer
 
 from nmos_ref.config import ConfigError
+
+if TYPE_CHECKING:
+    from nmos_ref.ocsp import OCSPStapler
 
 # BCP-003-01: TLS 1.3 suites in the order given; TLS 1.2: ECDHE-RSA-AES128-GCM-SHA256 SHALL, the rest SHOULD.
 TLS13_SUITES = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
@@ -35,9 +38,11 @@ def _read(path: str, what: str) -> bytes:
         raise ConfigError(f"cannot read the TLS {what} {path}: {exc.strerror}") from None
 
 
-def server_context(pairs: Sequence[tuple[str, str]], dh_params: str | None = None) -> SSL.Context:
+def server_context(pairs: Sequence[tuple[str, str]], dh_params: str | None = None,
+                   stapler: OCSPStapler | None = None) -> SSL.Context:
     """A server context with every (certificate chain PEM, private key PEM) pair loaded and checked; ConfigError
-    names the file when one is missing, unreadable or does not belong with its partner."""
+    names the file when one is missing, unreadable or does not belong with its partner. With a `stapler`, each
+    chain is handed to it and the context staples its OCSP responses (RFC 6066 status_request)."""
     if not pairs:
         raise ConfigError("TLS needs at least one certificate and key (tls_certificates, or certKey= and "
                           "privateKey= in the ssl: description)")
@@ -67,6 +72,10 @@ def server_context(pairs: Sequence[tuple[str, str]], dh_params: str | None = Non
             raise ConfigError(f"{chain}: a second certificate of the same key type replaces the first; give one RSA "
                               f"and one ECDSA certificate")
         kinds.add(kind)
+    if stapler is not None:
+        for chain, _key in pairs:
+            stapler.add(chain)
+        context.set_ocsp_server_callback(stapler.staple)
     return context
 
 
@@ -113,9 +122,11 @@ def _fields(description: str) -> tuple[int, dict[str, str]]:
 KNOWN = {"interface", "backlog", "privateKey", "certKey", "dhParameters"}
 
 
-def ssl_endpoint(reactor: Any, description: str, certificates: Sequence[dict[str, str]]) -> IStreamServerEndpoint:
+def ssl_endpoint(reactor: Any, description: str, certificates: Sequence[dict[str, str]],
+                 stapler: OCSPStapler | None = None) -> IStreamServerEndpoint:
     """An endpoint for `ssl:PORT:interface=...[:certKey=chain.pem:privateKey=key.pem][:dhParameters=dh.pem]`, serving
-    that pair (if given) and every pair of `certificates` ({"certificate", "key"}) together."""
+    that pair (if given) and every pair of `certificates` ({"certificate", "key"}) together, their OCSP responses
+    stapled by `stapler` when given."""
     port, options = _fields(description)
     unknown = set(options) - KNOWN
     if unknown:
@@ -125,15 +136,15 @@ def ssl_endpoint(reactor: Any, description: str, certificates: Sequence[dict[str
     if "certKey" in options or "privateKey" in options:
         chain = options.get("certKey") or options.get("privateKey")
         pairs.insert(0, (chain, options.get("privateKey") or chain))  # type: ignore[arg-type]
-    context = server_context(pairs, options.get("dhParameters"))
+    context = server_context(pairs, options.get("dhParameters"), stapler)
     return SSL4ServerEndpoint(reactor, port, ServerContextFactory(context), backlog=int(options.get("backlog", 50)),
                               interface=options.get("interface", ""))
 
 
-def listen_service(description: str, site: Any, reactor: Any,
-                   certificates: Sequence[dict[str, str]] = ()) -> StreamServerEndpointService:
+def listen_service(description: str, site: Any, reactor: Any, certificates: Sequence[dict[str, str]] = (),
+                   stapler: OCSPStapler | None = None) -> StreamServerEndpointService:
     """The service listening on one description: `ssl:` ones through `ssl_endpoint` (both key types, BCP-003-01
-    ciphers), anything else through Twisted's strports."""
+    ciphers, OCSP stapling with a `stapler`), anything else through Twisted's strports."""
     if description.startswith("ssl:"):
-        return StreamServerEndpointService(ssl_endpoint(reactor, description, certificates), site)
+        return StreamServerEndpointService(ssl_endpoint(reactor, description, certificates, stapler), site)
     return strports.service(description, site, reactor=reactor)

@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from cryptography import x509
+from cryptography.x509 import ocsp
 from OpenSSL import SSL
 from treq.client import HTTPClient
 from twisted.internet import reactor
@@ -16,13 +18,16 @@ from twisted.internet.defer import Deferred
 from twisted.internet.ssl import Certificate
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, ResponseNeverReceived
+from twisted.web.resource import Resource
+from twisted.web.server import Site
 
 from nmos_ref.config import Settings
 from nmos_ref.node.service import build_node
+from nmos_ref.ocsp import OCSPStapler
 from nmos_ref.service import build, build_all
 from official import assert_official
 from resources import port_of
-from tls_support import Pinned, make_pki, pairs
+from tls_support import Pinned, Responder, make_pki, pairs
 
 TLS_LOOPBACK = "ssl:0:interface=127.0.0.1"
 
@@ -120,3 +125,60 @@ def state_change(node: Any) -> Deferred[str]:
 
     unsubscribe = node.client.watch(seen)
     return changed
+
+
+class LateResponder(Resource):
+    """Hands OCSP requests to a responder made once its port (which the certificates name) is known."""
+
+    isLeaf = True
+    target: Responder
+
+    def render_POST(self, request: Any) -> bytes:
+        return self.target.render_POST(request)
+
+
+async def staples_of(url: str, ca: str, cipher: bytes) -> bytes:
+    staples: list[bytes] = []
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    try:
+        policy = Pinned(ca, SSL.TLS1_2_VERSION, SSL.TLS1_2_VERSION, cipher, staples=staples)
+        response = await HTTPClient(Agent(reactor, contextFactory=policy, pool=pool)).get(url)
+        await response.content()
+    finally:
+        await pool.closeCachedConnections()
+    [staple] = staples
+    return staple
+
+
+@pytest_twisted.ensureDeferred
+async def test_registry_and_node_staple_ocsp_responses(tmp_path: Path) -> None:
+    """BCP-003-01: with certificates that name an OCSP responder, both the registry's and the Node's listeners
+    staple a GOOD response for the certificate they serve (RSA and ECDSA alike)."""
+    late = LateResponder()
+    responder_port = reactor.listenTCP(0, Site(late), interface="127.0.0.1")
+    keys = make_pki(tmp_path / "pki", ocsp_url=f"http://127.0.0.1:{responder_port.getHost().port}/")
+    late.target = Responder(keys, reactor)
+    settings = Settings(listen=[TLS_LOOPBACK], node_listen=[TLS_LOOPBACK], dns_sd="off", host_name="localhost",
+                        tls_certificates=pairs(keys), tls_ca=keys["ca"])
+    top = build_all(settings, reactor)
+    top.startService()
+    try:
+        await top.node.ready
+        await top.node.client.synced()
+        staplers = [child for service in top for child in getattr(service, "services", [])
+                    if isinstance(child, OCSPStapler)]
+        assert len(staplers) == 2  # the registry's and the Node's
+        for stapler in staplers:
+            await stapler.settled()
+        registry = top.node.client.current.candidate.url
+        node = top.node.model.endpoints[0].base
+        for base in (f"{registry}/", node):
+            for cipher, kind in ((b"ECDHE-RSA-AES128-GCM-SHA256", "rsa"), (b"ECDHE-ECDSA-AES128-GCM-SHA256", "ec")):
+                staple = await staples_of(f"{base}x-nmos/", keys["ca"], cipher)
+                response = ocsp.load_der_ocsp_response(staple)
+                served = x509.load_pem_x509_certificates(Path(keys[f"{kind}_cert"]).read_bytes())[0]
+                assert response.certificate_status == ocsp.OCSPCertStatus.GOOD
+                assert response.serial_number == served.serial_number, (base, kind)
+    finally:
+        await top.stopService()
+        await responder_port.stopListening()

@@ -54,19 +54,22 @@ class Reply:
 
 def exchange(http: Any, clock: IReactorTime, method: str, url: str, *, timeout: float, json_body: Any = None,
              accept: str = "application/json", form: Mapping[str, str] | None = None,
-             headers: Mapping[str, str] | None = None) -> Deferred[Reply]:
+             headers: Mapping[str, str] | None = None, data: bytes | None = None,
+             content_type: str = "application/octet-stream") -> Deferred[Reply]:
     """Send one request and read the whole answer; fails with Unreachable. A JSON body (or a `form`, sent as
-    application/x-www-form-urlencoded) is sent with its Content-Type and Content-Length; without one, nothing
-    (IS-04 "APIs - Client Side Implementation Notes": no body and no Content-Type on requests that have none, such
-    as heartbeats). `headers` are added as given (an Authorization header, say)."""
+    application/x-www-form-urlencoded, or raw `data` sent as `content_type`, an OCSP request say) is sent with its
+    Content-Type and Content-Length; without one, nothing (IS-04 "APIs - Client Side Implementation Notes": no body
+    and no Content-Type on requests that have none, such as heartbeats). `headers` are added as given (an
+    Authorization header, say)."""
     sent = {"Accept": accept, **(headers or {})}
-    data = None
     if json_body is not None:
         sent["Content-Type"] = "application/json"
         data = _encode(json_body).encode("utf-8")
     elif form is not None:
         sent["Content-Type"] = "application/x-www-form-urlencoded"
         data = urlencode(form).encode("ascii")
+    elif data is not None:
+        sent["Content-Type"] = content_type
     request: Deferred[Any] = http.request(method, url, data=data, headers=sent)
 
     def read(response: IResponse) -> Deferred[Reply]:

@@ -39,6 +39,7 @@ from nmos_ref.node.model import NodeModel
 from nmos_ref.node.registration import Candidate, RegistrationClient, parse_registry_url
 from nmos_ref.node.resources import MANIFEST_ROOT, Endpoint, build, demo_description, load_description
 from nmos_ref.node.target import ReceiverTargets
+from nmos_ref.ocsp import OCSPStapler, ocsp_stapler
 from nmos_ref.tls import listen_service
 from nmos_ref.validation import Schemas
 
@@ -139,7 +140,7 @@ class NodeService(MultiService):
                  registries: RegistryBrowser | None = None, advertiser: NodeAdvertiser | None = None,
                  own_discovery: IService | None = None, authorization: bool = False,
                  oauth: OAuthClient | None = None, auth_services: Sequence[IService] = (),
-                 certificates: Sequence[dict[str, str]] = ()) -> None:
+                 certificates: Sequence[dict[str, str]] = (), stapler: OCSPStapler | None = None) -> None:
         super().__init__()
         self.model = model
         self.site = site
@@ -157,9 +158,12 @@ class NodeService(MultiService):
             service.setServiceParent(self)
         if registries is not None:
             registries.setServiceParent(self)
-        self.listeners = [listen_service(description, site, reactor, certificates) for description in listen]
+        self.listeners = [listen_service(description, site, reactor, certificates, stapler)
+                          for description in listen]
         for listener in self.listeners:
             listener.setServiceParent(self)
+        if stapler is not None:  # BCP-003-01: OCSP stapling for the ssl: listeners
+            stapler.setServiceParent(self)
         self.ready: Deferred[None] = Deferred()  # fires once the Node API listens and registration started
 
     def startService(self) -> None:
@@ -331,4 +335,6 @@ def build_node(settings: Settings, reactor: Any, clock: IReactorTime | None = No
     return NodeService(model, site, settings.node_listen, reactor, client, targets, pool, settings.host_name,
                        registries=registries, advertiser=advertiser, own_discovery=own_discovery,
                        authorization=authorization, oauth=oauth, auth_services=auth_services,
-                       certificates=settings.tls_certificates)
+                       certificates=settings.tls_certificates,
+                       stapler=ocsp_stapler(reactor, settings.tls_ca, clock) if any(
+                           description.startswith("ssl:") for description in settings.node_listen) else None)
