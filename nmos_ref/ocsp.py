@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, paddin
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, SignatureAlgorithmOID
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList, DeferredLock, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -213,6 +213,9 @@ class OCSPStapler(Service):
         self.pool = pool  # closed on stop, when the stapler owns its HTTP client
         self._served: dict[bytes, Stapled] = {}  # leaf DER -> its entry
         self._seen: set[bytes] = set()  # leaves already considered (with or without a responder)
+        # One request at a time per responder: polite, and some responders (nmos-testing's, which runs
+        # `openssl ocsp` on a shared file) answer the wrong question when asked two at once.
+        self._responders: dict[str, DeferredLock] = {}
         for chain in chains:
             self.add(chain)
 
@@ -306,7 +309,8 @@ class OCSPStapler(Service):
     def _fetch(self, entry: Stapled) -> None:
         entry.refresh = None
         request = entry.request.public_bytes(serialization.Encoding.DER)
-        fetch = exchange(self.http, self.clock, "POST", entry.url, timeout=self.timeout, data=request,
+        lock = self._responders.setdefault(entry.url, DeferredLock())
+        fetch = lock.run(exchange, self.http, self.clock, "POST", entry.url, timeout=self.timeout, data=request,
                          content_type="application/ocsp-request", accept="application/ocsp-response")
         entry.pending = fetch  # cleared by _answered, which may run at once
         fetch.addBoth(self._answered, entry)

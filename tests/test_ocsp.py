@@ -361,6 +361,20 @@ def test_stop_leaves_nothing_behind(pki: dict[str, str]) -> None:
     assert [entry.pending for entry in stapler.certificates] == [None]
 
 
+def test_one_request_at_a_time_per_responder(pki: dict[str, str]) -> None:
+    """nmos-testing's responder answers the wrong question when asked two at once: the second certificate's
+    request waits for the first one's answer (or its time limit)."""
+    clock = Clock()
+    silent = Silent(pki, clock)
+    stapler = OCSPStapler(StubTreq(silent), clock, [pki["rsa_cert"], pki["ec_cert"]], timeout=10.0, rng=Top())
+    stapler.startService()
+    assert len(silent.content_types) == 1  # the ECDSA certificate's request is queued
+    clock.advance(10)  # the first times out; the second goes out
+    assert len(silent.content_types) == 2
+    stapler.stopService()  # cancels the one out
+    assert clock.getDelayedCalls() == [] and [entry.pending for entry in stapler.certificates] == [None, None]
+
+
 def test_a_silent_responder_times_out(pki: dict[str, str]) -> None:
     clock = Clock()
     stapler = OCSPStapler(StubTreq(Silent(pki, clock)), clock, [pki["rsa_cert"]], timeout=10.0, rng=Top())
