@@ -300,6 +300,17 @@ def test_shutdown_with_the_registry_gone_gives_up_at_once() -> None:
     assert done.called and len(rig.network.requests(A, "DELETE")) == 1
 
 
+def test_a_watcher_that_stops_the_client_on_backoff_leaves_no_retry_behind() -> None:
+    """Found by checking for a clean reactor after each test, as Trial does: a watcher hearing "backoff" and
+    stopping the client at once (a shutdown) must not leave the backoff's retry to fire on a stopped client."""
+    rig = Rig()
+    rig.host(A).mode = "refuse"
+    rig.client.watch(lambda state: rig.client.stopService() if state == "backoff" else None)
+    rig.client.startService()
+    assert rig.client.state == "stopped"
+    assert rig.clock.getDelayedCalls() == []
+
+
 def test_late_answers_from_a_registry_left_behind_are_ignored() -> None:
     rig = Rig((A, B), shared=(A, B), timeout=20.0)
     rig.client.startService()

@@ -414,10 +414,12 @@ class RegistrationClient(Service):
         self.current = None
         delay = self.backoff.delay(self._attempt, self.rng)
         self._attempt += 1
-        self._set_state("backoff")
         log.warn("No registry could be used; trying again in {delay:.1f} s (attempt {attempt})", delay=delay,
                  attempt=self._attempt)
+        # The retry is in place before watchers hear of the new state: one that stops the client at once (as a
+        # shutdown may) cancels it, instead of leaving it to fire on a stopped client.
         self._retry = self.clock.callLater(delay, self._choose)
+        self._set_state("backoff")
 
     def _failed(self, epoch: int, reason: str) -> None:
         if epoch != self._epoch or not self.running:
