@@ -156,11 +156,11 @@ JSON
     # mock authorization server it waits for starts with the tool, after the harness's --wait).
     seeder2=$(printf 'exec %q %q --registry %q --version %q --auth-server %q --wait-timeout 180' \
       "$PYTHON" "$ROOT/scripts/conformance_seed.py" "$SCHEME://$HOST:$PORT" "$ver" "$MOCKS:5010")
-    seeder2+=$(printf ' %q' ${SEED_CA[@]+"${SEED_CA[@]}"})
+    if ((${#SEED_CA[@]})); then seeder2+=$(printf ' %q' "${SEED_CA[@]}"); fi
   else
     seeder=$(printf 'exec %q %q --registry %q --version %q --ready-port %q' \
       "$PYTHON" "$ROOT/scripts/conformance_seed.py" "$SCHEME://$HOST:$PORT" "$ver" "$READY_PORT")
-    seeder+=$(printf ' %q' ${SEED_CA[@]+"${SEED_CA[@]}"})
+    if ((${#SEED_CA[@]})); then seeder+=$(printf ' %q' "${SEED_CA[@]}"); fi
     ready="127.0.0.1:$READY_PORT"
   fi
   echo "==> ${suites[*]} $ver (full output: $out/run.txt)"
