@@ -15,6 +15,7 @@ from typing import Any
 
 from attrs import define
 from treq.testing import StubTreq
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
 from nmos_ref.api.common import root_resource
@@ -273,3 +274,40 @@ async def port_of(service: Any) -> int:
     listener = next(iter(service)) if hasattr(service, "__iter__") else service
     [(_, address)] = await listening([listener])
     return address.port
+
+
+class OpenConnections:
+    """The connections a server factory (a Site) has open; `closed()` fires once none is. For fixtures that must
+    leave no socket behind: a client's closing reaches the server a reactor turn or more later."""
+
+    def __init__(self, factory: Any) -> None:
+        self.open: set[Any] = set()
+        self._waiting: list[Deferred[None]] = []
+        build = factory.buildProtocol
+
+        def tracked(address: Any) -> Any:
+            protocol = build(address)
+            if protocol is None:
+                return None
+            lost = protocol.connectionLost
+
+            def connection_lost(reason: Any) -> None:
+                self.open.discard(protocol)
+                lost(reason)
+                if not self.open:
+                    waiting, self._waiting = self._waiting, []
+                    for deferred in waiting:
+                        deferred.callback(None)
+
+            protocol.connectionLost = connection_lost
+            self.open.add(protocol)
+            return protocol
+
+        factory.buildProtocol = tracked
+
+    def closed(self) -> Deferred[None]:
+        if not self.open:
+            return succeed(None)
+        waiting: Deferred[None] = Deferred()
+        self._waiting.append(waiting)
+        return waiting

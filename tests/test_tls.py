@@ -20,7 +20,7 @@ from nmos_ref.api.common import make_site, root_resource
 from nmos_ref.config import ConfigError
 from nmos_ref.service import Options
 from nmos_ref.tls import listen_service, server_context
-from resources import port_of
+from resources import OpenConnections, port_of
 from tls_support import Pinned, make_pki, pairs
 
 
@@ -44,10 +44,12 @@ def test_bad_files_are_config_errors(pki: dict[str, str], tmp_path: Path) -> Non
 @pytest_twisted.async_yield_fixture
 async def https(pki: dict[str, str]) -> Any:
     site = make_site(root_resource({}))
+    connections = OpenConnections(site)
     service = listen_service("ssl:0:interface=127.0.0.1", site, reactor, pairs(pki))
     service.startService()
     yield await port_of(service)
     await service.stopService()
+    await connections.closed()  # the clients have closed; the server side follows a turn or so later
 
 
 async def get(port: int, options: Any) -> Any:
