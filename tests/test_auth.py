@@ -11,17 +11,20 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel
 from twisted.web.test.requesthelper import DummyRequest
 
 from auth_support import NOW, SERVER, FakeFetch, Issuer
 from nmos_ref.api.common import root_resource
 from nmos_ref.api.query import QueryAPI
 from nmos_ref.api.registration import RegistrationAPI
-from nmos_ref.auth.claims import audience_matches, check_access, normalise, path_allowed
+from nmos_ref.auth import guard as guard_module
+from nmos_ref.auth.claims import LEEWAY, audience_matches, check_access, normalise, path_allowed
 from nmos_ref.auth.guard import Granted, ResourceServer, guard_apis
 from nmos_ref.auth.keys import MIN_REFETCH, REFRESH_JITTER, REFRESH_PERIOD, KeyCache, metadata_url
 from nmos_ref.model.store import Registry
 from nmos_ref.validation import Schemas
+from node_support import Events
 from resources import device, node, stub_call
 
 V = "/x-nmos/registration/v1.3"
@@ -222,6 +225,59 @@ def test_a_token_without_kid_that_no_held_key_verifies_makes_a_fetch(served: Ser
     forged = unkeyed(Issuer(served.issuer.url), "rsa-1")  # the right iss, nobody's key: no fetch storm
     assert served.call("GET", V, forged).code == 401
     assert len(served.fetch.calls) == calls + 2
+
+
+class SignatureChecks:
+    """Counts the signature checks the resource server makes (jwt.decode with a key)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        real = guard_module.jwt.decode
+
+        def decode(token: str, key: Any = None, *args: Any, **kwargs: Any) -> Any:
+            if key is not None:
+                self.count += 1
+            return real(token, key, *args, **kwargs)
+
+        monkeypatch.setattr(guard_module.jwt, "decode", decode)
+
+
+def test_a_token_signature_is_checked_once_and_its_times_every_time(served: Served,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    checks = SignatureChecks(monkeypatch)
+    token = served.issuer.token(exp=NOW + 60)
+    for _ in range(5):  # a Node heartbeating with one token
+        assert served.call("GET", V, token).code == 200
+    assert checks.count == 1
+    with Events("nmos_ref.auth.guard") as events:
+        assert served.call("GET", V, served.issuer.token()).code == 200  # a new token: info
+        assert served.call("GET", V, token).code == 200  # one seen before: debug
+    assert [(event["log_level"], "token seen before" in text) for event, text in zip(events.events, events.texts())] \
+        == [(LogLevel.info, False), (LogLevel.debug, True)]
+    served.clock.advance(60 + LEEWAY + 1)
+    answer = served.call("GET", V, token)
+    assert answer.code == 401 and "expired" in answer.body["debug"]  # remembered, but not past its exp
+    wrong_audience = served.issuer.token(aud=["https://*.elsewhere.example"])
+    assert served.call("GET", V, wrong_audience).code == 403
+    assert served.call("GET", V, wrong_audience).code == 403  # the audience is checked on every request
+
+
+def test_new_keys_forget_what_was_verified(served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    checks = SignatureChecks(monkeypatch)
+    token = served.issuer.token(exp=NOW + 4 * REFRESH_PERIOD)
+    assert served.call("GET", V, token).code == 200 and checks.count == 1
+    served.clock.advance(REFRESH_PERIOD + REFRESH_JITTER)  # the hourly fetch: keys (maybe) changed
+    assert served.call("GET", V, token).code == 200 and checks.count == 2
+
+
+def test_verified_tokens_are_bounded(served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(guard_module, "VERIFIED_TOKENS", 2)
+    checks = SignatureChecks(monkeypatch)
+    first, second, third = (served.issuer.token() for _ in range(3))
+    for token in (first, second, third, third, second):
+        assert served.call("GET", V, token).code == 200
+    assert checks.count == 3  # third and second were remembered
+    assert served.call("GET", V, first).code == 200 and checks.count == 4  # first had been let go
 
 
 def test_keys_removed_by_rotation_stop_working(served: Served) -> None:

@@ -7,6 +7,7 @@ the three APIs and the Query API's WebSockets are covered by one check in one pl
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qs
@@ -27,6 +28,9 @@ from nmos_ref.auth.keys import ALGORITHMS, KeyCache
 log = Logger()
 
 RETRY_AFTER = 1  # seconds a client waits after a 503 while keys are fetched (a fetch on the LAN takes milliseconds)
+# Tokens whose signature has been checked, kept (least recently used out) so that a Node heartbeating every 5 s with
+# one token does not cost a signature check each time; any change of keys or issuers empties it.
+VERIFIED_TOKENS = 4096
 CLIENT_ATTRIBUTE = "nmos_client_id"  # where the request keeps the client a valid token was issued to (BCP-003-02)
 
 # For the Query API's sockets: (version, subscription id) -> the subscription's resource_path, or None.
@@ -43,6 +47,7 @@ class Unavailable:
 @frozen
 class Granted:
     claims: Mapping[str, Any]
+    first_use: bool = True  # the first request this server has seen with this token (its signature was checked)
 
     @property
     def client_id(self) -> str | None:
@@ -67,9 +72,36 @@ class ResourceServer:
         self.names = names
         self.realm = names[0] if names else "nmos"
         self.leeway = leeway
+        self._verified: OrderedDict[str, Mapping[str, Any]] = OrderedDict()  # token -> its signed claims
+        self._verified_at = keys.generation
 
     def verify(self, token: str) -> Granted | Denial | Unavailable:
-        """The token's claims, once signature, issuer, times and audience check out."""
+        """The token's claims, once signature, issuer, times and audience check out. The signature check is
+        remembered for the token; the time and audience checks are made every time."""
+        if self._verified_at != self.keys.generation:
+            self._verified.clear()
+            self._verified_at = self.keys.generation
+        claims = self._verified.get(token)
+        first_use = claims is None
+        if claims is not None:
+            self._verified.move_to_end(token)
+        else:
+            signed = self._check_signature(token)
+            if not isinstance(signed, dict):
+                return signed
+            claims = signed
+            self._verified[token] = claims
+            if len(self._verified) > VERIFIED_TOKENS:
+                self._verified.popitem(last=False)
+        denial = check_required(claims) or check_times(claims, self.clock.seconds(), self.leeway)
+        if denial is not None:
+            return denial
+        if not audience_matches(claims["aud"], self.names):
+            return insufficient("the token is not meant for this server (aud)")
+        return Granted(claims, first_use)
+
+    def _check_signature(self, token: str) -> dict[str, Any] | Denial | Unavailable:
+        """The token's claims if a key of a trusted issuer signed it."""
         try:
             header = jwt.get_unverified_header(token)
             unverified = jwt.decode(token, options={"verify_signature": False})
@@ -103,12 +135,7 @@ class ResourceServer:
                 self.keys.refresh(issuer)
                 return Unavailable(issuer)
             return invalid("the token's signature does not verify")
-        denial = check_required(claims) or check_times(claims, self.clock.seconds(), self.leeway)
-        if denial is not None:
-            return denial
-        if not audience_matches(claims["aud"], self.names):
-            return insufficient("the token is not meant for this server (aud)")
-        return Granted(claims)
+        return claims
 
     def check(self, request: IRequest, api: str, rest: str,
               socket_path: SocketPath | None = None) -> Granted | Denial | Unavailable | None:
@@ -167,9 +194,11 @@ class Guarded(Resource):
             verdict = invalid("the token could not be checked")
         if isinstance(verdict, Granted):
             setattr(request, CLIENT_ATTRIBUTE, verdict.client_id)
-            log.info("Authorized {method} {path} for client {client} (sub {sub}, iss {iss})", method=request.method,
-                     path=request.path, client=verdict.client_id, sub=verdict.claims.get("sub"),
-                     iss=verdict.claims.get("iss"))
+            # Each token's first request at info; its later ones (a Node's heartbeats, every 5 s) at debug.
+            (log.info if verdict.first_use else log.debug)(
+                "Authorized {method} {path} for client {client} (sub {sub}, iss {iss}{again})", method=request.method,
+                path=request.path, client=verdict.client_id, sub=verdict.claims.get("sub"),
+                iss=verdict.claims.get("iss"), again="" if verdict.first_use else ", token seen before")
         elif isinstance(verdict, Unavailable):
             log.info("Deferred {method} {path}: fetching the keys of {iss}", method=request.method, path=request.path,
                      iss=verdict.issuer)

@@ -81,6 +81,7 @@ class KeyCache:
         self.trust_any = ANY_ISSUER in issuers
         self.rng = rng or random.Random()
         self._issuers: dict[str, IssuerKeys] = {}
+        self.generation = 0  # moves on whenever keys or issuers change: what was verified before may not hold
         self._running = False
         for issuer in issuers:
             if issuer != ANY_ISSUER:
@@ -99,6 +100,7 @@ class KeyCache:
         if key not in self._issuers:
             log.info("Authorization server {issuer} added", issuer=issuer)
             self._issuers[key] = IssuerKeys(key)
+            self.generation += 1
             if self._running:
                 self.refresh(key)
 
@@ -163,6 +165,7 @@ class KeyCache:
         else:
             changed = {k.key_id for k in keys} != {k.key_id for k in entry.keys}
             entry.keys = keys
+            self.generation += 1
             entry.backoff = BACKOFF_FIRST
             delay = REFRESH_PERIOD + self.rng.uniform(0, REFRESH_JITTER)
             (log.info if changed else log.debug)("Fetched {count} keys of {issuer} ({kids})", count=len(keys),
