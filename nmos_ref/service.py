@@ -26,7 +26,7 @@ from nmos_ref.gc_policy import FreezeAfterFullCollection
 from nmos_ref.model.store import Registry
 from nmos_ref.node import resources as node_resources
 from nmos_ref.node.service import build_node, listening
-from nmos_ref.ocsp import ocsp_stapler
+from nmos_ref.ocsp import OCSPStapler, ocsp_stapler
 from nmos_ref.tls import listen_service, ssl_endpoint
 from nmos_ref.validation import Schemas
 from nmos_ref.ws.protocol import serve_subscriptions
@@ -285,9 +285,11 @@ def _subscription_path(query: QueryAPI, version: str, sid: str) -> str | None:
 
 
 def build(settings: Settings, reactor: Any, clock: IReactorTime | None = None,
-          dns_sd: DnsSd | None = None, guard: Authorization | None = None) -> MultiService:
+          dns_sd: DnsSd | None = None, guard: Authorization | None = None,
+          stapler: OCSPStapler | None = None) -> MultiService:
     """The whole service tree for `settings`; `clock` defaults to the reactor (tests pass a Clock), `dns_sd` to the
-    DNS-SD of the settings (started and stopped here), `guard` (with auth) to a resource server made here."""
+    DNS-SD of the settings (started and stopped here), `guard` (with auth) to a resource server made here, `stapler`
+    (for ssl: listeners) to an OCSP stapler made here."""
     clock = clock or reactor
     top = MultiService()
     if dns_sd is None:
@@ -306,14 +308,13 @@ def build(settings: Settings, reactor: Any, clock: IReactorTime | None = None,
         apis = guard_apis(apis, guard.server, {"query": partial(_subscription_path, query)})
         top.keys = guard.server.keys  # type: ignore[attr-defined]
     site = make_site(root_resource(apis), settings.access_log, settings.hsts_max_age)
-    # BCP-003-01: OCSP stapling for the ssl: listeners (certificates naming an OCSP responder)
-    stapler = ocsp_stapler(reactor, settings.tls_ca, clock) if any(
-        description.startswith("ssl:") for description in settings.listen) else None
+    if stapler is None and any(description.startswith("ssl:") for description in settings.listen):
+        # BCP-003-01: OCSP stapling for the ssl: listeners (certificates naming an OCSP responder)
+        stapler = ocsp_stapler(reactor, settings.tls_ca, clock)
+        stapler.setServiceParent(top)
     for description in settings.listen:
         listener: IService = listen_service(description, site, reactor, settings.tls_certificates, stapler)
         listener.setServiceParent(top)
-    if stapler is not None:
-        stapler.setServiceParent(top)
     if dns_sd.multicast is not None:
         listeners = [child for child in top if isinstance(child, StreamServerEndpointService)]
         RegistryAdvertiser(dns_sd.multicast, partial(listening, listeners), settings.api_versions, settings.pri,
@@ -360,18 +361,23 @@ def build_all(settings: Settings, reactor: Any, clock: IReactorTime | None = Non
                           browse=("registry" not in parts and not settings.registries) or settings.auth)
     if dns_sd.multicast is not None:
         dns_sd.multicast.setServiceParent(top)
+    stapler = None
+    if any(description.startswith("ssl:") for description in served):  # one OCSP stapler for every listener
+        stapler = ocsp_stapler(reactor, settings.tls_ca, clock or reactor)
+        stapler.setServiceParent(top)
     guard = None
     if settings.auth:  # one resource server (one key cache) for every API of the process
         guard = authorization(settings, reactor, clock or reactor, dns_sd)
         guard.services.setServiceParent(top)
     if "registry" in parts:
-        registry = build(settings, reactor, clock, dns_sd, guard)
+        registry = build(settings, reactor, clock, dns_sd, guard, stapler)
         registry.setServiceParent(top)
         top.registry = registry.registry  # type: ignore[attr-defined]
         listeners = [child for child in registry if isinstance(child, StreamServerEndpointService)]
         local = partial(listening, listeners)
     if "node" in parts:
-        node = build_node(settings, reactor, clock, local_registries=local, dns_sd=dns_sd, guard=guard)
+        node = build_node(settings, reactor, clock, local_registries=local, dns_sd=dns_sd, guard=guard,
+                          stapler=stapler)
         node.setServiceParent(top)
         top.node = node  # type: ignore[attr-defined]
     return top

@@ -104,6 +104,9 @@ async def test_a_registry_whose_certificate_is_not_trusted_is_not_used(pki: dict
             tls_ca=other["ca"], registry_timeout=2.0), reactor)
         node.startService()
         await node.ready
+        # Alone, the registry and the Node each staple (nothing to staple here: no responder named).
+        assert [type(s) for s in registry if isinstance(s, OCSPStapler)] == [OCSPStapler]
+        assert [type(s) for s in node if isinstance(s, OCSPStapler)] == [OCSPStapler]
         while node.client.state not in ("backoff", "registered"):
             await state_change(node).addTimeout(30, reactor)  # a failure, not a hang, if the client never decides
         assert node.client.state == "backoff"
@@ -153,11 +156,12 @@ async def staples_of(url: str, ca: str, cipher: bytes) -> bytes:
 @pytest_twisted.ensureDeferred
 async def test_registry_and_node_staple_ocsp_responses(tmp_path: Path) -> None:
     """BCP-003-01: with certificates that name an OCSP responder, both the registry's and the Node's listeners
-    staple a GOOD response for the certificate they serve (RSA and ECDSA alike)."""
+    staple a GOOD response for the certificate they serve (RSA and ECDSA alike), from one stapler for the process
+    that asks the responder once per certificate."""
     late = LateResponder()
     responder_port = reactor.listenTCP(0, Site(late), interface="127.0.0.1")
     keys = make_pki(tmp_path / "pki", ocsp_url=f"http://127.0.0.1:{responder_port.getHost().port}/")
-    late.target = Responder(keys, reactor)
+    late.target = responder = Responder(keys, reactor)
     settings = Settings(listen=[TLS_LOOPBACK], node_listen=[TLS_LOOPBACK], dns_sd="off", host_name="localhost",
                         tls_certificates=pairs(keys), tls_ca=keys["ca"])
     top = build_all(settings, reactor)
@@ -165,11 +169,13 @@ async def test_registry_and_node_staple_ocsp_responses(tmp_path: Path) -> None:
     try:
         await top.node.ready
         await top.node.client.synced()
-        staplers = [child for service in top for child in getattr(service, "services", [])
-                    if isinstance(child, OCSPStapler)]
-        assert len(staplers) == 2  # the registry's and the Node's
-        for stapler in staplers:
-            await stapler.settled()
+        [stapler] = [service for service in top if isinstance(service, OCSPStapler)]
+        assert not [child for service in top for child in getattr(service, "services", [])
+                    if isinstance(child, OCSPStapler)]  # neither the registry nor the Node has one of its own
+        await stapler.settled()
+        assert sorted(asked.serial_number for asked in responder.asked) == sorted(
+            x509.load_pem_x509_certificates(Path(keys[f"{kind}_cert"]).read_bytes())[0].serial_number
+            for kind in ("rsa", "ec"))
         registry = top.node.client.current.candidate.url
         node = top.node.model.endpoints[0].base
         for base in (f"{registry}/", node):

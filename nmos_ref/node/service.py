@@ -162,7 +162,7 @@ class NodeService(MultiService):
                           for description in listen]
         for listener in self.listeners:
             listener.setServiceParent(self)
-        if stapler is not None:  # BCP-003-01: OCSP stapling for the ssl: listeners
+        if stapler is not None and stapler.parent is None:  # made for this Node alone (else the process owns it)
             stapler.setServiceParent(self)
         self.ready: Deferred[None] = Deferred()  # fires once the Node API listens and registration started
 
@@ -234,7 +234,7 @@ def client_servers(settings: Settings) -> list[str]:
 def build_node(settings: Settings, reactor: Any, clock: IReactorTime | None = None, *,
                local_registries: Callable[[], Deferred[list[tuple[str, Any]]]] | None = None,
                http: Any = None, schemas: Schemas | None = None, dns_sd: DnsSd | None = None,
-               guard: Authorization | None = None) -> NodeService:
+               guard: Authorization | None = None, stapler: OCSPStapler | None = None) -> NodeService:
     """The Node of `settings`: its description (file or demo), model, APIs, listeners, registration client and
     DNS-SD. `local_registries` gives the addresses of a registry in this process, used first; `http` replaces the
     treq client (tests); `dns_sd` is the process's DNS-SD (default: made from the settings, for this Node alone).
@@ -336,5 +336,5 @@ def build_node(settings: Settings, reactor: Any, clock: IReactorTime | None = No
                        registries=registries, advertiser=advertiser, own_discovery=own_discovery,
                        authorization=authorization, oauth=oauth, auth_services=auth_services,
                        certificates=settings.tls_certificates,
-                       stapler=ocsp_stapler(reactor, settings.tls_ca, clock) if any(
-                           description.startswith("ssl:") for description in settings.node_listen) else None)
+                       stapler=stapler or (ocsp_stapler(reactor, settings.tls_ca, clock) if any(
+                           description.startswith("ssl:") for description in settings.node_listen) else None))
