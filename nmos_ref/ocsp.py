@@ -38,6 +38,7 @@ from treq.client import HTTPClient
 from nmos_ref.config import ConfigError
 from nmos_ref.node.http import Reply, Unreachable, exchange
 from nmos_ref.node.registration import Backoff
+from nmos_ref.tls import serves_tls
 
 log = Logger()
 
@@ -393,10 +394,14 @@ class OCSPStapler(Service):
         entry.der, entry.expires = b"", None
 
 
-def ocsp_stapler(reactor: Any, ca_file: str | None, clock: IReactorTime | None = None) -> OCSPStapler:
-    """A stapler with its own HTTP client, checking https responders against `ca_file` (the system's roots without
-    one), its connections closed when it stops."""
+def ocsp_stapler(reactor: Any, descriptions: Sequence[str], ca_file: str | None,
+                 clock: IReactorTime | None = None) -> OCSPStapler | None:
+    """For listeners `descriptions` with an `ssl:` one: a stapler with its own HTTP client, checking https
+    responders against `ca_file` (the system's roots without one), its connections closed when it stops; else
+    None."""
     from nmos_ref.auth.service import tls_policy  # the auth service module pulls in discovery: imported late
+    if not serves_tls(descriptions):
+        return None
 
     pool = HTTPConnectionPool(reactor, persistent=False)
     http = HTTPClient(Agent(reactor, contextFactory=tls_policy(ca_file), pool=pool, connectTimeout=FETCH_TIMEOUT))

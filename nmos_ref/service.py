@@ -308,10 +308,10 @@ def build(settings: Settings, reactor: Any, clock: IReactorTime | None = None,
         apis = guard_apis(apis, guard.server, {"query": partial(_subscription_path, query)})
         top.keys = guard.server.keys  # type: ignore[attr-defined]
     site = make_site(root_resource(apis), settings.access_log, settings.hsts_max_age)
-    if stapler is None and any(description.startswith("ssl:") for description in settings.listen):
-        # BCP-003-01: OCSP stapling for the ssl: listeners (certificates naming an OCSP responder)
-        stapler = ocsp_stapler(reactor, settings.tls_ca, clock)
-        stapler.setServiceParent(top)
+    if stapler is None:  # BCP-003-01: OCSP stapling for ssl: listeners (certificates naming an OCSP responder)
+        stapler = ocsp_stapler(reactor, settings.listen, settings.tls_ca, clock)
+        if stapler is not None:
+            stapler.setServiceParent(top)
     for description in settings.listen:
         listener: IService = listen_service(description, site, reactor, settings.tls_certificates, stapler)
         listener.setServiceParent(top)
@@ -361,9 +361,8 @@ def build_all(settings: Settings, reactor: Any, clock: IReactorTime | None = Non
                           browse=("registry" not in parts and not settings.registries) or settings.auth)
     if dns_sd.multicast is not None:
         dns_sd.multicast.setServiceParent(top)
-    stapler = None
-    if any(description.startswith("ssl:") for description in served):  # one OCSP stapler for every listener
-        stapler = ocsp_stapler(reactor, settings.tls_ca, clock or reactor)
+    stapler = ocsp_stapler(reactor, served, settings.tls_ca, clock)  # one OCSP stapler for every listener
+    if stapler is not None:
         stapler.setServiceParent(top)
     guard = None
     if settings.auth:  # one resource server (one key cache) for every API of the process

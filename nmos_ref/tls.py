@@ -141,6 +141,11 @@ def ssl_endpoint(reactor: Any, description: str, certificates: Sequence[dict[str
                               interface=options.get("interface", ""))
 
 
+def serves_tls(descriptions: Sequence[str]) -> bool:
+    """Whether any of these listen descriptions is an `ssl:` one."""
+    return any(description.startswith("ssl:") for description in descriptions)
+
+
 def listen_service(description: str, site: Any, reactor: Any, certificates: Sequence[dict[str, str]] = (),
                    stapler: OCSPStapler | None = None) -> StreamServerEndpointService:
     """The service listening on one description: `ssl:` ones through `ssl_endpoint` (both key types, BCP-003-01

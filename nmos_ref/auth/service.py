@@ -20,6 +20,7 @@ from nmos_ref.auth.keys import FetchJSON, KeyCache
 from nmos_ref.config import Settings
 from nmos_ref.discovery.auth import AuthServerBrowser
 from nmos_ref.discovery.setup import DnsSd
+from nmos_ref.tls import serves_tls
 
 log = Logger()
 
@@ -46,7 +47,7 @@ def authorization(settings: Settings, reactor: Any, clock: IReactorTime, dns_sd:
     found = None
     browser = dns_sd.browser()
     if browser is not None:
-        secure = any(description.startswith("ssl:") for description in settings.listen + settings.node_listen)
+        secure = serves_tls(settings.listen + settings.node_listen)
         found = AuthServerBrowser(browser, "https" if secure else "http", settings.max_registry_pri)
         found.added = server.keys.add_issuer
         found.setServiceParent(services)

@@ -40,7 +40,7 @@ from nmos_ref.node.registration import Candidate, RegistrationClient, parse_regi
 from nmos_ref.node.resources import MANIFEST_ROOT, Endpoint, build, demo_description, load_description
 from nmos_ref.node.target import ReceiverTargets
 from nmos_ref.ocsp import OCSPStapler, ocsp_stapler
-from nmos_ref.tls import listen_service
+from nmos_ref.tls import listen_service, serves_tls
 from nmos_ref.validation import Schemas
 
 log = Logger()
@@ -264,8 +264,7 @@ def build_node(settings: Settings, reactor: Any, clock: IReactorTime | None = No
     others: dict[str, Any] = {MANIFEST_ROOT: manifests.app.resource()}
     auth_services: list[IService] = []
     oauth = None
-    protocols = {"https" if listen.startswith("ssl:") else "http" for listen in settings.node_listen}
-    protocol = sorted(protocols)[-1]
+    protocol = "https" if serves_tls(settings.node_listen) else "http"
     browse = not settings.registries and local_registries is None
     own_discovery = None
     if dns_sd is None:
@@ -336,5 +335,4 @@ def build_node(settings: Settings, reactor: Any, clock: IReactorTime | None = No
                        registries=registries, advertiser=advertiser, own_discovery=own_discovery,
                        authorization=authorization, oauth=oauth, auth_services=auth_services,
                        certificates=settings.tls_certificates,
-                       stapler=stapler or (ocsp_stapler(reactor, settings.tls_ca, clock) if any(
-                           description.startswith("ssl:") for description in settings.node_listen) else None))
+                       stapler=stapler or ocsp_stapler(reactor, settings.node_listen, settings.tls_ca, clock))
