@@ -14,7 +14,8 @@ from twisted.logger import FilteringLogObserver, ILogObserver, LogLevel, LogLeve
     globalLogPublisher
 from twisted.python import usage
 
-from nmos_ref.api.common import make_site, root_resource
+from nmos_ref.api.common import root_resource
+from nmos_ref.api.httpserver import make_site
 from nmos_ref.api.query import QueryAPI
 from nmos_ref.api.registration import RegistrationAPI
 from nmos_ref.auth.guard import guard_apis

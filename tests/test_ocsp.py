@@ -23,7 +23,8 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
-from nmos_ref.api.common import make_site, root_resource
+from nmos_ref.api.common import root_resource
+from nmos_ref.api.httpserver import make_site
 from nmos_ref.ocsp import OCSPStapler, ocsp_url
 from nmos_ref.tls import listen_service, server_context
 from node_support import Events

@@ -23,7 +23,8 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 
-from nmos_ref.api.common import make_site, root_resource
+from nmos_ref.api.common import root_resource
+from nmos_ref.api.httpserver import make_site
 from nmos_ref.api.node import ManifestAPI, NodeAPI
 from nmos_ref.auth.client import OAuthClient
 from nmos_ref.auth.guard import guard_apis
