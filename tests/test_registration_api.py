@@ -197,6 +197,12 @@ def deep(levels: int) -> bytes:
     return b'{"type":"node","data":' + b"[" * levels + b"]" * levels + b"}"
 
 
+def with_extra(value: bytes) -> bytes:
+    """A valid v1.3 Node body with one extra key (the schema allows them) holding `value` as raw JSON text."""
+    text = json.dumps({"type": "node", "data": node()}).encode()
+    return text[:-2] + b', "x_extra": ' + value + b"}}"
+
+
 def too_big() -> bytes:
     data = node(description="x" * (1 << 20))
     return json.dumps({"type": "node", "data": data}).encode()
@@ -209,8 +215,21 @@ class TestBadInput:
         (b'{"type": "node", "data": {}}', {"Content-Type": "text/plain"}, 415, "application/json"),
         (b'{"type": "node", "data": {}}', {}, 415, "application/json"),
         (too_big(), JSON, 413, "larger than"),
-        (deep(100_000), JSON, 400, "nested too deeply"),
-        (deep(500), JSON, 400, "schema"),
+        (deep(100_000), JSON, 400, "nested more than 64"),
+        (deep(500), JSON, 400, "nested more than 64"),
+        (deep(60), JSON, 400, "schema"),
+        # #11: what Python's json reads but no JSON peer can: each was stored, then broke every later answer.
+        (with_extra(b'"\\ud800"'), JSON, 400, "lone surrogate"),
+        (with_extra(b'"\xed\xa0\x80"'), JSON, 400, "not valid UTF-8"),
+        (with_extra(b'"\xc0\xae"'), JSON, 400, "not valid UTF-8"),
+        (with_extra(b"NaN"), JSON, 400, "NaN is not a JSON number"),
+        (with_extra(b"-Infinity"), JSON, 400, "not a JSON number"),
+        (with_extra(b"1e400"), JSON, 400, "out of range"),
+        (with_extra(b"1" * 5000), JSON, 400, "out of range"),
+        (with_extra(b"18446744073709551616"), JSON, 400, "out of range"),
+        (with_extra(b"[" * 400 + b"1" + b"]" * 400), JSON, 400, "nested more than 64"),
+        (with_extra(b'1, "x_extra": 2'), JSON, 400, "appears twice"),
+        (b"\xef\xbb\xbf" + with_extra(b"1"), JSON, 400, "byte order mark"),
         (b'[1, 2, 3]', JSON, 400, "schema"),
         (b'{"type": "widget", "data": {}}', JSON, 400, "schema"),
         (b'{"type": "node"}', JSON, 400, "schema"),

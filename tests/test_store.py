@@ -3,6 +3,7 @@ sockets; time comes from a Clock."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -393,3 +394,30 @@ class TestPagingIndex:
         assert window == [records[3], records[2]]
         assert list(index.oldest_first(since=records[3].updated)) == [records[4]]
         assert list(index.newest_first(until=records[0].updated - 1)) == []
+
+
+class TestOnlyServableIsStored:
+    """#11: a record is kept only once its JSON is known to be sendable; the store never holds what an answer
+    could not carry (each of these was stored before and broke every later read of its collection)."""
+
+    @pytest.mark.parametrize("bad", [float("nan"), float("inf"), "\ud800", {"\udfff": 1}, [object()]])
+    def test_create_refused_and_nothing_kept(self, registry: Registry, changes: list[Change], bad: Any) -> None:
+        data = res(x_extra=bad)
+        with pytest.raises(InvalidResource, match="cannot be stored"):
+            registry.register("node", data, "v1.3")
+        assert registry.find(data["id"]) is None and registry.count("node") == 0 and changes == []
+        assert registry.last_seen(data["id"]) is None
+
+    def test_update_refused_and_the_old_record_kept(self, registry: Registry, changes: list[Change]) -> None:
+        items = family(registry)
+        before = registry.get("source", items["source"]["id"])
+        seen = len(changes)
+        with pytest.raises(InvalidResource, match="cannot be stored"):
+            registry.register("source", {**items["source"], "version": "101:0", "label": "\ud800"}, "v1.3")
+        assert registry.get("source", items["source"]["id"]) is before and len(changes) == seen
+
+    def test_the_stored_json_is_the_one_served(self, registry: Registry) -> None:
+        data = res(label="caf\u00e9 \U0001f3a5")
+        record = registry.register("node", data, "v1.3").resource
+        assert record.json.encode("utf-8").decode("utf-8") == record.json
+        assert json.loads(record.json) == data

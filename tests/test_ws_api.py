@@ -106,6 +106,36 @@ def test_bad_bodies_are_400(version: str, body: object) -> None:
 def test_bodies_that_are_not_json() -> None:
     harness = SubscriptionHarness()
     assert harness.send("POST", "/v1.3/subscriptions", raw=b"{").code == 400
+    # #11: each of these was stored (a lone surrogate, as a persistent subscription whose id was never revealed,
+    # then broke GET /subscriptions until restart; 1e400 broke the socket's rate limit).
+    for value in (b'"\\ud800"', b"NaN", b"1e400", b"Infinity", b"[" * 100 + b"]" * 100):
+        raw = b'{"max_update_rate_ms": 100, "persist": true, "resource_path": "/nodes", "params": {"label": ' + \
+            value + b"}}"
+        answer = harness.send("POST", "/v1.3/subscriptions", raw=raw)
+        assert answer.code == 400 and "not valid JSON" in answer.body["error"], (value, answer.body)
+    raw = b'{"max_update_rate_ms": 1e400, "persist": true, "resource_path": "/nodes", "params": {}}'
+    assert harness.send("POST", "/v1.3/subscriptions", raw=raw).code == 400
+    assert harness.manager.listing("v1.3") == []
+    assert harness.send("GET", "/v1.3/subscriptions").body == []
+
+
+@pytest.mark.parametrize("rate,status,served", [(0, 201, 0), (86_400_000, 201, 86_400_000),
+                                                (86_400_001, 400, None), (2 ** 63, 400, None), (1e300, 400, None)])
+def test_max_update_rate_ms_is_bounded_and_served_as_an_integer(rate: float, status: int, served: int) -> None:
+    answer = SubscriptionHarness().subscribe(max_update_rate_ms=rate)
+    assert answer.code == status, answer.body
+    if served is not None:
+        assert answer.body["max_update_rate_ms"] == served and isinstance(answer.body["max_update_rate_ms"], int)
+
+
+def test_a_subscription_that_cannot_be_served_is_not_kept() -> None:
+    """Behind the API's strict JSON: the manager itself refuses what it could not list."""
+    from nmos_ref.ws.subscriptions import BadSubscription, View, Wanted
+    harness = SubscriptionHarness()
+    wanted = Wanted("v1.3", "/nodes", {"x": "\ud800"}, 100, True, False, False, "api.example.com")
+    with pytest.raises(BadSubscription, match="cannot be stored"):
+        harness.manager.subscribe(wanted, View("node", "v1.3", (1, 3), None))
+    assert harness.manager.listing("v1.3") == []
     assert harness.send("POST", "/v1.3/subscriptions", subscription_body(),
                         headers={"Content-Type": "text/plain"}).code == 415
 

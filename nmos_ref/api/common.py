@@ -8,7 +8,6 @@ so no HTML page from Twisted, Klein or Werkzeug ever reaches a client.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -20,6 +19,7 @@ from twisted.web.resource import IResource, Resource
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from nmos_ref.model.errors import InvalidResource, ModelError, NotOwner, UnknownResource, VersionConflict
+from nmos_ref.model.jsontext import BadJSON, compact, decode
 from nmos_ref.validation import SchemaViolation
 
 log = Logger()
@@ -29,7 +29,6 @@ EXPOSED_HEADERS = "Link, Location, X-Paging-Limit, X-Paging-Since, X-Paging-Unti
                   "X-Ancestry-Generations"
 MAX_BODY = 1 << 20  # bytes; a registration is a few KB, so 1 MiB leaves room and bounds memory
 
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 class Encoded(str):
@@ -66,7 +65,9 @@ def json_response(request: IRequest, status: int, body: Any) -> bytes:
     request.setResponseCode(status, _REASONS.get(status))
     request.setHeader(b"content-type", b"application/json")
     set_cors(request)
-    data = (body if isinstance(body, Encoded) else _encode(body)).encode("utf-8")
+    # Stored resources are servable by construction (nmos_ref.model.jsontext.servable); "replace" only keeps an
+    # error text that echoes a client's lone surrogate from ever failing to send.
+    data = (body if isinstance(body, Encoded) else compact(body)).encode("utf-8", "replace")
     # A length instead of chunked framing: cheaper for both ends on these small bodies.
     request.setHeader(b"content-length", b"%d" % len(data))
     return data
@@ -202,10 +203,8 @@ def read_json(request: IRequest, max_body: int = MAX_BODY) -> Any:
     if len(raw) > max_body:
         raise NmosError(413, f"The request body is larger than {max_body} bytes")
     try:
-        return json.loads(raw)
-    except RecursionError:
-        raise NmosError(400, "The request body is nested too deeply") from None
-    except (UnicodeDecodeError, ValueError) as exc:
+        return decode(raw)
+    except BadJSON as exc:
         raise NmosError(400, "The request body is not valid JSON", str(exc)) from None
 
 

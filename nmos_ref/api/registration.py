@@ -8,7 +8,7 @@ from klein import Klein
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
-from nmos_ref.api.common import (NmosError, VersionedAPI, add_common_routes, empty_response, json_response,
+from nmos_ref.api.common import (Encoded, NmosError, VersionedAPI, add_common_routes, empty_response, json_response,
                                  read_json, resource_location)
 from nmos_ref.model.store import Registry
 from nmos_ref.model.tai import format_tai
@@ -49,7 +49,7 @@ class RegistrationAPI(VersionedAPI):
         request.setHeader(b"location", resource_location(version, kind, record.id).encode())
         # Debug header nmos-testing reads to check clock synchronisation in its paging tests.
         request.setHeader(b"x-paging-timestamp", format_tai(record.updated).encode())
-        return json_response(request, 201 if outcome.created else 200, record.data)
+        return json_response(request, 201 if outcome.created else 200, Encoded(record.json))
 
     @staticmethod
     def _registration(body: Any) -> tuple[str, dict[str, Any]]:
@@ -85,7 +85,7 @@ class RegistrationAPI(VersionedAPI):
         if record.api_version != version:
             raise NmosError(409, f"{kind} {rid} is registered at {record.api_version}", None,
                             {"Location": resource_location(record.api_version, kind, rid)})
-        return json_response(request, 200, record.data)
+        return json_response(request, 200, Encoded(record.json))
 
     @app.route("/<version>/resource/<types>/<rid>", methods=["DELETE"], strict_slashes=False)
     def delete_resource(self, request: IRequest, version: str, types: str, rid: str) -> bytes:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import socket
 from typing import Any
 
@@ -20,6 +19,7 @@ from nmos_ref.auth.keys import FetchJSON, KeyCache
 from nmos_ref.config import Settings
 from nmos_ref.discovery.auth import AuthServerBrowser
 from nmos_ref.discovery.setup import DnsSd
+from nmos_ref.model.jsontext import decode
 from nmos_ref.tls import serves_tls
 
 log = Logger()
@@ -86,7 +86,7 @@ def json_fetcher(http: HTTPClient, clock: IReactorTime) -> FetchJSON:
         body = await response.content()
         if not 200 <= response.code < 300:
             raise ValueError(f"GET {url} answered {response.code}")
-        return json.loads(body)
+        return decode(body)  # strict: what a peer sends is held to RFC 8259 like every body we read
 
     def start(url: str) -> Deferred[Any]:
         return Deferred.fromCoroutine(fetch(url))

@@ -10,11 +10,11 @@ Nothing is ever translated across a major version.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from functools import cache
 from typing import Any
 
+from nmos_ref.model.jsontext import compact
 from nmos_ref.model.store import Change, Resource
 from nmos_ref.model.versions import parse_version
 
@@ -43,7 +43,7 @@ ADDED_IN: dict[str, dict[str, tuple[str, ...]]] = {
 
 Path = tuple[str, ...]  # "api.endpoints[].authorization" -> ("api", "endpoints", "[]", "authorization")
 
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_encode = compact
 
 
 def _split(path: str) -> Path:

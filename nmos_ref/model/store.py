@@ -7,7 +7,6 @@ children are linked, the paging indexes are appended to, and garbage collection 
 
 from __future__ import annotations
 
-import json
 import re
 from bisect import bisect_right
 from collections import deque
@@ -19,12 +18,11 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from nmos_ref.model.errors import InvalidResource, NotOwner, UnknownResource, VersionConflict
+from nmos_ref.model.jsontext import BadJSON, compact, servable
 from nmos_ref.model.tai import TAIClock
 from nmos_ref.model.versions import TYPES
 
 log = Logger()
-
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 # The schemas' id pattern ends in "$", which (as Python and the official schemas read it) lets a final newline
 # through; an id is a path segment in every API, so the store holds it to the exact form.
@@ -51,7 +49,7 @@ class Resource:
     def json(self) -> str:
         """`data` encoded once, for responses that list many resources."""
         if self._json is None:
-            self._json = _encode(self.data)
+            self._json = compact(self.data)
         return self._json
 
 
@@ -170,6 +168,15 @@ def parent_of(kind: str, data: dict[str, Any]) -> tuple[str | None, str | None]:
     return data.get("device_id"), "device"
 
 
+def _servable(kind: str, rid: str, data: dict[str, Any]) -> str:
+    """The JSON every answer will send for `data`, made before anything is stored: what cannot be served is never
+    kept (a lone surrogate or a NaN kept once would break every later answer that holds it)."""
+    try:
+        return servable(data)
+    except BadJSON as exc:
+        raise InvalidResource(f"{kind} {rid} cannot be stored: {exc}") from None
+
+
 def _version_of(kind: str, data: dict[str, Any]) -> tuple[int, int]:
     text = data.get("version")
     seconds, _, nanoseconds = text.partition(":") if isinstance(text, str) else ("", "", "")
@@ -261,8 +268,9 @@ class Registry:
     def _create(self, kind: str, rid: str, data: dict[str, Any], api_version: str, parent_id: str | None,
                 node_id: str, client_id: str | None) -> Change:
         _version_of(kind, data)
+        text = _servable(kind, rid, data)
         stamp = self.tai.stamp()
-        record = Resource(kind, rid, data, api_version, stamp, stamp, parent_id, node_id, client_id)
+        record = Resource(kind, rid, data, api_version, stamp, stamp, parent_id, node_id, client_id, json=text)
         self._by_id[rid] = record
         self._by_kind[kind][rid] = record
         self._created[kind].append(stamp, rid)
@@ -281,8 +289,9 @@ class Registry:
             # a change without a newer version is refused too, since id + version names one variant.
             raise InvalidResource(f"{kind} {rid} changed but its version {data.get('version')} is not later than "
                                   f"the registered {existing.data.get('version')}")
+        text = _servable(kind, rid, data)
         record = Resource(kind, rid, data, existing.api_version, existing.created, self.tai.stamp(), parent_id,
-                          existing.node_id, existing.client_id, existing.children)
+                          existing.node_id, existing.client_id, existing.children, text)
         self._by_id[rid] = record
         self._by_kind[kind][rid] = record
         self._updated[kind].discard()

@@ -6,7 +6,6 @@ connecting, the answer and its body, measured on the injected clock.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlencode
@@ -18,8 +17,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from twisted.web.client import RequestTransmissionFailed, ResponseFailed, ResponseNeverReceived
 from twisted.web.iweb import IResponse
+from nmos_ref.model.jsontext import compact, decode
 
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_encode = compact
 
 # What "could not talk to the server" looks like: no connection, a broken one (a TLS handshake that failed, a
 # certificate that could not be verified, included), or no answer in time.
@@ -38,7 +38,8 @@ class Reply:
     body: bytes
 
     def json(self) -> Any:
-        return json.loads(self.body)
+        """The body as strict JSON (nmos_ref.model.jsontext); `BadJSON`, a ValueError, when it is not."""
+        return decode(self.body)
 
     def error_text(self) -> str:
         """The NMOS error JSON's `error` (and `debug`), or the start of the body."""

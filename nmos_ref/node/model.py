@@ -12,7 +12,6 @@ attribute does) and tells the listeners, which is how the registration client le
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -20,6 +19,7 @@ from attrs import frozen
 from twisted.logger import Logger
 
 from nmos_ref.model.downgrade import downgrade
+from nmos_ref.model.jsontext import compact
 from nmos_ref.model.tai import TAIClock, format_tai
 from nmos_ref.model.versions import TYPES, parse_version, sort_versions
 from nmos_ref.node.resources import HELD_VERSION, SUB_KINDS, Built, Endpoint, Stream, addressed_node, \
@@ -28,7 +28,7 @@ from nmos_ref.validation import Schemas, SchemaViolation
 
 log = Logger()
 
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_encode = compact
 
 # What a resource needs shown before it can be shown (and registered): its parents, and a sender its flow (not a
 # parent for the registry, but a sender of a flow a version cannot show cannot be used at that version either).

@@ -23,6 +23,7 @@ from twisted.logger import Logger
 
 from nmos_ref.model.downgrade import Translations, downgrade
 from nmos_ref.model.errors import ModelError
+from nmos_ref.model.jsontext import BadJSON, compact, servable
 from nmos_ref.model.query import Expr, UnsupportedQuery, parse_query
 from nmos_ref.model.store import Change, Registry, Resource
 from nmos_ref.model.tai import format_tai
@@ -35,10 +36,11 @@ RESOURCE_PATHS = {"/nodes": "node", "/devices": "device", "/sources": "source", 
                   "/senders": "sender", "/receivers": "receiver"}
 WS_PATH = "/x-nmos/query/{version}/ws/{id}"  # where ws_href points, on the Query API's own port
 DEFAULT_RATE_MS = 100  # the schemas' default max_update_rate_ms (used for HTTP Upgrade, which has no body)
+MAX_RATE_MS = 86_400_000  # a longer minimum interval between grains is surely a mistake (docs/subscriptions.md)
 SECURE_FROM = (1, 1)  # `secure` is defined from v1.1 ...
 AUTHORIZATION_FROM = (1, 3)  # ... and `authorization` from v1.3; below, the schemas allow any key and they mean nothing
 
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_encode = compact
 
 
 class BadSubscription(ModelError):
@@ -91,8 +93,8 @@ def parse_subscription(body: Mapping[str, Any], version: str, served_securely: b
     """
     number = parse_version(version)
     rate = body["max_update_rate_ms"]
-    if rate < 0:
-        raise BadSubscription(f"max_update_rate_ms must not be negative (got {rate})")
+    if not 0 <= rate <= MAX_RATE_MS:
+        raise BadSubscription(f"max_update_rate_ms must be 0 to {MAX_RATE_MS} (a day), not {rate}")
     secure = body.get("secure", served_securely) if number >= SECURE_FROM else served_securely
     if secure != served_securely:
         scheme, other = ("https", "wss") if served_securely else ("http", "ws")
@@ -219,6 +221,10 @@ class Subscription:
         if self._json is None:
             self._json = _encode(self.as_dict())
         return self._json
+
+    @json.setter
+    def json(self, text: str) -> None:
+        self._json = text
 
 
 def ws_href(wanted: Wanted, sid: str) -> str:
@@ -421,6 +427,10 @@ class SubscriptionManager:
             return found, False
         sid = str(uuid.uuid4())
         subscription = Subscription(sid, wanted, view, ws_href(wanted, sid), self.registry.tai.stamp())
+        try:
+            subscription.json = servable(subscription.as_dict())  # never keep one that /subscriptions cannot list
+        except BadJSON as exc:
+            raise BadSubscription(f"the subscription cannot be stored: {exc}") from None
         self._subscriptions[sid] = subscription
         self._by_key[wanted.key()] = subscription
         self._arm(subscription)
