@@ -136,11 +136,9 @@ _MISSING = object()
 
 def any_leaf(value: Any, path: Sequence[str], test: Callable[[Any], bool], start: int = 0) -> bool:
     """Whether `test` holds for any leaf that `path` reaches in `value` (arrays are stepped into on the way and at
-    the end)."""
+    the end). Iterative, so no depth of nested arrays can exhaust the stack (#11)."""
     i, end = start, len(path)
-    while True:
-        if isinstance(value, list):
-            return any(any_leaf(item, path, test, i) for item in value)
+    while not isinstance(value, list):  # the common case, objects all the way: no stack needed
         if i == end:
             return test(value)
         if not isinstance(value, dict):
@@ -149,29 +147,61 @@ def any_leaf(value: Any, path: Sequence[str], test: Callable[[Any], bool], start
         if value is _MISSING:
             return False
         i += 1
+    stack = [(value, i)]
+    while stack:
+        value, i = stack.pop()
+        while True:
+            if isinstance(value, list):
+                if i == end:  # the leaves themselves (a tag's values, say): tested here, nested arrays later
+                    for item in value:
+                        if isinstance(item, list):
+                            stack.append((item, i))
+                        elif test(item):
+                            return True
+                else:
+                    stack.extend((item, i) for item in value)
+                break
+            if i == end:
+                if test(value):
+                    return True
+                break
+            if not isinstance(value, dict):
+                break
+            value = value.get(path[i], _MISSING)
+            if value is _MISSING:
+                break
+            i += 1
+    return False
 
 
 def leaves(value: Any, path: Sequence[str], start: int = 0) -> Iterator[Any]:
-    """Every leaf `path` reaches in `value` (what `any_leaf` tests), for building indexes."""
-    i, end = start, len(path)
-    while True:
-        if isinstance(value, list):
-            for item in value:
-                yield from leaves(item, path, i)
-            return
-        if i == end:
-            yield value
-            return
-        if not isinstance(value, dict):
-            return
-        value = value.get(path[i], _MISSING)
-        if value is _MISSING:
-            return
-        i += 1
+    """Every leaf `path` reaches in `value`, in document order (what `any_leaf` tests, and what indexes file).
+    Iterative: a stack of (value, position in `path`) instead of recursion into nested arrays."""
+    end = len(path)
+    stack = [(value, start)]
+    while stack:
+        value, i = stack.pop()
+        while True:
+            if isinstance(value, list):
+                stack.extend((item, i) for item in reversed(value))
+                break
+            if i == end:
+                yield value
+                break
+            if not isinstance(value, dict):
+                break
+            value = value.get(path[i], _MISSING)
+            if value is _MISSING:
+                break
+            i += 1
 
 
 def split_path(text: str) -> tuple[str, ...]:
-    """"tags.location" -> ("tags", "location")."""
+    """"subscription.sender_id" -> ("subscription", "sender_id"). Below `tags` the rest is one whole tag name,
+    dots and all: every registered NMOS tag name has them ("urn:x-nmos:tag:grouphint/v1.0", BCP-002-01), and tag
+    values are arrays of strings, so there is nothing deeper to reach (#11)."""
+    if text.startswith("tags."):
+        return ("tags", text[5:])
     return tuple(text.split("."))
 
 
