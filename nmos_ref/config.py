@@ -75,24 +75,13 @@ def _check_expiry(value: Any) -> float:
     return float(value)
 
 
-def _parse_server(text: str) -> Any:
-    from nmos_ref.discovery.unicast import parse_server  # (imports twisted.names)
-
-    return parse_server(text)
-
-
 def _check_registries(value: Any) -> list[str]:
-    from nmos_ref.node.registration import parse_registry_url  # (imports this module)
-
+    """Strings here; whether each is a usable Registration API URL is checked where the Node's rules live
+    (`nmos_ref.wiring.checks`), so this module stays a leaf."""
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise ConfigError("registries must be a list of Registration API URLs, e.g. [\"http://127.0.0.1:8235\"]")
-    for index, url in enumerate(value):
-        try:
-            parse_registry_url(url, index)
-        except ValueError as exc:
-            raise ConfigError(f"registries: {exc}") from None
     return value
 
 
@@ -230,7 +219,7 @@ _CHECKS = {
     "dns_sd": _check_dns_sd,
     "mdns_interfaces": _check_addresses("mdns_interfaces", ipaddress.ip_address, '"192.0.2.10"'),
     "dns_sd_domain": _check_domain,
-    "dns_servers": _check_addresses("dns_servers", _parse_server, '"192.0.2.53" or "[2001:db8::53]:5353"'),
+    "dns_servers": _check_addresses("dns_servers", str, '"192.0.2.53" or "[2001:db8::53]:5353"'),  # deep: wiring
     "pri": _check_int("pri", 0, 2**31 - 1),
     "peer_to_peer": _check_bool("peer_to_peer"),
     "max_registry_pri": _check_int("max_registry_pri", 0, 2**31 - 1),

@@ -8,7 +8,6 @@ from typing import Any
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import FilteringLogObserver, ILogObserver, LogLevel, LogLevelFilterPredicate, Logger, \
     globalLogPublisher
@@ -20,16 +19,16 @@ from nmos_ref.api.query import QueryAPI
 from nmos_ref.api.registration import RegistrationAPI
 from nmos_ref.auth.guard import guard_apis
 from nmos_ref.auth.service import Authorization, authorization
-from nmos_ref.config import ConfigError, Settings, apply, load_file, read_initial_token
+from nmos_ref.config import ConfigError, Settings, apply, load_file
 from nmos_ref.discovery.registry import RegistryAdvertiser
 from nmos_ref.discovery.setup import DnsSd, build_dns_sd
 from nmos_ref.gc_policy import FreezeAfterFullCollection
 from nmos_ref.model.store import Registry
-from nmos_ref.node import resources as node_resources
 from nmos_ref.node.service import build_node, listening
 from nmos_ref.ocsp import OCSPStapler, ocsp_stapler
-from nmos_ref.tls import listen_service, ssl_endpoint
+from nmos_ref.tls import listen_service
 from nmos_ref.validation import Schemas
+from nmos_ref.wiring.checks import check_settings
 from nmos_ref.ws.protocol import serve_subscriptions
 
 log = Logger()
@@ -214,28 +213,10 @@ def settings_from(options: Options) -> Settings:
         raise usage.UsageError(str(exc)) from None
     from twisted.internet import reactor
 
-    for flag, descriptions in (("--listen", settings.listen), ("--node-listen", settings.node_listen)):
-        for description in descriptions:
-            try:
-                if description.startswith("ssl:"):  # certificates and keys checked now, not at the first client
-                    ssl_endpoint(reactor, description, settings.tls_certificates)
-                    continue
-                serverFromString(reactor, description)
-            except ConfigError as exc:
-                raise usage.UsageError(f"{flag} {description!r}: {exc}") from None
-            except (ValueError, KeyError, TypeError) as exc:
-                raise usage.UsageError(f"{flag} {description!r} is not a strports description: {exc}") from None
-    if options.subCommand != "registry" and settings.auth_initial_token_file is not None:
-        try:
-            read_initial_token(settings.auth_initial_token_file)
-        except ConfigError as exc:
-            raise usage.UsageError(str(exc)) from None
-    if options.subCommand != "registry" and settings.node_file is not None:
-        try:  # a broken Node description stops the start here, with the reason
-            node_resources.build(node_resources.load_description(settings.node_file), seed="check",
-                                 stamp="0:0", hostname=None, endpoints=[], versions=settings.api_versions)
-        except ConfigError as exc:
-            raise usage.UsageError(f"{settings.node_file}: {exc}") from None
+    try:
+        check_settings(settings, reactor, node=options.subCommand != "registry")
+    except ConfigError as exc:
+        raise usage.UsageError(str(exc)) from None
     return settings
 
 

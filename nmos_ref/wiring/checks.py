@@ -1,0 +1,56 @@
+"""The checks of settings that need the rest of the program (`nmos_ref.config` checks types and ranges only, and
+imports nothing of ours): registry URLs and name servers as the Node and DNS-SD read them, listen descriptions as
+the reactor would take them (certificates and keys included), the initial token file and the Node description. A
+bad setting stops the start here with a message that names it, not at the first client."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.endpoints import serverFromString
+
+from nmos_ref.config import ConfigError, Settings, read_initial_token
+from nmos_ref.discovery.unicast import parse_server
+from nmos_ref.node import resources as node_resources
+from nmos_ref.node.registration import parse_registry_url
+from nmos_ref.tls import ssl_endpoint
+
+DNS_SERVER_EXAMPLE = '"192.0.2.53" or "[2001:db8::53]:5353"'
+
+
+def check_settings(settings: Settings, reactor: Any, *, node: bool) -> None:
+    """ConfigError for the first unusable setting; `node`: the process runs a Node (its token and description
+    files are read)."""
+    for index, url in enumerate(settings.registries):
+        try:
+            parse_registry_url(url, index)
+        except ValueError as exc:
+            raise ConfigError(f"registries: {exc}") from None
+    for server in settings.dns_servers or ():
+        try:
+            parse_server(server)
+        except ValueError:
+            raise ConfigError(f"dns_servers: {server!r} is not an address such as {DNS_SERVER_EXAMPLE}") from None
+    for flag, descriptions in (("--listen", settings.listen), ("--node-listen", settings.node_listen)):
+        for description in descriptions:
+            _check_listener(reactor, flag, description, settings)
+    if node and settings.auth_initial_token_file is not None:
+        read_initial_token(settings.auth_initial_token_file)
+    if node and settings.node_file is not None:
+        try:  # a broken Node description stops the start here, with the reason
+            node_resources.build(node_resources.load_description(settings.node_file), seed="check",
+                                 stamp="0:0", hostname=None, endpoints=[], versions=settings.api_versions)
+        except ConfigError as exc:
+            raise ConfigError(f"{settings.node_file}: {exc}") from None
+
+
+def _check_listener(reactor: Any, flag: str, description: str, settings: Settings) -> None:
+    try:
+        if description.startswith("ssl:"):  # certificates and keys checked now, not at the first client
+            ssl_endpoint(reactor, description, settings.tls_certificates)
+            return
+        serverFromString(reactor, description)
+    except ConfigError as exc:
+        raise ConfigError(f"{flag} {description!r}: {exc}") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{flag} {description!r} is not a strports description: {exc}") from None
