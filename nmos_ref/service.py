@@ -25,8 +25,8 @@ from nmos_ref.discovery.setup import DnsSd, build_dns_sd
 from nmos_ref.gc_policy import FreezeAfterFullCollection
 from nmos_ref.model.store import Registry
 from nmos_ref.node.service import build_node, listening
-from nmos_ref.ocsp import OCSPStapler, ocsp_stapler
-from nmos_ref.tls import listen_service
+from nmos_ref.tls.ocsp import OCSPStapler, ocsp_stapler
+from nmos_ref.tls.server import listen_service
 from nmos_ref.validation import Schemas
 from nmos_ref.wiring.checks import check_settings
 from nmos_ref.ws.protocol import serve_subscriptions

@@ -23,7 +23,7 @@ from twisted.web.server import Site
 
 from nmos_ref.config import Settings
 from nmos_ref.node.service import build_node
-from nmos_ref.ocsp import OCSPStapler
+from nmos_ref.tls.ocsp import OCSPStapler
 from nmos_ref.service import build, build_all
 from official import assert_official
 from resources import port_of

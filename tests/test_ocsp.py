@@ -25,8 +25,8 @@ from twisted.web.server import NOT_DONE_YET, Site
 
 from nmos_ref.api.common import root_resource
 from nmos_ref.api.httpserver import make_site
-from nmos_ref.ocsp import OCSPStapler, ocsp_url
-from nmos_ref.tls import listen_service, server_context
+from nmos_ref.tls.ocsp import OCSPStapler, ocsp_url
+from nmos_ref.tls.server import listen_service, server_context
 from node_support import Events
 from resources import port_of
 from tls_support import Pinned, Responder, delegated_responder, make_pki, pairs
@@ -77,7 +77,7 @@ class Setup:
 def test_fetches_checks_and_staples_each_certificate(pki: dict[str, str]) -> None:
     setup = Setup(pki)
     assert [entry.url for entry in setup.stapler.certificates] == [URL, URL]
-    with Events("nmos_ref.ocsp") as events:
+    with Events("nmos_ref.tls.ocsp") as events:
         setup.stapler.startService()
     assert setup.responder.content_types == ["application/ocsp-request"] * 2
     assert {asked.serial_number for asked in setup.responder.asked} == {setup.rsa.serial_number,
@@ -122,7 +122,7 @@ def test_responder_down_backs_off_keeps_the_valid_response_then_drops_it(pki: di
     setup.stapler.startService()
     held = setup.stapler.stapled(setup.rsa)
     setup.responder.code = 503
-    with Events("nmos_ref.ocsp") as events:
+    with Events("nmos_ref.tls.ocsp") as events:
         setup.advance(3600)  # the refresh fails: 1 min to the next try
         assert setup.stapler.stapled(setup.rsa) == held
         tries = [len(setup.responder.content_types)]
@@ -178,7 +178,7 @@ def test_revoked_is_never_stapled(pki: dict[str, str]) -> None:
     setup.stapler.startService()
     assert setup.stapler.stapled(setup.rsa)
     setup.responder.statuses[setup.rsa.serial_number] = ocsp.OCSPCertStatus.REVOKED
-    with Events("nmos_ref.ocsp") as events:
+    with Events("nmos_ref.tls.ocsp") as events:
         setup.advance(3600)
     assert setup.stapler.stapled(setup.rsa) == b""  # the GOOD one held is dropped at once
     assert serial_of(setup.stapler.stapled(setup.ec)) == setup.ec.serial_number
@@ -226,7 +226,7 @@ def already_expired(responder: Responder, pki: dict[str, str]) -> None:
 def test_bad_responses_are_not_stapled(pki: dict[str, str], spoil: Any, why: str) -> None:
     setup = Setup(pki)
     spoil(setup.responder, pki)
-    with Events("nmos_ref.ocsp") as events:
+    with Events("nmos_ref.tls.ocsp") as events:
         setup.stapler.startService()
     assert setup.stapler.stapled(setup.rsa) == b"" and setup.stapler.stapled(setup.ec) == b""
     texts = events.texts()
@@ -262,7 +262,7 @@ def not_found(pki: dict[str, str], clock: Clock) -> Resource:
 def test_answers_that_are_not_ocsp_responses(pki: dict[str, str], server: Any, why: str) -> None:
     clock = Clock()
     stapler = OCSPStapler(StubTreq(server(pki, clock)), clock, [pki["ec_cert"]], rng=Top())
-    with Events("nmos_ref.ocsp") as events:
+    with Events("nmos_ref.tls.ocsp") as events:
         stapler.startService()
     [text] = events.texts()
     assert why in text and "trying again in 60 s" in text
@@ -275,7 +275,7 @@ def test_certificates_without_a_responder_are_left_alone(tmp_path: Path) -> None
     plain = make_pki(tmp_path / "plain")
     clock = Clock()
     responder = Responder(plain, clock)
-    with Events("nmos_ref.ocsp") as events:
+    with Events("nmos_ref.tls.ocsp") as events:
         stapler = OCSPStapler(StubTreq(responder), clock, [plain["rsa_cert"], plain["ec_cert"]])
         stapler.startService()
     assert ocsp_url(leaf(plain["rsa_cert"])) is None
@@ -292,7 +292,7 @@ def test_a_chain_without_its_issuer_is_not_stapled(pki: dict[str, str], tmp_path
     text = Path(pki["rsa_cert"]).read_text()
     alone.write_text(text[:text.index("-----END CERTIFICATE-----") + len("-----END CERTIFICATE-----\n")])
     clock = Clock()
-    with Events("nmos_ref.ocsp") as events:
+    with Events("nmos_ref.tls.ocsp") as events:
         stapler = OCSPStapler(StubTreq(Responder(pki, clock)), clock, [str(alone)])
     assert stapler.certificates == []
     [warning] = events.texts()
@@ -327,7 +327,7 @@ def test_the_callback_picks_by_certificate_and_never_raises(pki: dict[str, str],
     assert serial_of(setup.stapler.staple(Served(setup.ec), None)) == setup.ec.serial_number
     assert setup.stapler.staple(Served(leaf(make_pki(tmp_path / "other")["ec_cert"])), None) == b""
     assert setup.stapler.staple(Served(None), None) == b""
-    with Events("nmos_ref.ocsp") as events:
+    with Events("nmos_ref.tls.ocsp") as events:
         assert setup.stapler.staple(Served(broken=True), None) == b""
     assert "stapling nothing" in events.texts()[0]
     setup.stapler.stopService()
@@ -347,7 +347,7 @@ def test_stop_leaves_nothing_behind(pki: dict[str, str]) -> None:
     setup.responder.code = 503
     setup.advance(3600)  # both failing now: a retry and an expiry timer each
     assert len(setup.clock.getDelayedCalls()) == 4
-    with Events("nmos_ref.ocsp") as events:
+    with Events("nmos_ref.tls.ocsp") as events:
         setup.stapler.stopService()
     assert setup.clock.getDelayedCalls() == [] and events.texts() == []
 
@@ -356,7 +356,7 @@ def test_stop_leaves_nothing_behind(pki: dict[str, str]) -> None:
     stapler.startService()
     assert [entry.pending is not None for entry in stapler.certificates] == [True]
     assert len(clock.getDelayedCalls()) == 1  # the request's time limit
-    with Events("nmos_ref.ocsp") as events:
+    with Events("nmos_ref.tls.ocsp") as events:
         stapler.stopService()
     assert clock.getDelayedCalls() == [] and events.texts() == []
     assert [entry.pending for entry in stapler.certificates] == [None]
@@ -380,7 +380,7 @@ def test_a_silent_responder_times_out(pki: dict[str, str]) -> None:
     clock = Clock()
     stapler = OCSPStapler(StubTreq(Silent(pki, clock)), clock, [pki["rsa_cert"]], timeout=10.0, rng=Top())
     stapler.startService()
-    with Events("nmos_ref.ocsp") as events:
+    with Events("nmos_ref.tls.ocsp") as events:
         clock.advance(9.9)
         assert events.texts() == [] and len(clock.getDelayedCalls()) == 1
         clock.advance(0.1)

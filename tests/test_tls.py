@@ -20,7 +20,7 @@ from nmos_ref.api.common import root_resource
 from nmos_ref.api.httpserver import make_site
 from nmos_ref.config import ConfigError
 from nmos_ref.service import Options
-from nmos_ref.tls import listen_service, server_context
+from nmos_ref.tls.server import listen_service, server_context
 from resources import OpenConnections, port_of
 from tls_support import Pinned, make_pki, pairs
 

@@ -9,9 +9,8 @@ from attrs import define
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.ssl import Certificate
 from twisted.logger import Logger
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.web.client import Agent, HTTPConnectionPool
 from treq.client import HTTPClient
 
 from nmos_ref.auth.guard import ResourceServer
@@ -20,7 +19,8 @@ from nmos_ref.config import Settings
 from nmos_ref.discovery.auth import AuthServerBrowser
 from nmos_ref.discovery.setup import DnsSd
 from nmos_ref.model.jsontext import decode
-from nmos_ref.tls import serves_tls
+from nmos_ref.tls.server import serves_tls
+from nmos_ref.tls.trust import tls_policy
 
 log = Logger()
 
@@ -69,14 +69,6 @@ class KeyCacheService(Service):
         super().stopService()
         self.keys.stop()
         return self.pool.closeCachedConnections() if self.pool is not None else None
-
-
-def tls_policy(ca_file: str | None) -> BrowserLikePolicyForHTTPS:
-    """Verify servers against `ca_file` (PEM) when given, else the system's roots; host names checked either way."""
-    if ca_file is None:
-        return BrowserLikePolicyForHTTPS()
-    with open(ca_file, "rb") as pem:
-        return BrowserLikePolicyForHTTPS(trustRoot=Certificate.loadPEM(pem.read()))
 
 
 def json_fetcher(http: HTTPClient, clock: IReactorTime) -> FetchJSON:

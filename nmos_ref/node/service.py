@@ -29,7 +29,7 @@ from nmos_ref.api.node import ManifestAPI, NodeAPI
 from nmos_ref.auth.client import OAuthClient
 from nmos_ref.auth.guard import guard_apis
 from nmos_ref.auth.keys import ANY_ISSUER
-from nmos_ref.auth.service import Authorization, tls_policy
+from nmos_ref.auth.service import Authorization
 from nmos_ref.auth.service import authorization as make_authorization
 from nmos_ref.config import Settings, read_initial_token
 from nmos_ref.discovery.setup import DnsSd, build_dns_sd
@@ -40,8 +40,9 @@ from nmos_ref.node.model import NodeModel
 from nmos_ref.node.registration import Candidate, RegistrationClient, parse_registry_url
 from nmos_ref.node.resources import MANIFEST_ROOT, Endpoint, build, demo_description, load_description
 from nmos_ref.node.target import ReceiverTargets
-from nmos_ref.ocsp import OCSPStapler, ocsp_stapler
-from nmos_ref.tls import listen_service, serves_tls
+from nmos_ref.tls.ocsp import OCSPStapler, ocsp_stapler
+from nmos_ref.tls.server import listen_service, serves_tls
+from nmos_ref.tls.trust import tls_policy
 from nmos_ref.validation import Schemas
 
 log = Logger()

@@ -38,7 +38,8 @@ from treq.client import HTTPClient
 from nmos_ref.config import ConfigError
 from nmos_ref.node.http import Reply, Unreachable, exchange
 from nmos_ref.node.registration import Backoff
-from nmos_ref.tls import serves_tls
+from nmos_ref.tls.server import serves_tls
+from nmos_ref.tls.trust import tls_policy
 
 log = Logger()
 
@@ -399,7 +400,6 @@ def ocsp_stapler(reactor: Any, descriptions: Sequence[str], ca_file: str | None,
     """For listeners `descriptions` with an `ssl:` one: a stapler with its own HTTP client, checking https
     responders against `ca_file` (the system's roots without one), its connections closed when it stops; else
     None."""
-    from nmos_ref.auth.service import tls_policy  # the auth service module pulls in discovery: imported late
     if not serves_tls(descriptions):
         return None
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from OpenSSL import SSL, crypto
 from twisted.application import strports
@@ -20,8 +20,15 @@ from zope.interface import implementer
 
 from nmos_ref.config import ConfigError
 
-if TYPE_CHECKING:
-    from nmos_ref.ocsp import OCSPStapler
+
+
+class Stapler(Protocol):
+    """What a listener needs of OCSP stapling (nmos_ref.tls.ocsp.OCSPStapler is one): each certificate chain it
+    serves handed over once, and the callback OpenSSL asks for the response to staple."""
+
+    def add(self, chain: bytes) -> object: ...
+
+    def staple(self, connection: SSL.Connection, data: Any) -> bytes: ...
 
 # BCP-003-01: TLS 1.3 suites in the order given; TLS 1.2: ECDHE-RSA-AES128-GCM-SHA256 SHALL, the rest SHOULD.
 TLS13_SUITES = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
@@ -39,7 +46,7 @@ def _read(path: str, what: str) -> bytes:
 
 
 def server_context(pairs: Sequence[tuple[str, str]], dh_params: str | None = None,
-                   stapler: OCSPStapler | None = None) -> SSL.Context:
+                   stapler: Stapler | None = None) -> SSL.Context:
     """A server context with every (certificate chain PEM, private key PEM) pair loaded and checked; ConfigError
     names the file when one is missing, unreadable or does not belong with its partner. With a `stapler`, each
     chain is handed to it and the context staples its OCSP responses (RFC 6066 status_request)."""
@@ -123,7 +130,7 @@ KNOWN = {"interface", "backlog", "privateKey", "certKey", "dhParameters"}
 
 
 def ssl_endpoint(reactor: Any, description: str, certificates: Sequence[dict[str, str]],
-                 stapler: OCSPStapler | None = None) -> IStreamServerEndpoint:
+                 stapler: Stapler | None = None) -> IStreamServerEndpoint:
     """An endpoint for `ssl:PORT:interface=...[:certKey=chain.pem:privateKey=key.pem][:dhParameters=dh.pem]`, serving
     that pair (if given) and every pair of `certificates` ({"certificate", "key"}) together, their OCSP responses
     stapled by `stapler` when given."""
@@ -147,7 +154,7 @@ def serves_tls(descriptions: Sequence[str]) -> bool:
 
 
 def listen_service(description: str, site: Any, reactor: Any, certificates: Sequence[dict[str, str]] = (),
-                   stapler: OCSPStapler | None = None) -> StreamServerEndpointService:
+                   stapler: Stapler | None = None) -> StreamServerEndpointService:
     """The service listening on one description: `ssl:` ones through `ssl_endpoint` (both key types, BCP-003-01
     ciphers, OCSP stapling with a `stapler`), anything else through Twisted's strports."""
     if description.startswith("ssl:"):
