@@ -143,6 +143,18 @@ def test_since_after_until_is_a_bad_request(sample: QueryHarness) -> None:
     assert sample.get("/v1.1/nodes?paging.since=0:13&paging.until=0:12").code == 400
 
 
+@pytest.mark.parametrize("cursor", ["9" * 5000 + ":0", "9" * 21 + ":0", "1:1234567890", "abc", "1:", ":1", "-1:0"])
+def test_cursors_that_are_not_timestamps_are_bad_requests(sample: QueryHarness, cursor: str) -> None:
+    # #11: a 5,000-digit cursor was a 500 (int() stops at 4,300 digits)
+    for key in ("paging.since", "paging.until"):
+        answer = sample.get(f"/v1.1/nodes?{key}={cursor}")
+        assert answer.code == 400 and key in answer.body["error"]
+    assert sample.get(f"/v1.3/subscriptions?paging.since={cursor}").code == 400
+    # an RQL comparison meeting a stored value that looks like a long timestamp is no error either
+    sample.register("node", node("v1.3", label="9" * 5000 + ":0"), "v1.3")
+    assert sample.get("/v1.3/nodes?query.rql=lt(label,99:0)").code == 200
+
+
 def test_discontiguous_filters() -> None:
     # nmos-testing test_21_5: Nodes labelled foo or bar, 20 in a row
     harness = QueryHarness()

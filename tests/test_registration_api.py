@@ -269,6 +269,10 @@ class TestBadInput:
             ("node", {**members["node"], "version": "1:0", "label": "older"}),  # version went backwards
             ("node", {**members["node"], "label": "same version, other data"}),
             ("source", bump(members["source"], device_id=device(members["node"]["id"])["id"])),  # parent changes
+            # #11: int() of these gave a 500 (Python stops at 4,300 digits)
+            ("node", {**members["node"], "version": "1" * 5000 + ":0"}),
+            ("node", {**members["node"], "version": "1:" + "1" * 5000}),
+            ("node", {**members["node"], "version": "1:1000000000"}),
         ]
         for kind, data in cases:
             answer = api.post("v1.3", kind, data)

@@ -37,7 +37,7 @@ MAX_PATTERN_LENGTH = 256  # characters of a matches() pattern
 
 ANCESTRY_COLLECTIONS = ("sources", "flows")
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[1-5][0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
-_TAI = re.compile(r"([0-9]+):([0-9]{1,9})")
+_TAI = re.compile(r"([0-9]{1,20}):([0-9]{1,9})")  # bounded: int() of a long digit run is slow or fails
 _NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -676,7 +676,7 @@ def _tai(name: str, text: str | None) -> int | None:
         return None
     match = _TAI.fullmatch(text)
     if match is None:
-        raise BadQuery(f"{name} must be a TAI timestamp <seconds>:<nanoseconds> (at most 9 digits), not {text!r}")
+        raise BadQuery(f"{name} must be a TAI timestamp <seconds>:<nanoseconds> (at most 20 and 9 digits), not {text[:40]!r}")
     return int(match.group(1)) * 1_000_000_000 + int(match.group(2))
 
 

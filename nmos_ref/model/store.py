@@ -27,6 +27,9 @@ log = Logger()
 # The schemas' id pattern ends in "$", which (as Python and the official schemas read it) lets a final newline
 # through; an id is a path segment in every API, so the store holds it to the exact form.
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[1-5][0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+# A version's seconds fit 64 bits and its nanoseconds are below 10^9; longer digit runs are refused before int()
+# (which also stops at 4,300 digits with a ValueError, a 500 before #11).
+_TAI_VERSION = re.compile(r"([0-9]{1,20}):([0-9]{1,9})")
 
 
 @define(slots=True, eq=False)
@@ -179,10 +182,12 @@ def _servable(kind: str, rid: str, data: dict[str, Any]) -> str:
 
 def _version_of(kind: str, data: dict[str, Any]) -> tuple[int, int]:
     text = data.get("version")
-    seconds, _, nanoseconds = text.partition(":") if isinstance(text, str) else ("", "", "")
-    if not (seconds.isdigit() and nanoseconds.isdigit()):
-        raise InvalidResource(f"{kind} version must be a TAI timestamp <seconds>:<nanoseconds>, not {text!r}")
-    return int(seconds), int(nanoseconds)
+    match = _TAI_VERSION.fullmatch(text) if isinstance(text, str) else None
+    if match is None:
+        shown = repr(text) if len(repr(text)) <= 60 else repr(text)[:57] + "..."
+        raise InvalidResource(f"{kind} version must be a TAI timestamp <seconds>:<nanoseconds> (at most 20 and 9 "
+                              f"digits), not {shown}")
+    return int(match.group(1)), int(match.group(2))
 
 
 class Registry:

@@ -24,7 +24,7 @@ _LEAPS: tuple[tuple[int, int], ...] = (
 )
 _LEAP_STARTS = [start for start, _ in _LEAPS]
 
-_TAI_TEXT = re.compile(r"([0-9]+):([0-9]+)")
+_TAI_TEXT = re.compile(r"([0-9]{1,20}):([0-9]+)")
 
 
 def leap_offset(unix_seconds: float) -> int:
