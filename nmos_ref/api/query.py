@@ -20,6 +20,7 @@ from twisted.web.resource import IResource
 
 from nmos_ref.api.common import (Encoded, NmosError, VersionedAPI, add_common_routes, empty_response, json_list,
                                  json_response, read_json)
+from nmos_ref.api.httpserver import check_websocket_handshake
 from nmos_ref.model.downgrade import Translations, affects, stripped_paths
 from nmos_ref.model.indexes import Indexes
 from nmos_ref.model.query import (BadQuery, Limits, Page, Paging, Query, UnsupportedQuery, ancestry, page,
@@ -263,6 +264,7 @@ class QueryAPI(VersionedAPI):
         if not wants_websocket(request):
             raise NmosError(426, "This is the WebSocket of a subscription: connect with a WebSocket client", None,
                             {"Upgrade": "websocket"})
+        check_websocket_handshake(request)  # an NMOS error here, not Autobahn's bare 400
         return self.websockets
 
     def _upgrade(self, request: IRequest, version: str, collection: str, params: list[Param]) -> IResource:
@@ -270,6 +272,7 @@ class QueryAPI(VersionedAPI):
         support the HTTP protocol upgrade mechanism on list resources such as /nodes ... a corresponding entry in
         /subscriptions for a non-persistent Subscription MUST also be created with matching attributes". Paging
         parameters are left out: they do not apply to sockets."""
+        check_websocket_handshake(request)  # before anything is created: a refused handshake leaves nothing behind
         assert self.subscriptions is not None and self.websockets is not None
         body = {"max_update_rate_ms": DEFAULT_RATE_MS, "persist": False, "resource_path": f"/{collection}",
                 "params": {p.key: p.value for p in params if not p.key.startswith("paging.")}}

@@ -19,6 +19,8 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from zope.interface import implementer
 
+from nmos_ref.api.common import NmosError
+from nmos_ref.api.httpserver import error_answer
 from nmos_ref.api.query import QueryAPI
 from nmos_ref.model.store import Registry
 from nmos_ref.ws.subscriptions import Connection, SubscriptionLimits, SubscriptionManager
@@ -50,6 +52,16 @@ class SubscriptionProtocol(WebSocketServerProtocol):
         if subscription is None or match is None or subscription.version != match.group(1):
             raise ConnectionDeny(ConnectionDeny.NOT_FOUND, "No such subscription")
         self._sid = subscription.id
+
+    def failHandshake(self, reason: str, code: int = 400,
+                      responseHeaders: list[tuple[str, str]] | None = None) -> None:
+        """A refused opening handshake answered with the NMOS error JSON (Autobahn's own answer is a bare status
+        line), then the connection closed."""
+        self.wasNotCleanReason = reason
+        self.log.info("failing WebSocket opening handshake ('{reason}')", reason=reason)
+        headers = {name: str(value) for name, value in responseHeaders or ()}
+        self.sendData(error_answer(NmosError(code, reason, None, headers)))
+        self.dropConnection(abort=False)
 
     def onOpen(self) -> None:
         # twisted.web's HTTPChannel registered itself as the transport's producer; the connection is ours now, and
@@ -118,8 +130,9 @@ class SubscriptionFactory(WebSocketServerFactory):
         self.manager = manager
         self.sockets: set[SubscriptionProtocol] = set()
         # (maxMessagePayloadSize would limit the grains sent too; onMessageFrameData keeps nothing instead)
+        # (webStatus: no HTML status page for a handshake without Upgrade; failHandshake answers it instead)
         self.setProtocolOptions(maxFramePayloadSize=MAX_FRAME, autoPingInterval=PING_INTERVAL,
-                                autoPingTimeout=PING_TIMEOUT)
+                                autoPingTimeout=PING_TIMEOUT, webStatus=False)
 
 
 class SubscriptionService(Service):
