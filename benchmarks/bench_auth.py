@@ -32,12 +32,12 @@ from twisted.internet.task import Clock
 from twisted.web.server import Request, Site
 from twisted.web.test.requesthelper import DummyChannel
 
-from nmos_ref.api.common import root_resource
 from nmos_ref.api.registration import RegistrationAPI
 from nmos_ref.auth.guard import ResourceServer, guard_apis
 from nmos_ref.auth.keys import KeyCache, metadata_url
 from nmos_ref.model.store import Registry
 from nmos_ref.validation import Schemas
+from nmos_ref.web.root import root_resource
 
 ISSUER = "https://auth.bench.local"
 SERVER = "registry.bench.local"

@@ -9,12 +9,16 @@ from twisted.application.internet import StreamServerEndpointService, TimerServi
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import FilteringLogObserver, ILogObserver, LogLevel, LogLevelFilterPredicate, Logger, \
-    globalLogPublisher
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogObserver,
+    Logger,
+    LogLevel,
+    LogLevelFilterPredicate,
+    globalLogPublisher,
+)
 from twisted.python import usage
 
-from nmos_ref.api.common import root_resource
-from nmos_ref.api.httpserver import make_site
 from nmos_ref.api.query import QueryAPI
 from nmos_ref.api.registration import RegistrationAPI
 from nmos_ref.auth.guard import guard_apis
@@ -28,6 +32,8 @@ from nmos_ref.node.service import build_node, listening
 from nmos_ref.tls.ocsp import OCSPStapler, ocsp_stapler
 from nmos_ref.tls.server import listen_service
 from nmos_ref.validation import Schemas
+from nmos_ref.web.root import root_resource
+from nmos_ref.web.server import make_site
 from nmos_ref.wiring.checks import check_settings
 from nmos_ref.ws.protocol import serve_subscriptions
 

@@ -36,15 +36,24 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from hostile_support import (  # noqa: E402
+    CATEGORIES,
+    COLLECTIONS,
+    TIMEOUT,
+    LocalRegistry,
+    Problem,
+    Target,
+    collections_problems,
+    run_case,
+    seed,
+    summarise,
+)
+from resources import VERSIONS  # noqa: E402
 from treq.client import HTTPClient  # noqa: E402
 from twisted.internet import task  # noqa: E402
 from twisted.internet.defer import Deferred  # noqa: E402
 from twisted.logger import globalLogBeginner, textFileLogObserver  # noqa: E402
 from twisted.web.client import Agent, HTTPConnectionPool  # noqa: E402
-
-from hostile_support import (CATEGORIES, COLLECTIONS, TIMEOUT, LocalRegistry, Problem, Target,  # noqa: E402
-                             collections_problems, run_case, seed, summarise)
-from resources import VERSIONS  # noqa: E402
 
 COLUMNS = (("5xx", "5xx"), ("non-NMOS", "not-nmos-error"), ("store", "store-changed"))
 

@@ -11,13 +11,14 @@ from twisted.internet.task import Clock
 from twisted.logger import LogEvent, globalLogPublisher
 
 from fake_network import FakeNetwork, Host
-from nmos_ref.api.common import root_resource
+from nmos_ref.web.root import root_resource
 from nmos_ref.api.registration import RegistrationAPI
 from nmos_ref.model.store import Registry
 from nmos_ref.model.tai import TAIClock, format_tai
 from nmos_ref.model.versions import ALL_VERSIONS
 from nmos_ref.node.model import NodeModel
-from nmos_ref.node.registration import Backoff, Candidate, RegistrationClient
+from nmos_ref.node.registration import Candidate, RegistrationClient
+from nmos_ref.web.backoff import Backoff
 from nmos_ref.node.resources import Endpoint, build, demo_description
 from nmos_ref.validation import Schemas
 

@@ -18,7 +18,7 @@ from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
-from nmos_ref.api.common import root_resource
+from nmos_ref.web.root import root_resource
 from nmos_ref.api.query import QueryAPI
 from nmos_ref.model.query import Limits
 from nmos_ref.model.store import Registry

@@ -15,7 +15,7 @@ from twisted.logger import LogLevel
 from twisted.web.test.requesthelper import DummyRequest
 
 from auth_support import NOW, SERVER, FakeFetch, Issuer
-from nmos_ref.api.common import root_resource
+from nmos_ref.web.root import root_resource
 from nmos_ref.api.query import QueryAPI
 from nmos_ref.api.registration import RegistrationAPI
 from nmos_ref.auth import guard as guard_module

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from twisted.web.test.requesthelper import DummyRequest
 
-from nmos_ref.api.common import json_response
+from nmos_ref.web.responses import json_response
 
 
 def test_reason_phrases_twisted_lacks() -> None:

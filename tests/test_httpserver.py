@@ -1,4 +1,4 @@
-"""The HTTP edge (nmos_ref/api/httpserver.py, and the handshake refusals of nmos_ref/ws/protocol.py): whatever layer
+"""The HTTP edge (nmos_ref/web/server.py, and the handshake refusals of nmos_ref/ws/protocol.py): whatever layer
 refuses a request, Twisted's parser, Werkzeug's router or Autobahn's handshake, the answer is the NMOS error JSON with
 CORS headers, and a refusal at the HTTP layer closes the connection after it. Normal requests keep keep-alive and
 pipelining. The real service on 127.0.0.1:0, sent raw bytes by a Twisted client; the channel itself over a
@@ -21,8 +21,10 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.web.test.requesthelper import DummyRequest
 
-from nmos_ref.api.common import MAX_BODY, NmosError, root_resource
-from nmos_ref.api.httpserver import NmosChannel, check_websocket_handshake, error_answer, make_site
+from nmos_ref.web.errors import NmosError
+from nmos_ref.web.responses import MAX_BODY
+from nmos_ref.web.root import root_resource
+from nmos_ref.web.server import NmosChannel, check_websocket_handshake, error_answer, make_site
 from official import assert_official
 from resources import node
 from ws_support import Served

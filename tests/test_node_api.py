@@ -11,7 +11,7 @@ import pytest
 from treq.testing import StubTreq
 
 from fake_network import FakeNetwork
-from nmos_ref.api.common import root_resource
+from nmos_ref.web.root import root_resource
 from nmos_ref.api.node import ManifestAPI, NodeAPI
 from nmos_ref.model.versions import ALL_VERSIONS, PLURALS
 from nmos_ref.node.model import NodeModel

@@ -9,7 +9,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 
 from auth_support import NOW, SERVER, FakeFetch, Issuer
 from node_support import SCHEMAS, START, Events, Rig
-from nmos_ref.api.common import root_resource
+from nmos_ref.web.root import root_resource
 from nmos_ref.api.registration import RegistrationAPI
 from nmos_ref.auth.guard import ResourceServer, guard_apis
 from nmos_ref.auth.keys import KeyCache

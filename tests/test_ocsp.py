@@ -23,8 +23,8 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
-from nmos_ref.api.common import root_resource
-from nmos_ref.api.httpserver import make_site
+from nmos_ref.web.root import root_resource
+from nmos_ref.web.server import make_site
 from nmos_ref.tls.ocsp import OCSPStapler, ocsp_url
 from nmos_ref.tls.server import listen_service, server_context
 from node_support import Events

@@ -11,7 +11,7 @@ from treq.testing import StubTreq
 from twisted.internet.task import Clock
 
 from resources import VERSIONS, Answer, Family, bump, device, new_id, node, source, stub_call
-from nmos_ref.api.common import root_resource
+from nmos_ref.web.root import root_resource
 from nmos_ref.api.registration import RegistrationAPI
 from nmos_ref.model.store import Registry
 from nmos_ref.model.tai import format_tai

@@ -16,8 +16,8 @@ from twisted.internet.ssl import Certificate
 from twisted.python import usage
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, ResponseNeverReceived
 
-from nmos_ref.api.common import root_resource
-from nmos_ref.api.httpserver import make_site
+from nmos_ref.web.root import root_resource
+from nmos_ref.web.server import make_site
 from nmos_ref.config import ConfigError
 from nmos_ref.service import Options
 from nmos_ref.tls.server import listen_service, server_context

@@ -11,13 +11,14 @@ from klein import Klein
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
-from nmos_ref.api.common import (Encoded, NmosError, VersionedAPI, add_common_routes, add_error_handlers, json_list,
-                                 json_response, options_response, read_json, set_cors)
+from nmos_ref.api.versioned import VersionedAPI, add_common_routes, add_error_handlers, options_response
 from nmos_ref.model.versions import SINGULARS
 from nmos_ref.node.model import NodeModel, View
 from nmos_ref.node.sdp import make_sdp
 from nmos_ref.node.target import ReceiverTargets, TargetRefused
 from nmos_ref.validation import Schemas
+from nmos_ref.web.errors import NmosError
+from nmos_ref.web.responses import Encoded, json_list, json_response, read_json, set_cors
 
 log = Logger()
 

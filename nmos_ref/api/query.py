@@ -18,9 +18,7 @@ from klein import Klein
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
-from nmos_ref.api.common import (Encoded, NmosError, VersionedAPI, add_common_routes, empty_response, json_list,
-                                 json_response, read_json)
-from nmos_ref.api.httpserver import check_websocket_handshake
+from nmos_ref.api.versioned import VersionedAPI, add_common_routes
 from nmos_ref.model.downgrade import Translations, affects, stripped_paths
 from nmos_ref.model.indexes import Indexes
 from nmos_ref.model.query import (BadQuery, Limits, Page, Paging, Query, UnsupportedQuery, ancestry, page,
@@ -29,6 +27,9 @@ from nmos_ref.model.store import Registry, Resource
 from nmos_ref.model.tai import format_tai
 from nmos_ref.model.versions import SINGULARS, parse_version
 from nmos_ref.validation import Schemas
+from nmos_ref.web.errors import NmosError
+from nmos_ref.web.responses import Encoded, empty_response, json_list, json_response, read_json
+from nmos_ref.web.server import check_websocket_handshake
 from nmos_ref.ws.subscriptions import (DEFAULT_RATE_MS, BadSubscription, PersistenceRequired, Subscription,
                                        SubscriptionManager, View, Wanted, parse_subscription)
 

@@ -8,12 +8,13 @@ from klein import Klein
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
-from nmos_ref.api.common import (Encoded, NmosError, VersionedAPI, add_common_routes, empty_response, json_response,
-                                 read_json, resource_location)
+from nmos_ref.api.versioned import VersionedAPI, add_common_routes
 from nmos_ref.model.store import Registry
 from nmos_ref.model.tai import format_tai
 from nmos_ref.model.versions import SINGULARS, TYPES
 from nmos_ref.validation import Schemas
+from nmos_ref.web.errors import NmosError
+from nmos_ref.web.responses import Encoded, empty_response, json_response, read_json, resource_location
 
 log = Logger()
 

@@ -49,7 +49,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from nmos_ref.auth.keys import metadata_url
-from nmos_ref.node.http import Reply, Unreachable, exchange
+from nmos_ref.web.client import Reply, Unreachable, exchange
 
 log = Logger()
 

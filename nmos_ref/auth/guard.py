@@ -20,10 +20,11 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 
-from nmos_ref.api.common import NmosError, render_error
 from nmos_ref.auth.claims import (LEEWAY, Denial, audience_matches, check_access, check_required, check_times,
                                   client_of, insufficient, invalid)
 from nmos_ref.auth.keys import ALGORITHMS, KeyCache
+from nmos_ref.web.errors import NmosError
+from nmos_ref.web.responses import render_error
 
 log = Logger()
 

@@ -6,12 +6,12 @@ import socket
 from typing import Any
 
 from attrs import define
+from treq.client import HTTPClient
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
-from treq.client import HTTPClient
 
 from nmos_ref.auth.guard import ResourceServer
 from nmos_ref.auth.keys import FetchJSON, KeyCache

@@ -676,7 +676,8 @@ def _tai(name: str, text: str | None) -> int | None:
         return None
     match = _TAI.fullmatch(text)
     if match is None:
-        raise BadQuery(f"{name} must be a TAI timestamp <seconds>:<nanoseconds> (at most 20 and 9 digits), not {text[:40]!r}")
+        raise BadQuery(f"{name} must be a TAI timestamp <seconds>:<nanoseconds> (at most 20 and 9 digits), "
+                       f"not {text[:40]!r}")
     return int(match.group(1)) * 1_000_000_000 + int(match.group(2))
 
 

@@ -22,9 +22,9 @@ from nmos_ref.model.downgrade import downgrade
 from nmos_ref.model.jsontext import compact
 from nmos_ref.model.tai import TAIClock, format_tai
 from nmos_ref.model.versions import TYPES, parse_version, sort_versions
-from nmos_ref.node.resources import HELD_VERSION, SUB_KINDS, Built, Endpoint, Stream, addressed_node, \
-    manifest_href, resolved
-from nmos_ref.validation import Schemas, SchemaViolation
+from nmos_ref.node.resources import (HELD_VERSION, SUB_KINDS, Built, Endpoint, Stream, addressed_node, manifest_href,
+                                     resolved)
+from nmos_ref.validation import SchemaViolation, Schemas
 
 log = Logger()
 

@@ -44,8 +44,9 @@ from twisted.logger import Logger
 
 from nmos_ref.model.store import parent_of
 from nmos_ref.model.versions import PLURALS, TYPES, parse_version
-from nmos_ref.node.http import Reply, Unreachable, exchange
 from nmos_ref.node.model import NodeModel, View
+from nmos_ref.web.backoff import Backoff
+from nmos_ref.web.client import Reply, Unreachable, exchange
 
 log = Logger()
 
@@ -132,20 +133,6 @@ def rank(candidates: Sequence[Candidate], versions: Sequence[str], protocol: str
         usable.append((parse_version(best), candidate.priority, rng.random(), Choice(candidate, best)))
     usable.sort(key=lambda item: (-item[0][0], -item[0][1], item[1], item[2]))
     return [item[3] for item in usable], rejected
-
-
-@frozen
-class Backoff:
-    """Randomised exponential backoff: the n-th wait (from 0) is drawn from [max(minimum, c/2), c] with
-    c = min(maximum, minimum * factor**n): 1 s, then up to 1.5 s, 2.25 s, ... at most 30 s."""
-
-    minimum: float = 1.0
-    factor: float = 1.5
-    maximum: float = 30.0
-
-    def delay(self, attempt: int, rng: random.Random) -> float:
-        ceiling = min(self.maximum, self.minimum * self.factor ** attempt)
-        return rng.uniform(max(self.minimum, ceiling / 2), ceiling)
 
 
 class _Switched(Exception):

@@ -20,17 +20,14 @@ from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, succ
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.logger import Logger
-from twisted.web.resource import Resource
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
+from twisted.web.resource import Resource
 
-from nmos_ref.api.common import root_resource
-from nmos_ref.api.httpserver import make_site
 from nmos_ref.api.node import ManifestAPI, NodeAPI
 from nmos_ref.auth.client import OAuthClient
 from nmos_ref.auth.guard import guard_apis
 from nmos_ref.auth.keys import ANY_ISSUER
-from nmos_ref.auth.service import Authorization
-from nmos_ref.auth.service import authorization as make_authorization
+from nmos_ref.auth.service import Authorization, authorization as make_authorization
 from nmos_ref.config import Settings, read_initial_token
 from nmos_ref.discovery.setup import DnsSd, build_dns_sd
 from nmos_ref.model.tai import TAIClock, format_tai
@@ -44,6 +41,8 @@ from nmos_ref.tls.ocsp import OCSPStapler, ocsp_stapler
 from nmos_ref.tls.server import listen_service, serves_tls
 from nmos_ref.tls.trust import tls_policy
 from nmos_ref.validation import Schemas
+from nmos_ref.web.root import root_resource
+from nmos_ref.web.server import make_site
 
 log = Logger()
 

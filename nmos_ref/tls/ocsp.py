@@ -27,19 +27,19 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, SignatureAlgorithmOID
+from treq.client import HTTPClient
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, DeferredLock, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
-from treq.client import HTTPClient
 
 from nmos_ref.config import ConfigError
-from nmos_ref.node.http import Reply, Unreachable, exchange
-from nmos_ref.node.registration import Backoff
 from nmos_ref.tls.server import serves_tls
 from nmos_ref.tls.trust import tls_policy
+from nmos_ref.web.backoff import Backoff
+from nmos_ref.web.client import Reply, Unreachable, exchange
 
 log = Logger()
 

@@ -21,7 +21,6 @@ from zope.interface import implementer
 from nmos_ref.config import ConfigError
 
 
-
 class Stapler(Protocol):
     """What a listener needs of OCSP stapling (nmos_ref.tls.ocsp.OCSPStapler is one): each certificate chain it
     serves handed over once, and the callback OpenSSL asks for the response to staple."""

@@ -19,10 +19,10 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from zope.interface import implementer
 
-from nmos_ref.api.common import NmosError
-from nmos_ref.api.httpserver import error_answer
 from nmos_ref.api.query import QueryAPI
 from nmos_ref.model.store import Registry
+from nmos_ref.web.errors import NmosError
+from nmos_ref.web.server import error_answer
 from nmos_ref.ws.subscriptions import Connection, SubscriptionLimits, SubscriptionManager
 
 _PATH = re.compile(r"/x-nmos/query/(v[0-9]+\.[0-9]+)/ws/([^/]+)/?")

@@ -16,15 +16,22 @@ from http import HTTPStatus
 from urllib.parse import unquote_to_bytes
 
 from twisted.web import server
+
 # (names imported one by one: attributes of the twisted.web.http module go through its deprecation proxy, which costs
 # microseconds per request on the hot path)
-from twisted.web.http import HTTPChannel, _ChunkedTransferDecoder, _GenericHTTPChannelProtocol, \
-    _MalformedChunkedDataError
+from twisted.web.http import (
+    HTTPChannel,
+    _ChunkedTransferDecoder,
+    _GenericHTTPChannelProtocol,
+    _MalformedChunkedDataError,
+)
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
-from nmos_ref.api.common import MAX_BODY, ErrorResource, NmosError, render_error
+from nmos_ref.web.errors import NmosError
+from nmos_ref.web.responses import MAX_BODY, render_error
+from nmos_ref.web.root import ErrorResource
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 §5.6.2
 _VERSION = re.compile(rb"HTTP/[0-9]+(?:\.[0-9]+)?")

@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from twisted.web.client import RequestTransmissionFailed, ResponseFailed, ResponseNeverReceived
 from twisted.web.iweb import IResponse
+
 from nmos_ref.model.jsontext import compact, decode
 
 _encode = compact
