@@ -2,44 +2,20 @@
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService, TimerService
-from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.application.service import MultiService
 from twisted.logger import (
-    FilteringLogObserver,
-    ILogObserver,
     Logger,
-    LogLevel,
-    LogLevelFilterPredicate,
-    globalLogPublisher,
 )
 from twisted.python import usage
 
-from nmos_ref.api.query import QueryAPI
-from nmos_ref.api.registration import RegistrationAPI
-from nmos_ref.auth.guard import guard_apis
-from nmos_ref.auth.service import Authorization, authorization
 from nmos_ref.config import ConfigError, Settings, apply, load_file
-from nmos_ref.discovery.registry import RegistryAdvertiser
-from nmos_ref.discovery.setup import DnsSd, build_dns_sd
-from nmos_ref.gc_policy import FreezeAfterFullCollection
-from nmos_ref.model.store import Registry
-from nmos_ref.node.service import build_node, listening
-from nmos_ref.tls.ocsp import OCSPStapler, ocsp_stapler
-from nmos_ref.tls.server import listen_service
-from nmos_ref.validation import Schemas
-from nmos_ref.web.root import root_resource
-from nmos_ref.web.server import make_site
 from nmos_ref.wiring.checks import check_settings
-from nmos_ref.ws.protocol import serve_subscriptions
+from nmos_ref.wiring.tree import build_all
 
 log = Logger()
 
-GC_PERIOD = 0.5  # seconds between garbage collection sweeps: Nodes go at most this long after their expiry
 # repeatable flags, added up across the subcommand
 ADDITIVE = ("listen", "node_listen", "registries", "mdns_interfaces", "dns_servers")
 
@@ -224,150 +200,6 @@ def settings_from(options: Options) -> Settings:
     except ConfigError as exc:
         raise usage.UsageError(str(exc)) from None
     return settings
-
-
-class GarbageCollector(TimerService):
-    """Sweeps expired Nodes out of the registry every GC_PERIOD seconds."""
-
-    def __init__(self, registry: Registry, clock: IReactorTime, period: float = GC_PERIOD) -> None:
-        super().__init__(period, self._sweep)
-        self.clock = clock
-        self.registry = registry
-
-    def _sweep(self) -> None:
-        try:
-            self.registry.collect_garbage()
-        except Exception:
-            log.failure("Garbage collection failed; trying again in {period} s", period=self.step)
-
-
-class LogLevelService(Service):
-    """Filters the log below the configured level. twistd starts its observers after `makeService` and offers no
-    level setting, so on start each of them is wrapped in a filter (and unwrapped on stop)."""
-
-    def __init__(self, level: str) -> None:
-        self.level = LogLevel.levelWithName(level)
-        self._wrapped: list[tuple[ILogObserver, ILogObserver]] = []
-
-    def startService(self) -> None:
-        super().startService()
-        predicate = LogLevelFilterPredicate(defaultLogLevel=self.level)
-        for observer in list(getattr(globalLogPublisher, "_observers", [])):
-            filtered = FilteringLogObserver(observer, [predicate])
-            globalLogPublisher.removeObserver(observer)
-            globalLogPublisher.addObserver(filtered)
-            self._wrapped.append((observer, filtered))
-
-    def stopService(self) -> None:
-        for observer, filtered in self._wrapped:
-            globalLogPublisher.removeObserver(filtered)
-            globalLogPublisher.addObserver(observer)
-        self._wrapped.clear()
-        super().stopService()
-
-
-def _subscription_path(query: QueryAPI, version: str, sid: str) -> str | None:
-    """BCP-003-02: a subscription socket is judged by the subscription's resource_path."""
-    subscription = query.subscriptions.get(sid) if query.subscriptions is not None else None
-    return subscription.wanted.resource_path if subscription is not None else None
-
-
-def build(settings: Settings, reactor: Any, clock: IReactorTime | None = None,
-          dns_sd: DnsSd | None = None, guard: Authorization | None = None,
-          stapler: OCSPStapler | None = None) -> MultiService:
-    """The whole service tree for `settings`; `clock` defaults to the reactor (tests pass a Clock), `dns_sd` to the
-    DNS-SD of the settings (started and stopped here), `guard` (with auth) to a resource server made here, `stapler`
-    (for ssl: listeners) to an OCSP stapler made here."""
-    clock = clock or reactor
-    top = MultiService()
-    if dns_sd is None:
-        dns_sd = build_dns_sd(settings, reactor, clock, settings.listen, browse=settings.auth)
-        if dns_sd.multicast is not None:
-            dns_sd.multicast.setServiceParent(top)
-    registry = Registry(clock, expiry=settings.registration_expiry_interval)
-    schemas = Schemas()
-    registration = RegistrationAPI(registry, schemas, settings.api_versions)
-    query = QueryAPI(registry, settings.api_versions, host_name=settings.host_name, authorization=settings.auth)
-    apis = {"registration": registration.app.resource(), "query": query.app.resource()}
-    if settings.auth:  # IS-10: every API behind the token check (docs/security.md)
-        if guard is None:
-            guard = authorization(settings, reactor, clock, dns_sd)
-            guard.services.setServiceParent(top)
-        apis = guard_apis(apis, guard.server, {"query": partial(_subscription_path, query)})
-        top.keys = guard.server.keys  # type: ignore[attr-defined]
-    site = make_site(root_resource(apis), settings.access_log, settings.hsts_max_age)
-    if stapler is None:  # BCP-003-01: OCSP stapling for ssl: listeners (certificates naming an OCSP responder)
-        stapler = ocsp_stapler(reactor, settings.listen, settings.tls_ca, clock)
-        if stapler is not None:
-            stapler.setServiceParent(top)
-    for description in settings.listen:
-        listener: IService = listen_service(description, site, reactor, settings.tls_certificates, stapler)
-        listener.setServiceParent(top)
-    if dns_sd.multicast is not None:
-        listeners = [child for child in top if isinstance(child, StreamServerEndpointService)]
-        RegistryAdvertiser(dns_sd.multicast, partial(listening, listeners), settings.api_versions, settings.pri,
-                           settings.auth, dns_sd.host, dns_sd.interfaces).setServiceParent(top)
-    serve_subscriptions(query, registry, clock, reactor).setServiceParent(top)
-    collector = GarbageCollector(registry, clock)
-    collector.clock = clock
-    collector.setServiceParent(top)
-    FreezeAfterFullCollection(clock).setServiceParent(top)
-    LogLevelService(settings.log_level).setServiceParent(top)
-    top.registry = registry  # type: ignore[attr-defined]  # for tests and later services
-    top.site = site  # type: ignore[attr-defined]
-    log.info("nmos-ref: registry serving IS-04 {versions} on {listen}; Nodes expire after {expiry} s",
-             versions=", ".join(settings.api_versions), listen=", ".join(settings.listen),
-             expiry=settings.registration_expiry_interval)
-    return top
-
-
-class StopInOrder(MultiService):
-    """Stops its children one at a time, the last added first: the Node unregisters before the registry it
-    registered with stops listening."""
-
-    def stopService(self) -> Deferred[None]:
-        Service.stopService(self)
-        return ensureDeferred(self._stop_all())
-
-    async def _stop_all(self) -> None:
-        for service in reversed(list(self)):
-            try:
-                await maybeDeferred(service.stopService)
-            except Exception:
-                log.failure("Stopping {service} failed", service=service)
-
-
-def build_all(settings: Settings, reactor: Any, clock: IReactorTime | None = None,
-              parts: tuple[str, ...] = ("registry", "node")) -> MultiService:
-    """What `twistd nmos-ref` runs: the registry, a Node, or both, the Node then registered with this registry."""
-    top = StopInOrder()
-    local = None
-    # One DNS-SD for the process, stopped last (after the adverts are withdrawn); the Node browses only without
-    # the registry of this process.
-    served = (settings.listen if "registry" in parts else []) + (settings.node_listen if "node" in parts else [])
-    dns_sd = build_dns_sd(settings, reactor, clock or reactor, served,
-                          browse=("registry" not in parts and not settings.registries) or settings.auth)
-    if dns_sd.multicast is not None:
-        dns_sd.multicast.setServiceParent(top)
-    stapler = ocsp_stapler(reactor, served, settings.tls_ca, clock)  # one OCSP stapler for every listener
-    if stapler is not None:
-        stapler.setServiceParent(top)
-    guard = None
-    if settings.auth:  # one resource server (one key cache) for every API of the process
-        guard = authorization(settings, reactor, clock or reactor, dns_sd)
-        guard.services.setServiceParent(top)
-    if "registry" in parts:
-        registry = build(settings, reactor, clock, dns_sd, guard, stapler)
-        registry.setServiceParent(top)
-        top.registry = registry.registry  # type: ignore[attr-defined]
-        listeners = [child for child in registry if isinstance(child, StreamServerEndpointService)]
-        local = partial(listening, listeners)
-    if "node" in parts:
-        node = build_node(settings, reactor, clock, local_registries=local, dns_sd=dns_sd, guard=guard,
-                          stapler=stapler)
-        node.setServiceParent(top)
-        top.node = node  # type: ignore[attr-defined]
-    return top
 
 
 def makeService(options: Options) -> MultiService:

@@ -435,8 +435,8 @@ class LocalRegistry:
 
     def __init__(self, reactor: Any) -> None:
         from nmos_ref.config import Settings
-        from nmos_ref.service import build
-        from nmos_ref.ws.protocol import SubscriptionService
+        from nmos_ref.wiring.registry import build
+        from nmos_ref.api.query_sockets import SubscriptionService
 
         self.reactor = reactor
         # Nodes never expire during a run: a garbage collection would look like a refused request changing the store.

@@ -23,7 +23,7 @@ from nmos_ref.api.query import QueryAPI
 from nmos_ref.model.query import Limits
 from nmos_ref.model.store import Registry
 from nmos_ref.model.versions import SINGULARS
-from nmos_ref.node.service import listening
+from nmos_ref.wiring.listeners import listening
 from official import assert_official, official_errors
 
 VERSIONS = ("v1.0", "v1.1", "v1.2", "v1.3")

@@ -373,7 +373,8 @@ def test_registry_keeps_each_node_to_its_client(served: Served) -> None:
 def test_service_with_auth_flag() -> None:
     from twisted.internet import reactor
 
-    from nmos_ref.service import Options, build
+    from nmos_ref.service import Options
+    from nmos_ref.wiring.registry import build
 
     options = Options()
     options.parseOptions(["registry", "--auth", "--auth-issuers", "http://127.0.0.1:5010", "--auth-fqdn", SERVER])

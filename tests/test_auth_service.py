@@ -18,14 +18,14 @@ from twisted.web.server import Site
 
 from auth_server_support import FakeAuthServer
 from auth_support import NOW, FakeFetch, Issuer
-from nmos_ref.auth.service import authorization
+from nmos_ref.wiring.auth import authorization
 from nmos_ref.config import Settings
 from nmos_ref.discovery import Advert
 from nmos_ref.discovery.auth import AUTH
 from nmos_ref.discovery.fake import FakeDnsSd
-from nmos_ref.discovery.setup import DnsSd
-from nmos_ref.node.service import build_node
-from nmos_ref.service import build_all
+from nmos_ref.wiring.dnssd import DnsSd
+from nmos_ref.wiring.node import build_node
+from nmos_ref.wiring.tree import build_all
 from official import assert_official
 
 LOOPBACK = "tcp:0:interface=127.0.0.1"

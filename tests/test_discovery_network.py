@@ -19,8 +19,9 @@ from nmos_ref.config import Settings
 from nmos_ref.discovery import NODE, QUERY, REGISTER, REGISTRATION, Advert, Instance
 from nmos_ref.discovery.mdns import MulticastDiscovery
 from nmos_ref.discovery.unicast import UnicastDiscovery, make_resolver
-from nmos_ref.node.service import build_node, listening
-from nmos_ref.service import build
+from nmos_ref.wiring.listeners import listening
+from nmos_ref.wiring.node import build_node
+from nmos_ref.wiring.registry import build
 
 LOOPBACK = "tcp:0:interface=127.0.0.1"
 LIMIT = 15.0  # seconds any one awaited event may take before the test fails

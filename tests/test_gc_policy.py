@@ -7,7 +7,7 @@ from typing import Any
 
 from twisted.internet.task import Clock
 
-from nmos_ref.gc_policy import FreezeAfterFullCollection
+from nmos_ref.wiring.tuning import FreezeAfterFullCollection
 
 
 class FakeCollector:

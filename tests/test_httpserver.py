@@ -1,4 +1,4 @@
-"""The HTTP edge (nmos_ref/web/server.py, and the handshake refusals of nmos_ref/ws/protocol.py): whatever layer
+"""The HTTP edge (nmos_ref/web/server.py, and the handshake refusals of nmos_ref/api/query_sockets.py): whatever layer
 refuses a request, Twisted's parser, Werkzeug's router or Autobahn's handshake, the answer is the NMOS error JSON with
 CORS headers, and a refusal at the HTTP layer closes the connection after it. Normal requests keep keep-alive and
 pipelining. The real service on 127.0.0.1:0, sent raw bytes by a Twisted client; the channel itself over a

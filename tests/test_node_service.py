@@ -21,7 +21,9 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from nmos_ref.config import DEFAULT_LISTEN, DEFAULT_NODE_LISTEN, Settings
 from nmos_ref.model.versions import ALL_VERSIONS
 from nmos_ref.node.model import KEPT_AT
-from nmos_ref.service import Options, build, build_all
+from nmos_ref.service import Options
+from nmos_ref.wiring.registry import build
+from nmos_ref.wiring.tree import build_all
 from official import assert_official
 from resources import port_of
 

@@ -22,9 +22,10 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from nmos_ref.config import Settings
-from nmos_ref.node.service import build_node
+from nmos_ref.wiring.node import build_node
 from nmos_ref.tls.ocsp import OCSPStapler
-from nmos_ref.service import build, build_all
+from nmos_ref.wiring.registry import build
+from nmos_ref.wiring.tree import build_all
 from official import assert_official
 from resources import port_of
 from tls_support import Pinned, Responder, make_pki, pairs

@@ -12,7 +12,7 @@ from twisted.internet import reactor
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from nmos_ref.config import Settings
-from nmos_ref.service import build
+from nmos_ref.wiring.registry import build
 from resources import Answer, Family, check, node, port_of
 
 

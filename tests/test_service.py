@@ -18,7 +18,8 @@ from twisted.python import usage
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from nmos_ref.config import DEFAULT_LISTEN, Settings
-from nmos_ref.service import Options, build
+from nmos_ref.service import Options
+from nmos_ref.wiring.registry import build
 from official import assert_official
 from resources import port_of
 
@@ -192,7 +193,7 @@ async def test_oversized_bodies_are_refused_without_being_kept(http: Any) -> Non
 def test_log_level_filters_below_the_setting() -> None:
     from twisted.logger import Logger, globalLogPublisher
 
-    from nmos_ref.service import LogLevelService
+    from nmos_ref.wiring.tuning import LogLevelService
 
     seen: list[dict[str, Any]] = []
     globalLogPublisher.addObserver(seen.append)

@@ -20,8 +20,9 @@ from twisted.web.client import Agent, HTTPConnectionPool
 
 from nmos_ref.config import Settings
 from nmos_ref.model.versions import SINGULARS
-from nmos_ref.service import build
-from nmos_ref.ws.protocol import SubscriptionService, serve_subscriptions
+from nmos_ref.wiring.registry import build
+from nmos_ref.api.query_sockets import SubscriptionService
+from nmos_ref.wiring.registry import serve_subscriptions
 from nmos_ref.ws.subscriptions import SubscriptionLimits
 from official import assert_official, official_errors
 from resources import VERSIONS, Answer, QueryHarness, check, port_of, stub_call

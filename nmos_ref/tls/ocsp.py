@@ -27,17 +27,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, SignatureAlgorithmOID
-from treq.client import HTTPClient
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, DeferredLock, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import HTTPConnectionPool
 
 from nmos_ref.config import ConfigError
-from nmos_ref.tls.server import serves_tls
-from nmos_ref.tls.trust import tls_policy
 from nmos_ref.web.backoff import Backoff
 from nmos_ref.web.client import Reply, Unreachable, exchange
 
@@ -395,14 +392,3 @@ class OCSPStapler(Service):
         entry.der, entry.expires = b"", None
 
 
-def ocsp_stapler(reactor: Any, descriptions: Sequence[str], ca_file: str | None,
-                 clock: IReactorTime | None = None) -> OCSPStapler | None:
-    """For listeners `descriptions` with an `ssl:` one: a stapler with its own HTTP client, checking https
-    responders against `ca_file` (the system's roots without one), its connections closed when it stops; else
-    None."""
-    if not serves_tls(descriptions):
-        return None
-
-    pool = HTTPConnectionPool(reactor, persistent=False)
-    http = HTTPClient(Agent(reactor, contextFactory=tls_policy(ca_file), pool=pool, connectTimeout=FETCH_TIMEOUT))
-    return OCSPStapler(http, clock or reactor, pool=pool)

@@ -16,8 +16,10 @@ from types import ModuleType
 from typing import Any
 
 from twisted.application.internet import TimerService
+from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
+from twisted.logger import (FilteringLogObserver, ILogObserver, Logger, LogLevel, LogLevelFilterPredicate,
+                            globalLogPublisher)
 
 log = Logger()
 
@@ -43,3 +45,28 @@ class FreezeAfterFullCollection(TimerService):
     def stopService(self) -> Any:
         self.collector.unfreeze()
         return super().stopService()
+
+
+class LogLevelService(Service):
+    """Filters the log below the configured level. twistd starts its observers after `makeService` and offers no
+    level setting, so on start each of them is wrapped in a filter (and unwrapped on stop)."""
+
+    def __init__(self, level: str) -> None:
+        self.level = LogLevel.levelWithName(level)
+        self._wrapped: list[tuple[ILogObserver, ILogObserver]] = []
+
+    def startService(self) -> None:
+        super().startService()
+        predicate = LogLevelFilterPredicate(defaultLogLevel=self.level)
+        for observer in list(getattr(globalLogPublisher, "_observers", [])):
+            filtered = FilteringLogObserver(observer, [predicate])
+            globalLogPublisher.removeObserver(observer)
+            globalLogPublisher.addObserver(filtered)
+            self._wrapped.append((observer, filtered))
+
+    def stopService(self) -> None:
+        for observer, filtered in self._wrapped:
+            globalLogPublisher.removeObserver(filtered)
+            globalLogPublisher.addObserver(observer)
+        self._wrapped.clear()
+        super().stopService()

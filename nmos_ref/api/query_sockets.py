@@ -11,19 +11,16 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
-from nmos_ref.api.query import QueryAPI
-from nmos_ref.model.store import Registry
 from nmos_ref.web.errors import NmosError
 from nmos_ref.web.server import error_answer
-from nmos_ref.ws.subscriptions import Connection, SubscriptionLimits, SubscriptionManager
+from nmos_ref.ws.subscriptions import Connection, SubscriptionManager
 
 _PATH = re.compile(r"/x-nmos/query/(v[0-9]+\.[0-9]+)/ws/([^/]+)/?")
 MAX_FRAME = 64 * 1024  # bytes of one incoming frame: clients have nothing to send but control frames
@@ -156,14 +153,3 @@ class SubscriptionService(Service):
         return gatherResults(closed)
 
 
-def serve_subscriptions(query: QueryAPI, registry: Registry, clock: IReactorTime, reactor: Any,
-                        limits: SubscriptionLimits = SubscriptionLimits(),
-                        source_id: str | None = None) -> SubscriptionService:
-    """Give `query` its subscriptions: the manager (`clock` for expiry and rate limits, `reactor` for the sockets and
-    for yielding between slices of work) and the WebSocket resource. The service closes the sockets on stop."""
-    manager = SubscriptionManager(registry, clock, query.translations, scheduler=reactor, source_id=source_id,
-                                  limits=limits)
-    factory = SubscriptionFactory(manager, reactor)
-    query.subscriptions = manager
-    query.websockets = WebSocketResource(factory)
-    return SubscriptionService(manager, factory)

@@ -1,135 +1,52 @@
 """The Node as a service: its Node API on the configured ports, then, once it knows where it answers, its
-registration client. `nmos_ref.service` builds it for `nmos-ref node` and for the demo Node of plain `nmos-ref`."""
+registration client. `nmos_ref.wiring.tree` builds it for `nmos-ref node` and for the demo Node of plain
+`nmos-ref`."""
 
 from __future__ import annotations
 
-import ipaddress
-import json
 import os
-import re
 import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import ifaddr
 from attrs import evolve
 from treq.client import HTTPClient
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
-from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, succeed
-from twisted.internet.endpoints import SSL4ServerEndpoint
-from twisted.internet.interfaces import IListeningPort, IReactorTime
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.resource import Resource
 
+from nmos_ref.api.jwks import JWKSResource
 from nmos_ref.api.node import ManifestAPI, NodeAPI
 from nmos_ref.auth.client import OAuthClient
 from nmos_ref.auth.guard import guard_apis
 from nmos_ref.auth.keys import ANY_ISSUER
-from nmos_ref.auth.service import Authorization, authorization as make_authorization
 from nmos_ref.config import Settings, read_initial_token
-from nmos_ref.discovery.setup import DnsSd, build_dns_sd
 from nmos_ref.model.tai import TAIClock, format_tai
+from nmos_ref.node.addresses import endpoints_for, host_name, registry_candidates
 from nmos_ref.node.advert import NodeAdvertiser
 from nmos_ref.node.discovered import RegistryBrowser
 from nmos_ref.node.model import NodeModel
 from nmos_ref.node.registration import Candidate, RegistrationClient, parse_registry_url
-from nmos_ref.node.resources import MANIFEST_ROOT, Endpoint, build, demo_description, load_description
+from nmos_ref.node.resources import MANIFEST_ROOT, build, demo_description, load_description
 from nmos_ref.node.target import ReceiverTargets
-from nmos_ref.tls.ocsp import OCSPStapler, ocsp_stapler
+from nmos_ref.tls.ocsp import OCSPStapler
 from nmos_ref.tls.server import listen_service, serves_tls
 from nmos_ref.tls.trust import tls_policy
 from nmos_ref.validation import Schemas
 from nmos_ref.web.root import root_resource
 from nmos_ref.web.server import make_site
+from nmos_ref.wiring.auth import Authorization, authorization as make_authorization
+from nmos_ref.wiring.dnssd import DnsSd, build_dns_sd
+from nmos_ref.wiring.listeners import listening, ocsp_stapler
 
 log = Logger()
 
 
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
-
-
 class _QuietFactory(_HTTP11ClientFactory):
     noisy = False
-
-
-def host_name() -> str | None:
-    """The machine's host name, if it is a valid one (the node `hostname` has JSON Schema format "hostname")."""
-    name = socket.gethostname()
-    return name if len(name) <= 253 and _HOSTNAME.fullmatch(name) else None
-
-
-def listening(services: Sequence[StreamServerEndpointService]) -> Deferred[list[tuple[str, Any]]]:
-    """(protocol, address) of each strports service once it listens (twistd starts them before us)."""
-    def one(service: StreamServerEndpointService) -> Deferred[tuple[str, Any]]:
-        protocol = "https" if isinstance(service.endpoint, SSL4ServerEndpoint) else "http"
-        found: Deferred[tuple[str, Any]] = Deferred()
-
-        def listens(port: IListeningPort) -> IListeningPort:
-            found.callback((protocol, port.getHost()))
-            return port  # the service needs its port back to stop listening
-
-        def fails(failure: Any) -> Any:
-            found.errback(failure)
-            return failure
-
-        # Twisted keeps the port of a StreamServerEndpointService only here.
-        service._waitingForPort.addCallbacks(listens, fails)  # type: ignore[attr-defined]
-        return found
-    return gatherResults([one(service) for service in services], consumeErrors=True)
-
-
-def machine_addresses(ipv6: bool) -> list[str]:
-    """The machine's addresses for a wildcard listener: IPv4 (and IPv6 when asked), loopback last, no link-local
-    addresses (they need a zone, which `api.endpoints` cannot carry)."""
-    found: list[str] = []
-    for adapter in ifaddr.get_adapters():
-        for ip in adapter.ips:
-            text = ip.ip if ip.is_IPv4 else ip.ip[0]
-            if not ip.is_IPv4 and not ipv6:
-                continue
-            address = ipaddress.ip_address(text.split("%")[0])
-            if address.is_link_local or text in found:
-                continue
-            found.append(text)
-    return sorted(found, key=lambda text: ipaddress.ip_address(text).is_loopback)
-
-
-def endpoints_for(addresses: Sequence[tuple[str, Any]], host_name: str | None,
-                  authorization: bool = False) -> list[Endpoint]:
-    """The Node's `api.endpoints` for where it listens: the configured host name, or each address (a wildcard
-    listener answers on all of the machine's addresses); `authorization` when the Node API wants tokens."""
-    found: list[Endpoint] = []
-    for protocol, address in addresses:
-        if host_name is not None:
-            hosts = [host_name]
-        elif address.host in ("0.0.0.0", "::", ""):
-            hosts = machine_addresses(ipv6=address.host == "::")
-        else:
-            hosts = [address.host]
-        for host in hosts:
-            endpoint = Endpoint(host, address.port, protocol, authorization)
-            if endpoint not in found:
-                found.append(endpoint)
-    return found
-
-
-def registry_candidates(addresses: Sequence[tuple[str, Any]], authorization: bool = False,
-                        host_name: str | None = None) -> list[Candidate]:
-    """Candidates for a registry listening at these addresses in this process: reached over loopback when it
-    listens on every address, or for HTTPS by `host_name` (which its certificate names); it uses authorization
-    when this process does."""
-    found = []
-    for protocol, address in addresses:
-        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(address.host, address.host)
-        if protocol == "https" and host_name is not None:
-            host = host_name
-        shown = f"[{host}]" if ":" in host else host
-        found.append(Candidate(f"{protocol}://{shown}:{address.port}", len(found), protocol,
-                               authorization=authorization, origin="local"))
-    return found
 
 
 class NodeService(MultiService):
@@ -203,22 +120,6 @@ class NodeService(MultiService):
         self.targets.stop()
         await super().stopService()
         await self.pool.closeCachedConnections()
-
-
-class JWKSResource(Resource):
-    """The Node's public keys (RFC 7517 JWK Set) at `/x-authorization/jwks`, for an authorization server checking
-    the Node's `private_key_jwt` client assertions (RFC 7523); public, so never behind the token check."""
-
-    isLeaf = True
-
-    def __init__(self, oauth: OAuthClient) -> None:
-        super().__init__()
-        self.oauth = oauth
-
-    def render_GET(self, request: Any) -> bytes:
-        request.setHeader(b"Content-Type", b"application/json")
-        request.setHeader(b"Access-Control-Allow-Origin", b"*")
-        return json.dumps(self.oauth.jwks()).encode("utf-8")
 
 
 def default_state_dir() -> str:

@@ -17,10 +17,10 @@ from nmos_ref.auth.guard import ResourceServer
 from nmos_ref.auth.keys import FetchJSON, KeyCache
 from nmos_ref.config import Settings
 from nmos_ref.discovery.auth import AuthServerBrowser
-from nmos_ref.discovery.setup import DnsSd
 from nmos_ref.model.jsontext import decode
 from nmos_ref.tls.server import serves_tls
 from nmos_ref.tls.trust import tls_policy
+from nmos_ref.wiring.dnssd import DnsSd
 
 log = Logger()
 

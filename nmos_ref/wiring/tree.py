@@ -1,0 +1,72 @@
+"""What `twistd nmos-ref` runs: the registry, a Node, or both, with the one DNS-SD, OCSP stapler and resource
+server of the process; the only place that decides the clock.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from nmos_ref.config import Settings
+from nmos_ref.wiring.auth import authorization
+from nmos_ref.wiring.dnssd import build_dns_sd
+from nmos_ref.wiring.listeners import listening, ocsp_stapler
+from nmos_ref.wiring.node import build_node
+from nmos_ref.wiring.registry import build
+
+log = Logger()
+
+
+class StopInOrder(MultiService):
+    """Stops its children one at a time, the last added first: the Node unregisters before the registry it
+    registered with stops listening."""
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        return ensureDeferred(self._stop_all())
+
+    async def _stop_all(self) -> None:
+        for service in reversed(list(self)):
+            try:
+                await maybeDeferred(service.stopService)
+            except Exception:
+                log.failure("Stopping {service} failed", service=service)
+
+
+def build_all(settings: Settings, reactor: Any, clock: IReactorTime | None = None,
+              parts: tuple[str, ...] = ("registry", "node")) -> MultiService:
+    """What `twistd nmos-ref` runs: the registry, a Node, or both, the Node then registered with this registry."""
+    top = StopInOrder()
+    local = None
+    # One DNS-SD for the process, stopped last (after the adverts are withdrawn); the Node browses only without
+    # the registry of this process.
+    served = (settings.listen if "registry" in parts else []) + (settings.node_listen if "node" in parts else [])
+    dns_sd = build_dns_sd(settings, reactor, clock or reactor, served,
+                          browse=("registry" not in parts and not settings.registries) or settings.auth)
+    if dns_sd.multicast is not None:
+        dns_sd.multicast.setServiceParent(top)
+    stapler = ocsp_stapler(reactor, served, settings.tls_ca, clock)  # one OCSP stapler for every listener
+    if stapler is not None:
+        stapler.setServiceParent(top)
+    guard = None
+    if settings.auth:  # one resource server (one key cache) for every API of the process
+        guard = authorization(settings, reactor, clock or reactor, dns_sd)
+        guard.services.setServiceParent(top)
+    if "registry" in parts:
+        registry = build(settings, reactor, clock, dns_sd, guard, stapler)
+        registry.setServiceParent(top)
+        top.registry = registry.registry  # type: ignore[attr-defined]
+        listeners = [child for child in registry if isinstance(child, StreamServerEndpointService)]
+        local = partial(listening, listeners)
+    if "node" in parts:
+        node = build_node(settings, reactor, clock, local_registries=local, dns_sd=dns_sd, guard=guard,
+                          stapler=stapler)
+        node.setServiceParent(top)
+        top.node = node  # type: ignore[attr-defined]
+    return top
