@@ -435,13 +435,13 @@ class LocalRegistry:
 
     def __init__(self, reactor: Any) -> None:
         from nmos_ref.config import Settings
-        from nmos_ref.wiring.registry import build
+        from nmos_ref.wiring.registry import build_registry
         from nmos_ref.api.query_sockets import SubscriptionService
 
         self.reactor = reactor
         # Nodes never expire during a run: a garbage collection would look like a refused request changing the store.
-        self.top = build(Settings(listen=["tcp:0:interface=127.0.0.1"], dns_sd="off",
-                                  registration_expiry_interval=3600), reactor)
+        self.top = build_registry(Settings(listen=["tcp:0:interface=127.0.0.1"], dns_sd="off",
+                                  registration_expiry_interval=3600), reactor, reactor)
         self.subscriptions = next(child for child in self.top if isinstance(child, SubscriptionService))
         self.channels: list[tuple[Any, Deferred[None]]] = []
         build_protocol = self.top.site.buildProtocol

@@ -216,10 +216,11 @@ class QueryHarness:
     examples of IS-04 "APIs - Query Parameters"."""
 
     def __init__(self, versions: tuple[str, ...] = VERSIONS, limits: Limits = Limits(),
-                 host_name: str | None = None) -> None:
-        self.clock = Clock()
-        self.registry = Registry(self.clock)
-        self.api = QueryAPI(self.registry, versions, host_name=host_name, limits=limits)
+                 host_name: str | None = None, *, clock: Clock | None = None, registry: Registry | None = None,
+                 api: QueryAPI | None = None) -> None:
+        self.clock = clock or Clock()
+        self.registry = registry or Registry(self.clock)
+        self.api = api or QueryAPI(self.registry, versions, host_name=host_name, limits=limits)
         self.stub = StubTreq(root_resource({"query": self.api.app.resource()}))
 
     def get(self, path: str, method: str = "GET", base: str = "http://api.example.com:8235/x-nmos/query",

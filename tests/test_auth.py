@@ -374,13 +374,13 @@ def test_service_with_auth_flag() -> None:
     from twisted.internet import reactor
 
     from nmos_ref.service import Options
-    from nmos_ref.wiring.registry import build
+    from nmos_ref.wiring.registry import build_registry
 
     options = Options()
     options.parseOptions(["registry", "--auth", "--auth-issuers", "http://127.0.0.1:5010", "--auth-fqdn", SERVER])
     settings = options["settings"]
     assert settings.auth and settings.auth_issuers == ["http://127.0.0.1:5010"] and settings.auth_fqdn == SERVER
-    top = build(settings, reactor, Clock())  # not started: nothing is fetched
+    top = build_registry(settings, reactor, Clock())  # not started: nothing is fetched
     stub = StubTreq(top.site.resource)
     assert stub_call(stub, "GET", "http://x" + V).code == 401
     assert stub_call(stub, "GET", "http://x/x-nmos/query/v1.3/").code == 401
@@ -389,4 +389,5 @@ def test_service_with_auth_flag() -> None:
     off = Options()
     off.parseOptions(["registry"])
     assert not off["settings"].auth
-    assert stub_call(StubTreq(build(off["settings"], reactor, Clock()).site.resource), "GET", "http://x" + V).code == 200
+    site = build_registry(off["settings"], reactor, Clock()).site
+    assert stub_call(StubTreq(site.resource), "GET", "http://x" + V).code == 200

@@ -21,7 +21,7 @@ from nmos_ref.discovery.mdns import MulticastDiscovery
 from nmos_ref.discovery.unicast import UnicastDiscovery, make_resolver
 from nmos_ref.wiring.listeners import listening
 from nmos_ref.wiring.node import build_node
-from nmos_ref.wiring.registry import build
+from nmos_ref.wiring.registry import build_registry
 
 LOOPBACK = "tcp:0:interface=127.0.0.1"
 LIMIT = 15.0  # seconds any one awaited event may take before the test fails
@@ -108,8 +108,8 @@ async def test_node_and_registry_over_mdns() -> None:
     # pri 0, and a Node that takes nothing else: other registries on this machine's loopback (default pri 10) cannot
     # lure it away
     node = build_node(Settings(node_listen=[LOOPBACK], node_seed=str(uuid.uuid4()), max_registry_pri=0, **mdns),
-                      reactor)
-    registry = build(Settings(listen=[LOOPBACK], pri=0, **mdns), reactor)
+                      reactor, reactor)
+    registry = build_registry(Settings(listen=[LOOPBACK], pri=0, **mdns), reactor, reactor)
     node.startService()
     try:
         await node.ready
@@ -182,10 +182,10 @@ async def test_unicast_browse_ptr_srv_txt_and_a_records(zone: Any) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_node_registers_with_a_registry_found_by_unicast_dns_sd(zone: Any) -> None:
-    registry = build(Settings(listen=[LOOPBACK], dns_sd="off"), reactor)
+    registry = build_registry(Settings(listen=[LOOPBACK], dns_sd="off"), reactor, reactor)
     registry.startService()
     node = build_node(Settings(node_listen=[LOOPBACK], node_seed=str(uuid.uuid4()), dns_sd="unicast",
-                               dns_servers=[f"127.0.0.1:{zone.port}"], dns_sd_domain=DOMAIN), reactor)
+                               dns_servers=[f"127.0.0.1:{zone.port}"], dns_sd_domain=DOMAIN), reactor, reactor)
     try:
         port = await listening_port(registry)
         zone.service(REGISTRATION, "decoy", 5101, {"api_ver": "v9.0", "api_proto": "http", "pri": "0"})

@@ -22,7 +22,7 @@ from nmos_ref.config import DEFAULT_LISTEN, DEFAULT_NODE_LISTEN, Settings
 from nmos_ref.model.versions import ALL_VERSIONS
 from nmos_ref.node.model import KEPT_AT
 from nmos_ref.service import Options
-from nmos_ref.wiring.registry import build
+from nmos_ref.wiring.registry import build_registry
 from nmos_ref.wiring.tree import build_all
 from official import assert_official
 from resources import port_of
@@ -274,7 +274,7 @@ async def test_twistd_runs_the_registry_and_a_demo_node_registered_with_it(http:
 
 @pytest_twisted.ensureDeferred
 async def test_twistd_node_registers_with_a_registry_and_unregisters_on_sigterm(http: Any, tmp_path: Path) -> None:
-    top = build(Settings(listen=[LOOPBACK], dns_sd="off"), reactor)
+    top = build_registry(Settings(listen=[LOOPBACK], dns_sd="off"), reactor, reactor)
     top.startService()
     try:
         port = await port_of(top)

@@ -24,7 +24,7 @@ from twisted.web.server import Site
 from nmos_ref.config import Settings
 from nmos_ref.wiring.node import build_node
 from nmos_ref.tls.ocsp import OCSPStapler
-from nmos_ref.wiring.registry import build
+from nmos_ref.wiring.registry import build_registry
 from nmos_ref.wiring.tree import build_all
 from official import assert_official
 from resources import port_of
@@ -88,7 +88,7 @@ async def test_a_registry_whose_certificate_is_not_trusted_is_not_used(pki: dict
                                                                        tmp_path: Path) -> None:
     other = make_pki(tmp_path / "other")  # a CA the registry's certificate does not come from
     registry_settings = Settings(listen=[TLS_LOOPBACK], dns_sd="off", tls_certificates=pairs(pki))
-    registry = build(registry_settings, reactor)
+    registry = build_registry(registry_settings, reactor, reactor)
     registry.startService()
     lines: list[str] = []
 
@@ -102,7 +102,7 @@ async def test_a_registry_whose_certificate_is_not_trusted_is_not_used(pki: dict
         port = await port_of(listener)
         node = build_node(Settings(node_listen=[TLS_LOOPBACK], dns_sd="off", registries=[
             f"https://localhost:{port}/x-nmos/registration/v1.3"], tls_certificates=pairs(pki),
-            tls_ca=other["ca"], registry_timeout=2.0), reactor)
+            tls_ca=other["ca"], registry_timeout=2.0), reactor, reactor)
         node.startService()
         await node.ready
         # Alone, the registry and the Node each staple (nothing to staple here: no responder named).

@@ -12,7 +12,7 @@ from twisted.internet import reactor
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from nmos_ref.config import Settings
-from nmos_ref.wiring.registry import build
+from nmos_ref.wiring.registry import build_registry
 from resources import Answer, Family, check, node, port_of
 
 
@@ -36,7 +36,7 @@ async def call(http: Any, url: str, method: str = "GET", body: Any = None) -> An
 
 @pytest_twisted.ensureDeferred
 async def test_query_api_on_a_loopback_port(http: Any) -> None:
-    top = build(Settings(listen=["tcp:0:interface=127.0.0.1"], dns_sd="off"), reactor)
+    top = build_registry(Settings(listen=["tcp:0:interface=127.0.0.1"], dns_sd="off"), reactor, reactor)
     top.startService()
     try:
         base = f"http://127.0.0.1:{await port_of(top)}/x-nmos"

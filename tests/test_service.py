@@ -19,7 +19,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 
 from nmos_ref.config import DEFAULT_LISTEN, Settings
 from nmos_ref.service import Options
-from nmos_ref.wiring.registry import build
+from nmos_ref.wiring.registry import build_registry
 from official import assert_official
 from resources import port_of
 
@@ -113,7 +113,7 @@ def http() -> Any:
 @pytest_twisted.ensureDeferred
 async def test_service_on_a_loopback_port(http: Any) -> None:
     settings = Settings(listen=["tcp:0:interface=127.0.0.1"], dns_sd="off")
-    top = build(settings, reactor)
+    top = build_registry(settings, reactor, reactor)
     top.startService()
     try:
         base = f"http://127.0.0.1:{await port_of(top)}"
@@ -176,7 +176,7 @@ async def test_twistd_serves_and_stops_cleanly_on_sigterm(http: Any, tmp_path: P
 
 @pytest_twisted.ensureDeferred
 async def test_oversized_bodies_are_refused_without_being_kept(http: Any) -> None:
-    top = build(Settings(listen=["tcp:0:interface=127.0.0.1"], dns_sd="off"), reactor)
+    top = build_registry(Settings(listen=["tcp:0:interface=127.0.0.1"], dns_sd="off"), reactor, reactor)
     top.startService()
     try:
         url = f"http://127.0.0.1:{await port_of(top)}/x-nmos/registration/v1.3/resource"

@@ -13,7 +13,7 @@ from twisted.internet.task import Clock
 from nmos_ref.model.errors import InvalidResource, UnknownResource, VersionConflict
 from nmos_ref.model.store import Change, Registry
 from nmos_ref.model.tai import NS, TAIClock, format_tai, leap_offset, parse_tai, unix_to_tai_ns
-from nmos_ref.wiring.registry import GarbageCollector
+from nmos_ref.wiring.registry import ExpirySweep
 
 START = 1_760_000_000.0  # a Unix time in 2025: TAI - UTC = 37 s
 
@@ -242,8 +242,8 @@ class TestHealth:
         assert registry.last_seen(items["node"]["id"]) == START + 10
 
 
-def run_collector(registry: Registry, clock: Clock) -> GarbageCollector:
-    collector = GarbageCollector(registry, clock)
+def run_collector(registry: Registry, clock: Clock) -> ExpirySweep:
+    collector = ExpirySweep(registry, clock)
     collector.startService()
     return collector
 

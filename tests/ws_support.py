@@ -16,13 +16,16 @@ from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import Clock
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from nmos_ref.config import Settings
-from nmos_ref.model.versions import SINGULARS
-from nmos_ref.wiring.registry import build
+from nmos_ref.api.query import QueryAPI
 from nmos_ref.api.query_sockets import SubscriptionService
-from nmos_ref.wiring.registry import serve_subscriptions
+from nmos_ref.config import Settings
+from nmos_ref.model.downgrade import Translations
+from nmos_ref.model.store import Registry
+from nmos_ref.model.versions import SINGULARS
+from nmos_ref.wiring.registry import build_registry, subscription_service
 from nmos_ref.ws.subscriptions import SubscriptionLimits
 from official import assert_official, official_errors
 from resources import VERSIONS, Answer, QueryHarness, check, port_of, stub_call
@@ -74,10 +77,15 @@ class SubscriptionHarness(QueryHarness):
 
     def __init__(self, versions: tuple[str, ...] = VERSIONS, limits: SubscriptionLimits = SubscriptionLimits(),
                  authorization: bool = False) -> None:
-        super().__init__(versions)
-        self.api.authorization = authorization
-        self.service = serve_subscriptions(self.api, self.registry, self.clock, self.clock, limits)
+        clock = Clock()
+        registry = Registry(clock)
+        translations = Translations()
+        registry.feed.subscribe(translations.changed)
+        self.service = subscription_service(registry, translations, clock, clock, limits)
         self.manager = self.service.manager
+        super().__init__(versions, clock=clock, registry=registry, api=QueryAPI(
+            registry, versions, authorization=authorization, translations=translations,
+            subscriptions=self.manager, websockets=self.service.resource))
 
     def send(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
              base: str = "http://api.example.com:8235/x-nmos/query", raw: bytes | None = None) -> Answer:
@@ -180,16 +188,16 @@ async def connect(subscription: dict[str, Any], version: str) -> Client:
 # --- the real service on a loopback port
 
 class Served:
-    """`build()` on 127.0.0.1:0 with a treq client of its own; `stop` closes every socket and connection."""
+    """`build_registry()` on 127.0.0.1:0 with a treq client of its own; `stop` closes every socket and connection."""
 
     def __init__(self, clock: IReactorTime | None = None) -> None:
-        self.clock = clock
+        self.clock = clock if clock is not None else reactor  # a Clock for the timers, where a test drives time
         self.clients: list[Client] = []
         self.stopped = False
         self._channels: list[tuple[Any, Deferred[None]]] = []  # the server's HTTP connections
 
     async def start(self) -> Served:
-        self.top = build(Settings(listen=["tcp:0:interface=127.0.0.1"], dns_sd="off"), reactor, self.clock)
+        self.top = build_registry(Settings(listen=["tcp:0:interface=127.0.0.1"], dns_sd="off"), reactor, self.clock)
         build_protocol = self.top.site.buildProtocol
         self.top.site.buildProtocol = lambda address: self._track(build_protocol(address))
         self.top.startService()

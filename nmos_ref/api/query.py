@@ -144,7 +144,12 @@ class QueryAPI(VersionedAPI):
     base = COLLECTIONS
 
     def __init__(self, registry: Registry, versions: Sequence[str], host_name: str | None = None,
-                 limits: Limits = Limits(), schemas: Schemas | None = None, authorization: bool = False) -> None:
+                 limits: Limits = Limits(), schemas: Schemas | None = None, authorization: bool = False, *,
+                 translations: Translations | None = None, subscriptions: SubscriptionManager | None = None,
+                 websockets: IResource | None = None) -> None:
+        """`translations`: the served forms shared with the subscriptions (made here, fed by the registry, when
+        not given). `subscriptions` and `websockets`: the WebSocket subscriptions and the resource that takes their
+        sockets over (nmos_ref.wiring.registry); without them /subscriptions is an empty list and POST is a 501."""
         self.registry = registry
         self.versions = list(versions)
         self.host_name = host_name  # for Link URLs and ws_href; default: the Host the client used
@@ -152,12 +157,12 @@ class QueryAPI(VersionedAPI):
         self.schemas = schemas or Schemas()
         self.authorization = authorization  # whether the API requires authorization (IS-10), for subscriptions
         self.indexes = Indexes(registry)
-        self.translations = Translations()
-        registry.feed.subscribe(self.translations.changed)
-        # WebSocket subscriptions, given by nmos_ref.ws.protocol.serve_subscriptions; without them /subscriptions
-        # is an empty list and POST answers 501.
-        self.subscriptions: SubscriptionManager | None = None
-        self.websockets: IResource | None = None
+        if translations is None:
+            translations = Translations()
+            registry.feed.subscribe(translations.changed)
+        self.translations = translations
+        self.subscriptions = subscriptions
+        self.websockets = websockets
 
     # Resources (the listings come from add_common_routes)
 

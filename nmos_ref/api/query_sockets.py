@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.application.service import Service
@@ -133,11 +134,13 @@ class SubscriptionFactory(WebSocketServerFactory):
 
 
 class SubscriptionService(Service):
-    """Closes every subscription socket (and stops the expiry timers) when the service stops."""
+    """The WebSocket subscriptions of a Query API: the manager, the resource that takes sockets over (`resource`,
+    for the Query API's routes), and, when the service stops, every socket closed and the expiry timers stopped."""
 
     def __init__(self, manager: SubscriptionManager, factory: SubscriptionFactory) -> None:
         self.manager = manager
         self.factory = factory
+        self.resource = WebSocketResource(factory)
 
     def startService(self) -> None:
         super().startService()

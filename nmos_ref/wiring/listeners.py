@@ -39,7 +39,7 @@ def listening(services: Sequence[StreamServerEndpointService]) -> Deferred[list[
 
 
 def ocsp_stapler(reactor: Any, descriptions: Sequence[str], ca_file: str | None,
-                 clock: IReactorTime | None = None) -> OCSPStapler | None:
+                 clock: IReactorTime) -> OCSPStapler | None:
     """For listeners `descriptions` with an `ssl:` one: a stapler with its own HTTP client, checking https
     responders against `ca_file` (the system's roots without one), its connections closed when it stops; else
     None."""
@@ -48,4 +48,4 @@ def ocsp_stapler(reactor: Any, descriptions: Sequence[str], ca_file: str | None,
 
     pool = HTTPConnectionPool(reactor, persistent=False)
     http = HTTPClient(Agent(reactor, contextFactory=tls_policy(ca_file), pool=pool, connectTimeout=FETCH_TIMEOUT))
-    return OCSPStapler(http, clock or reactor, pool=pool)
+    return OCSPStapler(http, clock, pool=pool)

@@ -133,7 +133,7 @@ def client_servers(settings: Settings) -> list[str]:
     return [url.rstrip("/") for url in settings.auth_issuers if url != ANY_ISSUER]
 
 
-def build_node(settings: Settings, reactor: Any, clock: IReactorTime | None = None, *,
+def build_node(settings: Settings, reactor: Any, clock: IReactorTime, *,
                local_registries: Callable[[], Deferred[list[tuple[str, Any]]]] | None = None,
                http: Any = None, schemas: Schemas | None = None, dns_sd: DnsSd | None = None,
                guard: Authorization | None = None, stapler: OCSPStapler | None = None) -> NodeService:
@@ -143,7 +143,6 @@ def build_node(settings: Settings, reactor: Any, clock: IReactorTime | None = No
     Registries are browsed for only when none is configured (and there is no registry in this process). With
     `auth`, the Node API wants tokens (checked by `guard`, the process's resource server, or one made here) and the
     Node gets its own from an authorization server (configured in `auth_issuers`, or found by DNS-SD)."""
-    clock = clock or reactor
     schemas = schemas or Schemas()
     tai = TAIClock(clock)
     seed = settings.node_seed or socket.gethostname()

@@ -8,17 +8,18 @@ from functools import partial
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService, Service
+from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from nmos_ref.config import Settings
+from nmos_ref.model.store import Registry
 from nmos_ref.wiring.auth import authorization
 from nmos_ref.wiring.dnssd import build_dns_sd
 from nmos_ref.wiring.listeners import listening, ocsp_stapler
-from nmos_ref.wiring.node import build_node
-from nmos_ref.wiring.registry import build
+from nmos_ref.wiring.node import NodeService, build_node
+from nmos_ref.wiring.registry import build_registry
 
 log = Logger()
 
@@ -39,34 +40,45 @@ class StopInOrder(MultiService):
                 log.failure("Stopping {service} failed", service=service)
 
 
+class ProcessTree(StopInOrder):
+    """What one `twistd nmos-ref` process runs, with its registry's store and its Node when it has them."""
+
+    def __init__(self, services: list[IService], registry: Registry | None, node: NodeService | None) -> None:
+        super().__init__()
+        self.registry = registry
+        self.node = node
+        for service in services:  # in start order; StopInOrder stops them the other way round
+            service.setServiceParent(self)
+
+
 def build_all(settings: Settings, reactor: Any, clock: IReactorTime | None = None,
-              parts: tuple[str, ...] = ("registry", "node")) -> MultiService:
-    """What `twistd nmos-ref` runs: the registry, a Node, or both, the Node then registered with this registry."""
-    top = StopInOrder()
-    local = None
+              parts: tuple[str, ...] = ("registry", "node")) -> ProcessTree:
+    """What `twistd nmos-ref` runs: the registry, a Node, or both, the Node then registered with this registry.
+    The one place that decides the clock: the reactor, unless a test passes a Clock; everything below is given it."""
+    clock = reactor if clock is None else clock
+    services: list[IService] = []
     # One DNS-SD for the process, stopped last (after the adverts are withdrawn); the Node browses only without
     # the registry of this process.
     served = (settings.listen if "registry" in parts else []) + (settings.node_listen if "node" in parts else [])
-    dns_sd = build_dns_sd(settings, reactor, clock or reactor, served,
+    dns_sd = build_dns_sd(settings, reactor, clock, served,
                           browse=("registry" not in parts and not settings.registries) or settings.auth)
     if dns_sd.multicast is not None:
-        dns_sd.multicast.setServiceParent(top)
+        services.append(dns_sd.multicast)
     stapler = ocsp_stapler(reactor, served, settings.tls_ca, clock)  # one OCSP stapler for every listener
     if stapler is not None:
-        stapler.setServiceParent(top)
+        services.append(stapler)
     guard = None
     if settings.auth:  # one resource server (one key cache) for every API of the process
-        guard = authorization(settings, reactor, clock or reactor, dns_sd)
-        guard.services.setServiceParent(top)
+        guard = authorization(settings, reactor, clock, dns_sd)
+        services.append(guard.services)
+    registry, local, node = None, None, None
     if "registry" in parts:
-        registry = build(settings, reactor, clock, dns_sd, guard, stapler)
-        registry.setServiceParent(top)
-        top.registry = registry.registry  # type: ignore[attr-defined]
+        registry = build_registry(settings, reactor, clock, dns_sd, guard, stapler)
+        services.append(registry)
         listeners = [child for child in registry if isinstance(child, StreamServerEndpointService)]
         local = partial(listening, listeners)
     if "node" in parts:
         node = build_node(settings, reactor, clock, local_registries=local, dns_sd=dns_sd, guard=guard,
                           stapler=stapler)
-        node.setServiceParent(top)
-        top.node = node  # type: ignore[attr-defined]
-    return top
+        services.append(node)
+    return ProcessTree(services, registry.registry if registry is not None else None, node)
