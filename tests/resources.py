@@ -20,7 +20,7 @@ from twisted.internet.task import Clock
 
 from nmos_ref.web.root import root_resource
 from nmos_ref.api.query import QueryAPI
-from nmos_ref.model.query import Limits
+from nmos_ref.model.query_params import Limits
 from nmos_ref.model.store import Registry
 from nmos_ref.model.versions import SINGULARS
 from nmos_ref.wiring.listeners import listening

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nmos_ref.model.query import Equals
+from nmos_ref.model.matching import Equals
 from resources import (VERSIONS, Family, QueryHarness, at_least, bump, device, flow, node, receiver, sender,
                        source)
 

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
 from nmos_ref.model.indexes import INDEXED, Indexes
-from nmos_ref.model.query import Equals, is_tags, text_keys
+from nmos_ref.model.matching import Equals, is_tags, text_keys
 from nmos_ref.model.store import Registry
 from resources import Family, bump, flow, source
 

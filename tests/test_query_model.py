@@ -8,9 +8,12 @@ from typing import Any
 import pytest
 
 from nmos_ref.model.downgrade import ADDED_IN, affects, downgrade, stripped_paths
-from nmos_ref.model.query import (MAX_RQL_DEPTH, MAX_RQL_LENGTH, MAX_RQL_NODES, Ancestry, BadQuery, Equals, Limits,
-                                  Paging, UnsupportedQuery, ancestry, compile_glob, compile_rql, fold, glob_match,
-                                  leaf_key, number_text, page, parse_number, parse_query, parse_rql, text_keys)
+from nmos_ref.model.errors import BadQuery, UnsupportedQuery
+from nmos_ref.model.matching import (Equals, compile_glob, fold, glob_match, leaf_key, number_text, parse_number,
+                                     text_keys)
+from nmos_ref.model.paging import Paging, page
+from nmos_ref.model.query_params import Ancestry, Limits, ancestry, parse_query
+from nmos_ref.model.rql import MAX_RQL_DEPTH, MAX_RQL_LENGTH, MAX_RQL_NODES, compile_rql, parse_rql
 from official import assert_official
 from resources import VERSIONS, Family, at_least, flow, node, receiver, sender, source
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from nmos_ref.model.query import Limits
+from nmos_ref.model.query_params import Limits
 from resources import Answer, Family, QueryHarness, bump, node
 
 DOC = "http://api.example.com/x-nmos/query"

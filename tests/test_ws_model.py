@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from twisted.internet.task import Clock
 
-from nmos_ref.model.query import BadQuery, UnsupportedQuery
+from nmos_ref.model.errors import BadQuery, UnsupportedQuery
 from nmos_ref.ws.subscriptions import (BadSubscription, Connection, PersistenceRequired, Subscription,
                                        SubscriptionLimits, event_json, grain_json, parse_subscription)
 from official import assert_official

@@ -1,14 +1,13 @@
 """The IS-04 Query API, every served version at once, mounted at `/x-nmos/query/`.
 
-Handlers parse, ask the model and shape the answer; what a query means lives in `nmos_ref.model.query`, the version
+Handlers parse, ask the model and shape the answer; what a query means lives in `nmos_ref.model.query_params` (and `matching`, `rql`, `paging`), the version
 tables in `nmos_ref.model.downgrade` and the indexes in `nmos_ref.model.indexes`. docs/query.md is the user's view.
 """
 
 from __future__ import annotations
 
 import re
-from bisect import bisect_right
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, NoReturn
 from urllib.parse import unquote_to_bytes, urlsplit
@@ -21,8 +20,10 @@ from twisted.web.resource import IResource
 from nmos_ref.api.versioned import VersionedAPI, add_common_routes
 from nmos_ref.model.downgrade import Translations, affects, stripped_paths
 from nmos_ref.model.indexes import Indexes
-from nmos_ref.model.query import (BadQuery, Limits, Page, Paging, Query, UnsupportedQuery, ancestry, page,
-                                  parse_downgrade, parse_query)
+from nmos_ref.model.paging import STAMPS, IndexTimeline, ListTimeline
+from nmos_ref.model.errors import BadQuery, UnsupportedQuery
+from nmos_ref.model.paging import Page, Paging, page
+from nmos_ref.model.query_params import Limits, Query, ancestry, parse_downgrade, parse_query
 from nmos_ref.model.store import Registry, Resource
 from nmos_ref.model.tai import format_tai
 from nmos_ref.model.versions import SINGULARS, parse_version
@@ -37,7 +38,6 @@ COLLECTIONS = ["nodes/", "sources/", "flows/", "devices/", "senders/", "receiver
 # A candidate set this much smaller than its collection is fetched and sorted; a larger one is answered by walking
 # the collection in order and testing membership.
 _SORT_RATIO = 8
-STAMPS = {"update": "updated", "create": "created"}  # paging.order -> the Resource attribute it pages on
 
 
 @frozen
@@ -88,51 +88,6 @@ def _refuse(exc: Exception) -> NoReturn:
     if isinstance(exc, UnsupportedQuery):
         raise NmosError(501, str(exc)) from None
     raise NmosError(400, str(exc)) from None
-
-
-class IndexTimeline:
-    """A collection's time index, filtered (when no index narrowed the query)."""
-
-    def __init__(self, registry: Registry, kind: str, order: str, accept: Callable[[Resource], bool],
-                 among: set[str] | None = None) -> None:
-        self.index = registry.index(kind, order)
-        self.attribute = STAMPS[order]
-        self.accept = accept
-        self.among = among
-
-    def _filter(self, records: Iterator[Resource]) -> Iterator[tuple[int, Resource]]:
-        attribute, accept, among = self.attribute, self.accept, self.among
-        for record in records:
-            if (among is None or record.id in among) and accept(record):
-                yield getattr(record, attribute), record
-
-    def newest_first(self, since: int | None, until: int | None) -> Iterator[tuple[int, Resource]]:
-        return self._filter(self.index.newest_first(since, until))
-
-    def oldest_first(self, since: int | None, until: int | None) -> Iterator[tuple[int, Resource]]:
-        return self._filter(self.index.oldest_first(since, until))
-
-
-class ListTimeline:
-    """A few resources (from indexes or an ancestry search), sorted by stamp."""
-
-    def __init__(self, records: Sequence[Any], order: str) -> None:
-        attribute = STAMPS[order]
-        self.items = sorted(((getattr(record, attribute), record) for record in records), key=lambda item: item[0])
-        self.stamps = [stamp for stamp, _ in self.items]
-
-    def _bounds(self, since: int | None, until: int | None) -> tuple[int, int]:
-        low = bisect_right(self.stamps, since) if since is not None else 0
-        high = bisect_right(self.stamps, until) if until is not None else len(self.stamps)
-        return low, high
-
-    def newest_first(self, since: int | None, until: int | None) -> Iterator[tuple[int, Resource]]:
-        low, high = self._bounds(since, until)
-        return (self.items[i] for i in range(high - 1, low - 1, -1))
-
-    def oldest_first(self, since: int | None, until: int | None) -> Iterator[tuple[int, Resource]]:
-        low, high = self._bounds(since, until)
-        return (self.items[i] for i in range(low, high))
 
 
 class QueryAPI(VersionedAPI):

@@ -27,3 +27,11 @@ class VersionConflict(ModelError):
 
 class NotOwner(ModelError):
     """BCP-003-02: the resource belongs to a Node registered by another OAuth client (answer 403)."""
+
+
+class BadQuery(ModelError):
+    """A malformed query, or one this server refuses as too expensive (400)."""
+
+
+class UnsupportedQuery(ModelError):
+    """A query feature this server does not implement (501: IS-04 v1.3 "APIs - Query Parameters")."""

@@ -1,6 +1,6 @@
 """Attribute indexes over the registry, so common queries touch only the resources they return.
 
-Kept current from `Registry.feed` (the store stays simple); each index maps the keys of `nmos_ref.model.query`
+Kept current from `Registry.feed` (the store stays simple); each index maps the keys of `nmos_ref.model.matching`
 (strings as they are, tag values simple-case-folded, numbers by canonical text...) to the ids of the resources with
 that value anywhere at that path, so a lookup gives exactly the resources that `Equals.matches` accepts on the data
 *as registered*. (A query at an older version sees data with keys stripped; the caller rechecks those resources.)
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from nmos_ref.model.query import Key, is_tags, leaf_key, leaves
+from nmos_ref.model.matching import Key, is_tags, leaf_key, leaves
 from nmos_ref.model.store import Change, Registry, Resource
 from nmos_ref.model.versions import TYPES
 

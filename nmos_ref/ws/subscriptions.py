@@ -24,7 +24,9 @@ from twisted.logger import Logger
 from nmos_ref.model.downgrade import Translations, downgrade
 from nmos_ref.model.errors import ModelError
 from nmos_ref.model.jsontext import BadJSON, compact, servable
-from nmos_ref.model.query import Expr, UnsupportedQuery, parse_query
+from nmos_ref.model.errors import UnsupportedQuery
+from nmos_ref.model.matching import Expr
+from nmos_ref.model.query_params import parse_query
 from nmos_ref.model.store import Change, Registry, Resource
 from nmos_ref.model.tai import format_tai
 from nmos_ref.model.versions import parse_version
