@@ -17,9 +17,11 @@ from nmos_ref.model.store import Registry
 from nmos_ref.model.tai import TAIClock, format_tai
 from nmos_ref.model.versions import ALL_VERSIONS
 from nmos_ref.node.model import NodeModel
-from nmos_ref.node.registration import Candidate, RegistrationClient
+from nmos_ref.node.registration_client import RegistrationClient
+from nmos_ref.node.registries import Candidate
 from nmos_ref.web.backoff import Backoff
-from nmos_ref.node.resources import Endpoint, build, demo_description
+from nmos_ref.node.demo import demo_description
+from nmos_ref.node.resources import Endpoint, build
 from nmos_ref.validation import Schemas
 
 SCHEMAS = Schemas()
@@ -80,7 +82,7 @@ class Rig:
 class Events:
     """Log events of the registration client, while in a `with` block."""
 
-    def __init__(self, namespace: str = "nmos_ref.node.registration") -> None:
+    def __init__(self, namespace: str = "nmos_ref.node.registration_client") -> None:
         self.namespace = namespace
         self.events: list[LogEvent] = []
 

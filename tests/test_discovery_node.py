@@ -9,7 +9,7 @@ from dnssd_support import DiscoveryRig, registry_advert
 from nmos_ref.discovery import NODE, REGISTER, REGISTRATION, Advert, Instance
 from nmos_ref.discovery.fake import FakeDnsSd
 from nmos_ref.node.discovered import browsed_types, candidate_of, merged
-from nmos_ref.node.registration import Candidate
+from nmos_ref.node.registries import Candidate
 from nmos_ref.node.advert import SPACING
 from node_support import START, Events
 

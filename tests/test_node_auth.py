@@ -15,7 +15,7 @@ from nmos_ref.auth.guard import ResourceServer, guard_apis
 from nmos_ref.auth.keys import KeyCache
 from nmos_ref.model.store import Registry
 from nmos_ref.model.versions import ALL_VERSIONS
-from nmos_ref.node.registration import Candidate
+from nmos_ref.node.registries import Candidate
 
 
 class FakeTokens:

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from nmos_ref.model.versions import TYPES
-from nmos_ref.node.registration import Candidate, parse_registry_url, rank
+from nmos_ref.node.registries import Candidate, parse_registry_url, rank
 from nmos_ref.web.backoff import Backoff
 from node_support import START, Events, Rig
 from official import assert_official

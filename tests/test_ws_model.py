@@ -10,8 +10,9 @@ import pytest
 from twisted.internet.task import Clock
 
 from nmos_ref.model.errors import BadQuery, UnsupportedQuery
-from nmos_ref.ws.subscriptions import (BadSubscription, Connection, PersistenceRequired, Subscription,
-                                       SubscriptionLimits, event_json, grain_json, parse_subscription)
+from nmos_ref.ws.connection import Connection, SubscriptionLimits
+from nmos_ref.ws.subscriptions import (BadSubscription, PersistenceRequired, Subscription, event_json, grain_json,
+                                       parse_subscription)
 from official import assert_official
 from resources import VERSIONS, Family, bump, node, receiver, sender
 from ws_support import SubscriptionHarness, check_grain, kind_of, subscription_body

@@ -16,7 +16,7 @@ from twisted.internet import reactor
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
-from nmos_ref.ws.subscriptions import SubscriptionLimits
+from nmos_ref.ws.connection import SubscriptionLimits
 from resources import VERSIONS, Family, bump, node
 from ws_support import Client, ClientFactory, Served, TIMEOUT, connect, kind_of
 

@@ -26,7 +26,7 @@ from nmos_ref.model.downgrade import Translations
 from nmos_ref.model.store import Registry
 from nmos_ref.model.versions import SINGULARS
 from nmos_ref.wiring.registry import build_registry, subscription_service
-from nmos_ref.ws.subscriptions import SubscriptionLimits
+from nmos_ref.ws.connection import SubscriptionLimits
 from official import assert_official, official_errors
 from resources import VERSIONS, Answer, QueryHarness, check, port_of, stub_call
 

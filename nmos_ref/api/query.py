@@ -1,7 +1,8 @@
 """The IS-04 Query API, every served version at once, mounted at `/x-nmos/query/`.
 
-Handlers parse, ask the model and shape the answer; what a query means lives in `nmos_ref.model.query_params` (and `matching`, `rql`, `paging`), the version
-tables in `nmos_ref.model.downgrade` and the indexes in `nmos_ref.model.indexes`. docs/query.md is the user's view.
+Handlers parse, ask the model and shape the answer; what a query means lives in `nmos_ref.model.query_params` (with
+`matching`, `rql` and `paging`), the version tables in `nmos_ref.model.downgrade` and the indexes in
+`nmos_ref.model.indexes`. docs/query.md is the user's view.
 """
 
 from __future__ import annotations

@@ -21,7 +21,8 @@ from zope.interface import implementer
 
 from nmos_ref.web.errors import NmosError
 from nmos_ref.web.server import error_answer
-from nmos_ref.ws.subscriptions import Connection, SubscriptionManager
+from nmos_ref.ws.connection import Connection
+from nmos_ref.ws.subscriptions import SubscriptionManager
 
 _PATH = re.compile(r"/x-nmos/query/(v[0-9]+\.[0-9]+)/ws/([^/]+)/?")
 MAX_FRAME = 64 * 1024  # bytes of one incoming frame: clients have nothing to send but control frames

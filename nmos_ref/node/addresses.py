@@ -12,7 +12,7 @@ from typing import Any
 
 import ifaddr
 
-from nmos_ref.node.registration import Candidate
+from nmos_ref.node.registries import Candidate
 from nmos_ref.node.resources import Endpoint
 
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"

@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from nmos_ref.discovery import REGISTER, REGISTRATION, Instance, txt_text, url_host
 from nmos_ref.discovery.browse import UnicastFirst
 from nmos_ref.model.versions import parse_version
-from nmos_ref.node.registration import Candidate, unsuitable
+from nmos_ref.node.registries import Candidate, unsuitable
 
 log = Logger()
 

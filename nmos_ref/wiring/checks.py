@@ -12,7 +12,7 @@ from twisted.internet.endpoints import serverFromString
 from nmos_ref.config import ConfigError, Settings, read_initial_token
 from nmos_ref.discovery.unicast import parse_server
 from nmos_ref.node import resources as node_resources
-from nmos_ref.node.registration import parse_registry_url
+from nmos_ref.node.registries import parse_registry_url
 from nmos_ref.tls.server import ssl_endpoint
 
 DNS_SERVER_EXAMPLE = '"192.0.2.53" or "[2001:db8::53]:5353"'

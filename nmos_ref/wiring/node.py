@@ -29,8 +29,10 @@ from nmos_ref.node.addresses import endpoints_for, host_name, registry_candidate
 from nmos_ref.node.advert import NodeAdvertiser
 from nmos_ref.node.discovered import RegistryBrowser
 from nmos_ref.node.model import NodeModel
-from nmos_ref.node.registration import Candidate, RegistrationClient, parse_registry_url
-from nmos_ref.node.resources import MANIFEST_ROOT, build, demo_description, load_description
+from nmos_ref.node.registration_client import RegistrationClient
+from nmos_ref.node.registries import Candidate, parse_registry_url
+from nmos_ref.node.demo import demo_description
+from nmos_ref.node.resources import MANIFEST_ROOT, build, load_description
 from nmos_ref.node.target import ReceiverTargets
 from nmos_ref.tls.ocsp import OCSPStapler
 from nmos_ref.tls.server import listen_service, serves_tls

@@ -31,7 +31,8 @@ from nmos_ref.wiring.auth import Authorization, authorization
 from nmos_ref.wiring.dnssd import DnsSd, build_dns_sd
 from nmos_ref.wiring.listeners import listening, ocsp_stapler
 from nmos_ref.wiring.tuning import FreezeAfterFullCollection, LogLevelService
-from nmos_ref.ws.subscriptions import SubscriptionLimits, SubscriptionManager
+from nmos_ref.ws.connection import SubscriptionLimits
+from nmos_ref.ws.subscriptions import SubscriptionManager
 
 log = Logger()
 
