@@ -14,7 +14,7 @@ from nmos_ref.discovery.browse import UnicastFirst
 from nmos_ref.discovery.fake import FakeDnsSd
 from nmos_ref.model.versions import ALL_VERSIONS
 from nmos_ref.node.advert import NodeAdvertiser
-from nmos_ref.node.discovered import RegistryBrowser
+from nmos_ref.node.registry_browser import RegistryBrowser
 from nmos_ref.node.registration_client import RegistrationClient
 from nmos_ref.web.backoff import Backoff
 from node_support import Rig

@@ -16,12 +16,12 @@ from nmos_ref.api.registration import RegistrationAPI
 from nmos_ref.model.store import Registry
 from nmos_ref.model.tai import TAIClock, format_tai
 from nmos_ref.model.versions import ALL_VERSIONS
-from nmos_ref.node.model import NodeModel
+from nmos_ref.node.state import NodeModel
 from nmos_ref.node.registration_client import RegistrationClient
 from nmos_ref.node.registries import Candidate
 from nmos_ref.web.backoff import Backoff
 from nmos_ref.node.demo import demo_description
-from nmos_ref.node.resources import Endpoint, build
+from nmos_ref.node.description import Endpoint, build
 from nmos_ref.validation import Schemas
 
 SCHEMAS = Schemas()

@@ -27,8 +27,7 @@ from twisted.web.server import Site
 
 from auth_server_support import ASSERTION_TYPE, FakeAuthServer, assert_is10
 from fake_network import FakeNetwork
-from nmos_ref.auth.client import (CLIENT_SECRET_BASIC, KEY_FILE, PRIVATE_KEY_JWT, STATE_FILE, NoToken,
-                                  OAuthClient)
+from nmos_ref.auth.oauth_client import CLIENT_SECRET_BASIC, KEY_FILE, PRIVATE_KEY_JWT, STATE_FILE, NoToken, OAuthClient
 from node_support import Events
 
 START = 1_800_000_000.0  # the Clock's time (UTC seconds)
@@ -37,7 +36,7 @@ ISSUER_A, ISSUER_B = f"http://{A}", f"http://{B}"
 JWKS_URI = "http://192.0.2.10:8236/x-manufacturer/oauth/jwks"
 NAME = "ACME Widget 3000 serial 0042"
 TIMEOUT = 10.0
-NAMESPACE = "nmos_ref.auth.client"
+NAMESPACE = "nmos_ref.auth.oauth_client"
 
 
 class Rig:

@@ -21,7 +21,7 @@ from auth_support import NOW, FakeFetch, Issuer
 from nmos_ref.wiring.auth import authorization
 from nmos_ref.config import Settings
 from nmos_ref.discovery import Advert
-from nmos_ref.discovery.auth import AUTH
+from nmos_ref.discovery.auth_servers import AUTH
 from nmos_ref.discovery.fake import FakeDnsSd
 from nmos_ref.wiring.dnssd import DnsSd
 from nmos_ref.wiring.node import build_node

@@ -19,7 +19,7 @@ from nmos_ref.discovery import NODE, QUERY, REGISTER, REGISTRATION, Advert, Unsu
     fits_rfc6763, instance_name, parse_txt
 from nmos_ref.discovery.browse import UnicastFirst
 from nmos_ref.discovery.fake import FakeDnsSd
-from nmos_ref.discovery.registry import RegistryAdvertiser, registry_adverts, registry_types
+from nmos_ref.discovery.registry_advert import RegistryAdvertiser, registry_adverts, registry_types
 from nmos_ref.wiring.dnssd import build_dns_sd, interfaces_for, listen_host
 from nmos_ref.discovery.unicast import parse_resolv_conf, parse_server
 from nmos_ref.service import Options

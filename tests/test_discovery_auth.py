@@ -9,11 +9,11 @@ import pytest
 
 from node_support import Events
 from nmos_ref.discovery import Advert, Instance
-from nmos_ref.discovery.auth import AUTH, AuthServer, AuthServerBrowser, auth_server_of
+from nmos_ref.discovery.auth_servers import AUTH, AuthServer, AuthServerBrowser, auth_server_of
 from nmos_ref.discovery.browse import UnicastFirst
 from nmos_ref.discovery.fake import FakeDnsSd
 
-NAMESPACE = "nmos_ref.discovery.auth"
+NAMESPACE = "nmos_ref.discovery.auth_servers"
 
 
 def auth_txt(pri: str = "0", proto: str = "https", versions: str = "v1.0", **more: str) -> dict[str, str]:

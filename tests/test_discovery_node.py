@@ -8,7 +8,7 @@ import pytest
 from dnssd_support import DiscoveryRig, registry_advert
 from nmos_ref.discovery import NODE, REGISTER, REGISTRATION, Advert, Instance
 from nmos_ref.discovery.fake import FakeDnsSd
-from nmos_ref.node.discovered import browsed_types, candidate_of, merged
+from nmos_ref.node.registry_browser import browsed_types, candidate_of, merged
 from nmos_ref.node.registries import Candidate
 from nmos_ref.node.advert import SPACING
 from node_support import START, Events
@@ -80,7 +80,7 @@ def test_registers_with_the_suitable_registry_and_never_the_decoys() -> None:
     rig.tool.advertise(registry_advert(A, versions="v9.0", name="bad version"))
     rig.tool.advertise(registry_advert(A, proto="invalid", name="bad protocol"))
     rig.tool.advertise(registry_advert(B, name="good"))
-    with Events("nmos_ref.node.discovered") as events:
+    with Events("nmos_ref.node.registry_browser") as events:
         rig.start()
     assert rig.client.state == "registered" and rig.client.current.candidate.url == f"http://{B}"
     assert rig.network.requests(A) == []
@@ -162,7 +162,7 @@ def test_a_withdrawn_registry_is_not_failed_over_to() -> None:
     for name, pri in ((A, 0), (B, 10), (C, 20)):
         rig.tool.advertise(registry_advert(name, pri))
     rig.start()
-    with Events("nmos_ref.node.discovered") as events:
+    with Events("nmos_ref.node.registry_browser") as events:
         rig.tool.withdraw(registry_advert(B, 10))
     assert any(text.endswith("is gone") for text in events.texts())
     rig.host(A).status = 503

@@ -14,9 +14,9 @@ from fake_network import FakeNetwork
 from nmos_ref.web.root import root_resource
 from nmos_ref.api.node import ManifestAPI, NodeAPI
 from nmos_ref.model.versions import ALL_VERSIONS, PLURALS
-from nmos_ref.node.model import NodeModel
+from nmos_ref.node.state import NodeModel
 from nmos_ref.node.demo import demo_description
-from nmos_ref.node.resources import MANIFEST_ROOT
+from nmos_ref.node.description import MANIFEST_ROOT
 from nmos_ref.node.sdp import parse_sdp
 from nmos_ref.node.target import ReceiverTargets
 from node_support import NODE_ENDPOINT, Events, demo_model

@@ -15,8 +15,8 @@ from twisted.internet.task import Clock
 from nmos_ref.config import ConfigError
 from nmos_ref.model.versions import ALL_VERSIONS
 from nmos_ref.node.demo import demo_description
-from nmos_ref.node.resources import (ASSET_FUNCTION, ASSET_INSTANCE, ASSET_MANUFACTURER, ASSET_PRODUCT, GROUPHINT,
-                                     Endpoint, build, load_description, node_id_for)
+from nmos_ref.node.description import (ASSET_FUNCTION, ASSET_INSTANCE, ASSET_MANUFACTURER, ASSET_PRODUCT, GROUPHINT,
+                                       Endpoint, build, load_description, node_id_for)
 from nmos_ref.node.sdp import SdpError, make_sdp, parse_sdp
 from node_support import SCHEMAS, demo_model
 from official import official_errors

@@ -20,7 +20,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 
 from nmos_ref.config import DEFAULT_LISTEN, DEFAULT_NODE_LISTEN, Settings
 from nmos_ref.model.versions import ALL_VERSIONS
-from nmos_ref.node.model import KEPT_AT
+from nmos_ref.node.state import KEPT_AT
 from nmos_ref.service import Options
 from nmos_ref.wiring.registry import build_registry
 from nmos_ref.wiring.tree import build_all

@@ -130,11 +130,11 @@ def test_max_update_rate_ms_is_bounded_and_served_as_an_integer(rate: float, sta
 
 def test_a_subscription_that_cannot_be_served_is_not_kept() -> None:
     """Behind the API's strict JSON: the manager itself refuses what it could not list."""
-    from nmos_ref.ws.subscriptions import BadSubscription, View, Wanted
+    from nmos_ref.ws.subscriptions import BadSubscription, SubscriptionFilter, Wanted
     harness = SubscriptionHarness()
     wanted = Wanted("v1.3", "/nodes", {"x": "\ud800"}, 100, True, False, False, "api.example.com")
     with pytest.raises(BadSubscription, match="cannot be stored"):
-        harness.manager.subscribe(wanted, View("node", "v1.3", (1, 3), None))
+        harness.manager.subscribe(wanted, SubscriptionFilter("node", "v1.3", (1, 3), None))
     assert harness.manager.listing("v1.3") == []
     assert harness.send("POST", "/v1.3/subscriptions", subscription_body(),
                         headers={"Content-Type": "text/plain"}).code == 415

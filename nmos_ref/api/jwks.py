@@ -8,7 +8,7 @@ from typing import Any
 
 from twisted.web.resource import Resource
 
-from nmos_ref.auth.client import OAuthClient
+from nmos_ref.auth.oauth_client import OAuthClient
 
 
 class JWKSResource(Resource):

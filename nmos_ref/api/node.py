@@ -1,7 +1,7 @@
 """The IS-04 Node API, every served version at once, mounted at `/x-nmos/node/`; and the SDP files of the Node's
 senders, mounted at `/x-nmos-ref/` (IS-04 "APIs": other content MAY share the port, outside `/x-nmos`).
 
-Handlers parse and shape; what each version shows lives in `nmos_ref.node.model`, connecting Receivers in
+Handlers parse and shape; what each version shows lives in `nmos_ref.node.state`, connecting Receivers in
 `nmos_ref.node.target`.
 """
 
@@ -13,8 +13,8 @@ from twisted.web.iweb import IRequest
 
 from nmos_ref.api.versioned import VersionedAPI, add_common_routes, add_error_handlers, options_response
 from nmos_ref.model.versions import SINGULARS
-from nmos_ref.node.model import NodeModel, View
 from nmos_ref.node.sdp import make_sdp
+from nmos_ref.node.state import NodeModel, ResourceAtVersion
 from nmos_ref.node.target import ReceiverTargets, TargetRefused
 from nmos_ref.validation import Schemas
 from nmos_ref.web.errors import NmosError
@@ -45,7 +45,7 @@ class NodeAPI(VersionedAPI):
             raise NmosError(404, f"No collection {collection!r}", f"collections: {', '.join(BASE)}")
         return kind
 
-    def _shown(self, kind: str, rid: str, version: str) -> View:
+    def _shown(self, kind: str, rid: str, version: str) -> ResourceAtVersion:
         """The resource at `version`, or 404: the Node has none, or hides it at this version. (The v1.3 RAML's 409
         is for a resource held at a higher version than asked; this Node holds everything at v1.3 and hides
         nothing there, and v1.0-v1.2 define no 409.)"""

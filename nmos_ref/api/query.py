@@ -20,10 +20,9 @@ from twisted.web.resource import IResource
 
 from nmos_ref.api.versioned import VersionedAPI, add_common_routes
 from nmos_ref.model.downgrade import Translations, affects, stripped_paths
-from nmos_ref.model.indexes import Indexes
-from nmos_ref.model.paging import STAMPS, IndexTimeline, ListTimeline
 from nmos_ref.model.errors import BadQuery, UnsupportedQuery
-from nmos_ref.model.paging import Page, Paging, page
+from nmos_ref.model.indexes import Indexes
+from nmos_ref.model.paging import STAMPS, IndexTimeline, ListTimeline, Page, Paging, page
 from nmos_ref.model.query_params import Limits, Query, ancestry, parse_downgrade, parse_query
 from nmos_ref.model.store import Registry, Resource
 from nmos_ref.model.tai import format_tai
@@ -33,7 +32,7 @@ from nmos_ref.web.errors import NmosError
 from nmos_ref.web.responses import Encoded, empty_response, json_list, json_response, read_json
 from nmos_ref.web.server import check_websocket_handshake
 from nmos_ref.ws.subscriptions import (DEFAULT_RATE_MS, BadSubscription, PersistenceRequired, Subscription,
-                                       SubscriptionManager, View, Wanted, parse_subscription)
+                                       SubscriptionFilter, SubscriptionManager, Wanted, parse_subscription)
 
 COLLECTIONS = ["nodes/", "sources/", "flows/", "devices/", "senders/", "receivers/", "subscriptions/"]
 # A candidate set this much smaller than its collection is fetched and sorted; a larger one is answered by walking
@@ -243,7 +242,7 @@ class QueryAPI(VersionedAPI):
         request.uri = urlsplit(subscription.ws_href).path.encode()
         return self.websockets
 
-    def _wanted(self, request: IRequest, version: str, body: dict[str, Any]) -> tuple[Wanted, View]:
+    def _wanted(self, request: IRequest, version: str, body: dict[str, Any]) -> tuple[Wanted, SubscriptionFilter]:
         try:
             return parse_subscription(body, version, request.isSecure(), self.authorization, self._authority(request))
         except UnsupportedQuery as exc:

@@ -70,7 +70,7 @@ class Change:
 
 
 @frozen
-class Registration:
+class RegisterOutcome:
     created: bool
     resource: Resource
 
@@ -231,7 +231,7 @@ class Registry:
     # Writing
 
     def register(self, kind: str, data: dict[str, Any], api_version: str,
-                 client_id: str | None = None) -> Registration:
+                 client_id: str | None = None) -> RegisterOutcome:
         """Create or update a resource. `data` must already be valid for `api_version` and is kept as it is."""
         rid = data["id"]
         if not isinstance(rid, str) or _UUID.fullmatch(rid) is None:
@@ -260,7 +260,7 @@ class Registry:
             # An identical re-POST changes nothing (nmos-cpp does the same); it still counts as a sign of life.
             if kind == "node":
                 self._touch(rid)
-            return Registration(False, existing)
+            return RegisterOutcome(False, existing)
         else:
             changes = [self._update(existing, data, parent_id)]
         if kind == "node":
@@ -268,7 +268,7 @@ class Registry:
         self.feed.publish(changes)
         post = changes[0].post
         assert post is not None
-        return Registration(existing is None, post)
+        return RegisterOutcome(existing is None, post)
 
     def _create(self, kind: str, rid: str, data: dict[str, Any], api_version: str, parent_id: str | None,
                 node_id: str, client_id: str | None) -> Change:

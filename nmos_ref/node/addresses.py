@@ -12,8 +12,8 @@ from typing import Any
 
 import ifaddr
 
+from nmos_ref.node.description import Endpoint
 from nmos_ref.node.registries import Candidate
-from nmos_ref.node.resources import Endpoint
 
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 

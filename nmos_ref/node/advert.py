@@ -36,7 +36,7 @@ from twisted.logger import Logger
 
 from nmos_ref.discovery import NODE, PEER_TO_PEER_KEYS, Advert, Discovery, adverts_for, txt_text
 from nmos_ref.model.versions import parse_version, sort_versions
-from nmos_ref.node.model import NodeModel
+from nmos_ref.node.state import NodeModel
 
 log = Logger()
 

@@ -5,7 +5,7 @@ describe it (docs/node.md).
 from __future__ import annotations
 import hashlib
 from typing import Any
-from nmos_ref.node.resources import ASSET_FUNCTION, ASSET_INSTANCE, ASSET_MANUFACTURER, ASSET_PRODUCT, GROUPHINT, RTP
+from nmos_ref.node.description import ASSET_FUNCTION, ASSET_INSTANCE, ASSET_MANUFACTURER, ASSET_PRODUCT, GROUPHINT, RTP
 
 
 def demo_description(seed: str, hostname: str | None) -> dict[str, Any]:

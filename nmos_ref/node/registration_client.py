@@ -43,8 +43,8 @@ from twisted.logger import Logger
 
 from nmos_ref.model.store import parent_of
 from nmos_ref.model.versions import PLURALS, TYPES
-from nmos_ref.node.model import NodeModel, View
 from nmos_ref.node.registries import Candidate, Choice, Rejection, rank
+from nmos_ref.node.state import NodeModel, ResourceAtVersion
 from nmos_ref.web.backoff import Backoff
 from nmos_ref.web.client import Reply, Unreachable, exchange
 
@@ -545,7 +545,7 @@ class RegistrationClient(Service):
         elif ("node", self.model.node_id) not in self._held and self.state != "refused":
             self._set_state("refused")
 
-    async def _post(self, epoch: int, view: View, again: bool = False) -> None:
+    async def _post(self, epoch: int, view: ResourceAtVersion, again: bool = False) -> None:
         choice = self.current
         assert choice is not None and view.data is not None
         key = (view.kind, view.id)

@@ -20,8 +20,8 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from nmos_ref.node.model import NodeModel
 from nmos_ref.node.sdp import SdpError, format_of, parse_sdp
+from nmos_ref.node.state import NodeModel
 from nmos_ref.web.client import Unreachable, exchange
 
 log = Logger()

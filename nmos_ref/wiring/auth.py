@@ -16,7 +16,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from nmos_ref.auth.guard import ResourceServer
 from nmos_ref.auth.keys import FetchJSON, KeyCache
 from nmos_ref.config import Settings
-from nmos_ref.discovery.auth import AuthServerBrowser
+from nmos_ref.discovery.auth_servers import AuthServerBrowser
 from nmos_ref.model.jsontext import decode
 from nmos_ref.tls.server import serves_tls
 from nmos_ref.tls.trust import tls_policy

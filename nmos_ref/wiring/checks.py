@@ -11,7 +11,7 @@ from twisted.internet.endpoints import serverFromString
 
 from nmos_ref.config import ConfigError, Settings, read_initial_token
 from nmos_ref.discovery.unicast import parse_server
-from nmos_ref.node import resources as node_resources
+from nmos_ref.node.description import build, load_description
 from nmos_ref.node.registries import parse_registry_url
 from nmos_ref.tls.server import ssl_endpoint
 
@@ -38,8 +38,8 @@ def check_settings(settings: Settings, reactor: Any, *, node: bool) -> None:
         read_initial_token(settings.auth_initial_token_file)
     if node and settings.node_file is not None:
         try:  # a broken Node description stops the start here, with the reason
-            node_resources.build(node_resources.load_description(settings.node_file), seed="check",
-                                 stamp="0:0", hostname=None, endpoints=[], versions=settings.api_versions)
+            build(load_description(settings.node_file), seed="check", stamp="0:0", hostname=None, endpoints=[],
+                  versions=settings.api_versions)
         except ConfigError as exc:
             raise ConfigError(f"{settings.node_file}: {exc}") from None
 

@@ -20,19 +20,19 @@ from twisted.web.resource import Resource
 
 from nmos_ref.api.jwks import JWKSResource
 from nmos_ref.api.node import ManifestAPI, NodeAPI
-from nmos_ref.auth.client import OAuthClient
 from nmos_ref.auth.guard import guard_apis
 from nmos_ref.auth.keys import ANY_ISSUER
+from nmos_ref.auth.oauth_client import OAuthClient
 from nmos_ref.config import Settings, read_initial_token
 from nmos_ref.model.tai import TAIClock, format_tai
 from nmos_ref.node.addresses import endpoints_for, host_name, registry_candidates
 from nmos_ref.node.advert import NodeAdvertiser
-from nmos_ref.node.discovered import RegistryBrowser
-from nmos_ref.node.model import NodeModel
+from nmos_ref.node.demo import demo_description
+from nmos_ref.node.description import MANIFEST_ROOT, build, load_description
 from nmos_ref.node.registration_client import RegistrationClient
 from nmos_ref.node.registries import Candidate, parse_registry_url
-from nmos_ref.node.demo import demo_description
-from nmos_ref.node.resources import MANIFEST_ROOT, build, load_description
+from nmos_ref.node.registry_browser import RegistryBrowser
+from nmos_ref.node.state import NodeModel
 from nmos_ref.node.target import ReceiverTargets
 from nmos_ref.tls.ocsp import OCSPStapler
 from nmos_ref.tls.server import listen_service, serves_tls

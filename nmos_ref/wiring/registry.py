@@ -19,7 +19,7 @@ from nmos_ref.api.registration import RegistrationAPI
 from nmos_ref.auth.guard import guard_apis
 from nmos_ref.auth.keys import KeyCache
 from nmos_ref.config import Settings
-from nmos_ref.discovery.registry import RegistryAdvertiser
+from nmos_ref.discovery.registry_advert import RegistryAdvertiser
 from nmos_ref.model.downgrade import Translations
 from nmos_ref.model.store import Registry
 from nmos_ref.tls.ocsp import OCSPStapler

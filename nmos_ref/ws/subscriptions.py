@@ -74,7 +74,7 @@ class Wanted:
 
 
 def parse_subscription(body: Mapping[str, Any], version: str, served_securely: bool, authorization_mode: bool,
-                       host: str) -> tuple[Wanted, View]:
+                       host: str) -> tuple[Wanted, SubscriptionFilter]:
     """A POST /subscriptions body that already matches the version's schema, as a subscription and its view.
 
     IS-04 v1.3 "Behaviour - Querying": `secure` defaults to false under HTTP and true under HTTPS, and "Query API
@@ -98,7 +98,7 @@ def parse_subscription(body: Mapping[str, Any], version: str, served_securely: b
                               f"{'requires' if authorization_mode else 'does not use'} authorization")
     wanted = Wanted(version, body["resource_path"], body["params"], rate, body["persist"], secure, authorization,
                     host)
-    return wanted, View.of(wanted)
+    return wanted, SubscriptionFilter.of(wanted)
 
 
 @cache
@@ -107,7 +107,7 @@ def _minor_version(text: str) -> tuple[int, int]:
 
 
 @frozen
-class View:
+class SubscriptionFilter:
     """What a subscription sees: resources of one type held at the versions it serves (its own and higher minors,
     down to `query.downgrade`), that match its filter as served at its version (keys stripped for an older version
     can no longer match) - the same rule as the HTTP lists of `nmos_ref.api.query`."""
@@ -118,7 +118,7 @@ class View:
     filter: Expr | None
 
     @classmethod
-    def of(cls, wanted: Wanted) -> View:
+    def of(cls, wanted: Wanted) -> SubscriptionFilter:
         """The view `params` ask for: basic query keys, `query.rql` and `query.downgrade`, as for GET (IS-04 v1.3
         "Behaviour - Querying": "As for the HTTP API endpoints, a 501 ... indicates that the requested query
         parameters are not supported")."""
@@ -178,7 +178,7 @@ class Subscription:
 
     id: str
     wanted: Wanted
-    view: View
+    view: SubscriptionFilter
     ws_href: str
     created: int  # TAI ns from the registry's stamps, for paging (a subscription never changes: updated = created)
     connections: set[Connection] = field(factory=set)
@@ -244,13 +244,13 @@ class SubscriptionManager:
         self._subscriptions: dict[str, Subscription] = {}  # in creation order
         self._by_key: dict[tuple[Any, ...], Subscription] = {}
         # type -> view -> the subscriptions with sockets that see it: each change is matched once per view
-        self._watching: dict[str, dict[View, set[Subscription]]] = {}
+        self._watching: dict[str, dict[SubscriptionFilter, set[Subscription]]] = {}
         self.running = True  # False once stopped: no expiry timers are left behind
         registry.feed.subscribe(self._changed)
 
     # The HTTP side
 
-    def subscribe(self, wanted: Wanted, view: View) -> tuple[Subscription, bool]:
+    def subscribe(self, wanted: Wanted, view: SubscriptionFilter) -> tuple[Subscription, bool]:
         """The subscription for `wanted` and whether it is new. IS-04: "the Query API MAY return an existing
         Subscription to the user, if it matches the requested attributes" - this one does, when every attribute and
         the host the client used are the same, which also restarts a non-persistent one's grace period."""
@@ -403,7 +403,7 @@ class SubscriptionManager:
             for connection in list(subscription.connections):
                 connection.push(events)
 
-    def _change_event(self, view: View, change: Change) -> str | None:
+    def _change_event(self, view: SubscriptionFilter, change: Change) -> str | None:
         """IS-04 "Behaviour - Querying": a resource that starts matching is added, one that stops is removed."""
         record = change.post if change.post is not None else change.pre
         assert record is not None
@@ -415,13 +415,13 @@ class SubscriptionManager:
             return None
         return event_json(change.id, pre, post)
 
-    def _sync_event(self, view: View, record: Resource, live: bool) -> str | None:
+    def _sync_event(self, view: SubscriptionFilter, record: Resource, live: bool) -> str | None:
         if not view.visible(record.api_version):
             return None
         served = self._served(view, record, live)
         return event_json(record.id, served, served) if served is not None else None
 
-    def _served(self, view: View, record: Resource, live: bool) -> str | None:
+    def _served(self, view: SubscriptionFilter, record: Resource, live: bool) -> str | None:
         """The record's JSON as `view` serves it, or None if it does not match. Only live records go through the
         shared translation cache: one that is gone would stay there for good."""
         if _minor_version(record.api_version) <= _minor_version(view.version):

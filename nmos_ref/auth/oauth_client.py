@@ -84,7 +84,7 @@ class _Stopped(Exception):
 
 
 @frozen
-class Registration:
+class ClientRegistration:
     """What one authorization server registered us as (and with which settings, to notice when they change)."""
 
     client_id: str
@@ -97,7 +97,7 @@ class Registration:
         return {name: value for name, value in asdict(self).items() if value is not None}
 
     @classmethod
-    def from_json(cls, data: Any) -> Registration:
+    def from_json(cls, data: Any) -> ClientRegistration:
         if not isinstance(data, dict):
             raise ValueError("a registration is not an object")
         for name in ("client_id", "method", "scope"):
@@ -210,7 +210,8 @@ class OAuthClient(Service):
         self._dir_checked = False
         self._key: rsa.RSAPrivateKey | None = None
         self._jwk: dict[str, str] | None = None
-        self._registrations: dict[str, Registration] | None = None  # by issuer; read from state_dir when first needed
+        # by issuer; read from state_dir when first needed
+        self._registrations: dict[str, ClientRegistration] | None = None
         self._endpoints: dict[str, _Endpoints] = {}  # metadata by issuer, dropped when that server fails
         self._held: _Held | None = None
         self._fetching: Deferred[_Held] | None = None
@@ -436,7 +437,7 @@ class OAuthClient(Service):
                  issuer=issuer, token=endpoints.token_endpoint, registration=endpoints.registration_endpoint)
         return endpoints
 
-    def _stored(self, issuer: str, jwks_uri: str | None) -> Registration | None:
+    def _stored(self, issuer: str, jwks_uri: str | None) -> ClientRegistration | None:
         """The stored registration with `issuer` if it is for what this client is now (method, scope, jwks_uri)."""
         assert self._registrations is not None
         stored = self._registrations.get(issuer)
@@ -457,7 +458,8 @@ class OAuthClient(Service):
             return None
         return stored
 
-    async def _register(self, epoch: int, issuer: str, endpoints: _Endpoints, jwks_uri: str | None) -> Registration:
+    async def _register(self, epoch: int, issuer: str, endpoints: _Endpoints,
+                        jwks_uri: str | None) -> ClientRegistration:
         """RFC 7591 dynamic registration, for the client_credentials grant only."""
         if endpoints.registration_endpoint is None:
             raise _ServerFailed("its metadata has no registration_endpoint, and this Node is not registered with it")
@@ -483,7 +485,7 @@ class OAuthClient(Service):
         if answer.get("token_endpoint_auth_method", self.method) != self.method:
             raise _ServerFailed(f"{url} registered the client for {answer['token_endpoint_auth_method']}, not "
                                 f"{self.method}")
-        registration = Registration(answer["client_id"], self.method, self.scope, jwks_uri,
+        registration = ClientRegistration(answer["client_id"], self.method, self.scope, jwks_uri,
                                     secret if self.method == CLIENT_SECRET_BASIC else None)
         assert self._registrations is not None
         self._registrations[issuer] = registration
@@ -493,7 +495,7 @@ class OAuthClient(Service):
         return registration
 
     async def _request_token(self, epoch: int, issuer: str, endpoints: _Endpoints,
-                             registration: Registration) -> _Held:
+                             registration: ClientRegistration) -> _Held:
         """RFC 6749 §4.4: the client_credentials grant, authenticated as registered."""
         form = {"grant_type": "client_credentials", "scope": self.scope, "client_id": registration.client_id}
         headers = {}
@@ -607,7 +609,7 @@ class OAuthClient(Service):
         self._key, self._jwk = key, _public_jwk(key)
         return key
 
-    def _read_state(self) -> dict[str, Registration]:
+    def _read_state(self) -> dict[str, ClientRegistration]:
         path = self._path(STATE_FILE)
         try:
             with open(path, encoding="utf-8") as state:
@@ -623,7 +625,7 @@ class OAuthClient(Service):
             entries = document.get("registrations") if isinstance(document, dict) else None
             if not isinstance(entries, dict):
                 raise ValueError("no 'registrations' object")
-            return {issuer.rstrip("/"): Registration.from_json(entry) for issuer, entry in entries.items()}
+            return {issuer.rstrip("/"): ClientRegistration.from_json(entry) for issuer, entry in entries.items()}
         except ValueError as exc:
             aside = _move_aside(path)
             log.warn("The OAuth client state file {path} is corrupt ({reason}); starting with no stored "

@@ -22,8 +22,8 @@ from nmos_ref.model.downgrade import downgrade
 from nmos_ref.model.jsontext import compact
 from nmos_ref.model.tai import TAIClock, format_tai
 from nmos_ref.model.versions import TYPES, parse_version, sort_versions
-from nmos_ref.node.resources import (HELD_VERSION, SUB_KINDS, Built, Endpoint, Stream, addressed_node, manifest_href,
-                                     resolved)
+from nmos_ref.node.description import (HELD_VERSION, SUB_KINDS, Built, Endpoint, Stream, addressed_node, manifest_href,
+                                       resolved)
 from nmos_ref.validation import SchemaViolation, Schemas
 
 log = Logger()
@@ -45,7 +45,7 @@ KEPT_AT: dict[str, dict[str, tuple[str, ...]]] = {
 
 
 @frozen
-class View:
+class ResourceAtVersion:
     """One resource as served at one API version: `data` and its JSON, or `hidden` with the reason."""
 
     kind: str
@@ -68,7 +68,7 @@ class NodeModel:
         self._data: dict[str, dict[str, dict[str, Any]]] = {"node": {built.node["id"]: built.node}}
         self._data.update({kind: dict(built.resources[kind]) for kind in SUB_KINDS})
         self._kinds = {rid: kind for kind, items in self._data.items() for rid in items}
-        self._views: dict[tuple[str, str], tuple[dict[str, Any], View]] = {}
+        self._views: dict[tuple[str, str], tuple[dict[str, Any], ResourceAtVersion]] = {}
         self._listeners: list[Callable[[str, str], None]] = []
 
     # --- reading
@@ -90,7 +90,7 @@ class NodeModel:
     def all(self, kind: str) -> list[dict[str, Any]]:
         return list(self._data[kind].values())
 
-    def view(self, kind: str, rid: str, version: str) -> View | None:
+    def view(self, kind: str, rid: str, version: str) -> ResourceAtVersion | None:
         """The resource at `version`; None if the Node has no such resource."""
         data = self._data[kind].get(rid)
         if data is None:
@@ -108,10 +108,11 @@ class NodeModel:
                     continue
                 parent = self.view(parent_kind, parent_id, version)
                 if parent is not None and parent.hidden is not None:
-                    return View(kind, rid, None, "", f"its {parent_kind} {parent_id} is hidden at {version}")
+                    return ResourceAtVersion(kind, rid, None, "",
+                                             f"its {parent_kind} {parent_id} is hidden at {version}")
         return view
 
-    def views(self, kind: str, version: str) -> list[View]:
+    def views(self, kind: str, version: str) -> list[ResourceAtVersion]:
         """The resources of `kind` shown at `version`."""
         found = []
         for rid in self._data[kind]:
@@ -120,7 +121,7 @@ class NodeModel:
                 found.append(view)
         return found
 
-    def registrable(self, version: str) -> Iterator[View]:
+    def registrable(self, version: str) -> Iterator[ResourceAtVersion]:
         """Everything shown at `version`, parents first (IS-04 "Behaviour - Registration", Referential Integrity)."""
         for kind in TYPES:
             yield from self.views(kind, version)
@@ -133,10 +134,10 @@ class NodeModel:
                 return version
         return None
 
-    def _shape(self, kind: str, data: dict[str, Any], version: str) -> View:
+    def _shape(self, kind: str, data: dict[str, Any], version: str) -> ResourceAtVersion:
         rid = data["id"]
         if parse_version(version)[0] != parse_version(HELD_VERSION)[0]:
-            return View(kind, rid, None, "", f"no translation to {version}")
+            return ResourceAtVersion(kind, rid, None, "", f"no translation to {version}")
         shaped = downgrade(kind, data, HELD_VERSION, version)
         kept = KEPT_AT.get(version, {}).get(kind, ())
         if kept:
@@ -147,8 +148,8 @@ class NodeModel:
             reason = f"not valid at {version}: {exc.message}"
             log.debug("{kind} {id} is hidden at {version}: {reason}", kind=kind, id=rid, version=version,
                       reason=reason)
-            return View(kind, rid, None, "", reason)
-        return View(kind, rid, shaped, _encode(shaped))
+            return ResourceAtVersion(kind, rid, None, "", reason)
+        return ResourceAtVersion(kind, rid, shaped, _encode(shaped))
 
     # --- changing
 
