@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """A longer hostile-input campaign against a registry on loopback (issue #11): the generators of
-tests/hostile_support.py, run pass after pass with new seeds until --requests are sent or --time-limit passes.
+tests/support/hostile.py, run pass after pass with new seeds until --requests are sent or --time-limit passes.
 
 Each pass runs every category with its own seed (`<seed>:<pass>:<category>`), a case of each in turn, so the fixed
 cases repeat, the random ones vary and any budget covers every category; after each category every Query API
 collection at every version must answer 200 with strict JSON, and after each pass the Nodes the cases registered
 are deleted again (so the listings do not grow from pass to pass).
-Every answer is judged by the rules of tests/test_hostile.py: no 5xx (501/505 only where the case allows them), no
+Every answer is judged by the rules of tests/api/test_hostile.py: no 5xx (501/505 only where the case allows them), no
 3xx, CORS on every answer, every error the NMOS error JSON, strict JSON bodies, and the store unchanged by every
 refused request.
 
@@ -34,9 +34,9 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: the tests package
 
-from hostile_support import (  # noqa: E402
+from tests.support.hostile import (  # noqa: E402
     CATEGORIES,
     COLLECTIONS,
     TIMEOUT,
@@ -48,7 +48,7 @@ from hostile_support import (  # noqa: E402
     seed,
     summarise,
 )
-from resources import VERSIONS  # noqa: E402
+from tests.support.samples import VERSIONS  # noqa: E402
 from treq.client import HTTPClient  # noqa: E402
 from twisted.internet import task  # noqa: E402
 from twisted.internet.defer import Deferred  # noqa: E402

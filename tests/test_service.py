@@ -20,8 +20,8 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from nmos_ref.config import DEFAULT_LISTEN, Settings
 from nmos_ref.service import Options
 from nmos_ref.wiring.registry import build_registry
-from official import assert_official
-from resources import port_of
+from tests.support.official import assert_official
+from tests.support.samples import port_of
 
 
 def parse(*argv: str) -> Settings:

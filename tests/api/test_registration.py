@@ -1,0 +1,326 @@
+"""The Registration API in memory (StubTreq), every version; every answer is checked against the official schemas."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from attrs import define
+from treq.testing import StubTreq
+from twisted.internet.task import Clock
+
+from tests.support.samples import VERSIONS, Answer, Family, bump, device, new_id, node, source, stub_call
+from nmos_ref.web.root import root_resource
+from nmos_ref.api.registration import RegistrationAPI
+from nmos_ref.model.store import Registry
+from nmos_ref.model.tai import format_tai
+from nmos_ref.validation import Schemas
+from tests.support.official import assert_official
+
+BASE = "http://127.0.0.1:8235/x-nmos/registration"
+JSON = {"Content-Type": "application/json"}
+SCHEMAS = Schemas()
+
+
+@define
+class Harness:
+    clock: Clock
+    registry: Registry
+    stub: StubTreq
+
+    def call(self, method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,
+             raw: bytes | None = None) -> Answer:
+        if body is not None:
+            raw = json.dumps(body).encode()
+            headers = headers if headers is not None else JSON
+        answer = stub_call(self.stub, method, url if url.startswith("http") else BASE + url, data=raw,
+                           headers=headers)
+        if method != "HEAD" and answer.raw:
+            assert answer.headers["content-type"] == "application/json"
+        if answer.code >= 400:
+            error = answer.body
+            assert error["code"] == answer.code and isinstance(error["error"], str), error
+            assert_official("v1.3", "error", error)
+        return answer
+
+    def post(self, version: str, kind: str, data: dict[str, Any]) -> Answer:
+        return self.call("POST", f"/{version}/resource", {"type": kind, "data": data})
+
+    def snapshot(self) -> Any:
+        return [(r.kind, r.id, r.data, r.updated, r.api_version)
+                for kind in ("node", "device", "source", "flow", "sender", "receiver")
+                for r in self.registry.resources(kind)]
+
+
+@pytest.fixture
+def api() -> Harness:
+    clock = Clock()
+    clock.advance(1_760_000_000)
+    registry = Registry(clock)
+    root = root_resource({"registration": RegistrationAPI(registry, SCHEMAS, list(VERSIONS)).app.resource()})
+    return Harness(clock, registry, StubTreq(root))
+
+
+def registered(api: Harness, version: str) -> list[tuple[str, dict[str, Any]]]:
+    members = Family.build(version).members()
+    for kind, data in members:
+        assert api.post(version, kind, data).code == 201
+    return members
+
+
+class TestListings:
+    @pytest.mark.parametrize("path", ["", "/"])
+    def test_versions(self, api: Harness, path: str) -> None:
+        answer = api.call("GET", path)
+        assert answer.code == 200 and answer.body == ["v1.0/", "v1.1/", "v1.2/", "v1.3/"]
+
+    @pytest.mark.parametrize("version", VERSIONS)
+    @pytest.mark.parametrize("slash", ["", "/"])
+    def test_version_base(self, api: Harness, version: str, slash: str) -> None:
+        answer = api.call("GET", f"/{version}{slash}")
+        assert answer.code == 200
+        assert_official(version, "registrationapi-base", answer.body)
+
+    @pytest.mark.parametrize("path", ["/", "/x-nmos", "/x-nmos/"])
+    def test_root_listings(self, api: Harness, path: str) -> None:
+        answer = api.call("GET", "http://127.0.0.1:8235" + path)
+        assert answer.code == 200
+        assert answer.body == (["x-nmos/"] if path == "/" else ["registration/"])
+
+    def test_head_has_no_body(self, api: Harness) -> None:
+        answer = api.call("HEAD", "/v1.3/")
+        assert answer.code == 200 and answer.raw == b""
+
+    def test_unserved_version(self, api: Harness) -> None:
+        assert api.call("GET", "/v1.4/").code == 404
+        assert api.post("v2.0", "node", node()).code == 404
+
+
+class TestRegister:
+    @pytest.mark.parametrize("version", VERSIONS)
+    def test_family_created_then_updated(self, api: Harness, version: str) -> None:
+        for kind, data in Family.build(version).members():
+            answer = api.post(version, kind, data)
+            assert answer.code == 201, answer.body
+            assert answer.body == data
+            assert_official(version, "registrationapi-resource-response", answer.body)
+            assert answer.headers["location"] == f"/x-nmos/registration/{version}/resource/{kind}s/{data['id']}"
+            assert answer.headers["x-paging-timestamp"] == format_tai(api.registry.get(kind, data["id"]).updated)
+            again = api.post(version, kind, data)
+            assert again.code == 200 and again.body == data
+            changed = bump(data, label="changed")
+            updated = api.post(version, kind, changed)
+            assert updated.code == 200 and updated.body == changed
+            assert updated.headers["location"] == answer.headers["location"]
+            assert int(updated.headers["x-paging-timestamp"].replace(":", "")) > 0
+
+    def test_stored_exactly_as_sent(self, api: Harness) -> None:
+        data = node(description="ünïcødé ✓ \u2028", tags={"Studio": ["A", "b"]}, x_vendor={"nested": [1, 2.5, None]})
+        raw = json.dumps({"type": "node", "data": data}, ensure_ascii=True).encode()
+        answer = api.call("POST", "/v1.3/resource", raw=raw, headers=JSON)
+        assert answer.code == 201 and answer.body == data
+        assert api.call("GET", f"/v1.3/resource/nodes/{data['id']}").body == data
+
+    def test_trailing_slash_and_charset_are_accepted(self, api: Harness) -> None:
+        data = node()
+        answer = api.call("POST", "/v1.3/resource/", {"type": "node", "data": data},
+                          headers={"Content-Type": "application/json; charset=utf-8"})
+        assert answer.code == 201
+
+    def test_sender_with_unregistered_or_null_flow(self, api: Harness) -> None:
+        members = dict(registered(api, "v1.3"))
+        for flow_id in (new_id(), None):
+            sender = {**members["sender"], "id": new_id(), "flow_id": flow_id}
+            assert api.post("v1.3", "sender", sender).code == 201
+
+
+class TestReadAndDelete:
+    @pytest.mark.parametrize("version", VERSIONS)
+    def test_get_delete_cascade(self, api: Harness, version: str) -> None:
+        members = registered(api, version)
+        for kind, data in members:
+            answer = api.call("GET", f"/{version}/resource/{kind}s/{data['id']}/")
+            assert answer.code == 200 and answer.body == data
+            assert_official(version, kind, answer.body)
+        node_id = members[0][1]["id"]
+        answer = api.call("DELETE", f"/{version}/resource/nodes/{node_id}")
+        assert answer.code == 204 and answer.raw == b""
+        for kind, data in members:
+            assert api.call("GET", f"/{version}/resource/{kind}s/{data['id']}").code == 404
+        assert api.call("DELETE", f"/{version}/resource/nodes/{node_id}").code == 404
+
+    def test_other_version_conflicts(self, api: Harness) -> None:
+        members = registered(api, "v1.2")
+        node_id = members[0][1]["id"]
+        for method, path in [("GET", f"/v1.3/resource/nodes/{node_id}"), ("DELETE", f"/v1.3/resource/nodes/{node_id}"),
+                             ("POST", f"/v1.3/health/nodes/{node_id}")]:
+            answer = api.call(method, path)
+            assert answer.code == 409, (method, path)
+            assert answer.headers["location"] == f"/x-nmos/registration/v1.2/resource/nodes/{node_id}"
+        answer = api.post("v1.3", "node", bump(members[0][1]) | {"api": {"versions": ["v1.3"], "endpoints": []},
+                                                                    "interfaces": []})
+        assert answer.code == 409
+        assert answer.headers["location"] == f"/x-nmos/registration/v1.2/resource/nodes/{node_id}"
+        assert api.registry.get("node", node_id).api_version == "v1.2"
+
+    def test_wrong_type_in_path(self, api: Harness) -> None:
+        members = dict(registered(api, "v1.3"))
+        assert api.call("GET", f"/v1.3/resource/devices/{members['node']['id']}").code == 404
+        assert api.call("GET", f"/v1.3/resource/widgets/{members['node']['id']}").code == 404
+        assert api.call("DELETE", f"/v1.3/resource/sources/{members['device']['id']}").code == 404
+        assert api.registry.get("device", members["device"]["id"]) is not None
+
+
+class TestHealth:
+    @pytest.mark.parametrize("version", VERSIONS)
+    def test_heartbeat_and_expiry(self, api: Harness, version: str) -> None:
+        members = registered(api, version)
+        node_id = members[0][1]["id"]
+        api.clock.advance(5)
+        answer = api.call("POST", f"/{version}/health/nodes/{node_id}")
+        assert answer.code == 200 and answer.body == {"health": str(int(api.clock.seconds()))}
+        assert_official(version, "registrationapi-health-response", answer.body)
+        assert api.call("GET", f"/{version}/health/nodes/{node_id}/").body == answer.body
+        api.clock.advance(12)
+        api.registry.collect_garbage()
+        assert api.call("POST", f"/{version}/health/nodes/{node_id}").code == 404
+        assert api.call("GET", f"/{version}/resource/devices/{members[1][1]['id']}").code == 404
+
+    def test_heartbeat_never_creates_a_node(self, api: Harness) -> None:
+        node_id = new_id()
+        assert api.call("POST", f"/v1.3/health/nodes/{node_id}").code == 404
+        assert api.registry.find(node_id) is None
+
+
+def deep(levels: int) -> bytes:
+    return b'{"type":"node","data":' + b"[" * levels + b"]" * levels + b"}"
+
+
+def with_extra(value: bytes) -> bytes:
+    """A valid v1.3 Node body with one extra key (the schema allows them) holding `value` as raw JSON text."""
+    text = json.dumps({"type": "node", "data": node()}).encode()
+    return text[:-2] + b', "x_extra": ' + value + b"}}"
+
+
+def too_big() -> bytes:
+    data = node(description="x" * (1 << 20))
+    return json.dumps({"type": "node", "data": data}).encode()
+
+
+class TestBadInput:
+    @pytest.mark.parametrize("raw,headers,status,words", [
+        (b'{"type": "node", "data": {', JSON, 400, "not valid JSON"),
+        (b"\xff\xfe", JSON, 400, "not valid JSON"),
+        (b'{"type": "node", "data": {}}', {"Content-Type": "text/plain"}, 415, "application/json"),
+        (b'{"type": "node", "data": {}}', {}, 415, "application/json"),
+        (too_big(), JSON, 413, "larger than"),
+        (deep(100_000), JSON, 400, "nested more than 64"),
+        (deep(500), JSON, 400, "nested more than 64"),
+        (deep(60), JSON, 400, "schema"),
+        # #11: what Python's json reads but no JSON peer can: each was stored, then broke every later answer.
+        (with_extra(b'"\\ud800"'), JSON, 400, "lone surrogate"),
+        (with_extra(b'"\xed\xa0\x80"'), JSON, 400, "not valid UTF-8"),
+        (with_extra(b'"\xc0\xae"'), JSON, 400, "not valid UTF-8"),
+        (with_extra(b"NaN"), JSON, 400, "NaN is not a JSON number"),
+        (with_extra(b"-Infinity"), JSON, 400, "not a JSON number"),
+        (with_extra(b"1e400"), JSON, 400, "out of range"),
+        (with_extra(b"1" * 5000), JSON, 400, "out of range"),
+        (with_extra(b"18446744073709551616"), JSON, 400, "out of range"),
+        (with_extra(b"[" * 400 + b"1" + b"]" * 400), JSON, 400, "nested more than 64"),
+        (with_extra(b'1, "x_extra": 2'), JSON, 400, "appears twice"),
+        (b"\xef\xbb\xbf" + with_extra(b"1"), JSON, 400, "byte order mark"),
+        (b'[1, 2, 3]', JSON, 400, "schema"),
+        (b'{"type": "widget", "data": {}}', JSON, 400, "schema"),
+        (b'{"type": "node"}', JSON, 400, "schema"),
+        (b'{"type": "node", "data": "text"}', JSON, 400, "schema"),
+        (b'{"type": "node", "data": {"id": "not-a-uuid"}}', JSON, 400, "schema"),
+    ])
+    def test_rejected_and_nothing_changes(self, api: Harness, raw: bytes, headers: dict[str, str], status: int,
+                                          words: str) -> None:
+        registered(api, "v1.3")
+        before = api.snapshot()
+        answer = api.call("POST", "/v1.3/resource", raw=raw, headers=headers)
+        assert answer.code == status and words in answer.body["error"] + str(answer.body["debug"])
+        assert api.snapshot() == before
+
+    @pytest.mark.parametrize("version", VERSIONS)
+    @pytest.mark.parametrize("kind", ["node", "device", "source", "flow", "sender", "receiver"])
+    def test_schema_violations_name_the_key(self, api: Harness, version: str, kind: str) -> None:
+        members = dict(registered(api, version))
+        before = api.snapshot()
+        broken = {k: v for k, v in bump(members[kind]).items() if k != "label"}
+        answer = api.post(version, kind, broken)
+        assert answer.code == 400 and "label" in answer.body["debug"]
+        wrong_type = bump(members[kind], label=42)
+        assert api.post(version, kind, wrong_type).code == 400
+        bad_uuid = {**members[kind], "id": members[kind]["id"].upper()}
+        assert api.post(version, kind, bad_uuid).code == 400
+        assert api.snapshot() == before
+
+    def test_rule_violations(self, api: Harness) -> None:
+        members = dict(registered(api, "v1.3"))
+        before = api.snapshot()
+        cases = [
+            ("device", device(new_id())),  # missing parent
+            ("source", source(members["node"]["id"])),  # parent of the wrong type
+            ("device", {**members["node"], "type": "urn:x-nmos:device:generic", "node_id": members["node"]["id"],
+                        "senders": [], "receivers": [], "controls": []}),  # id already a node
+            ("node", {**members["node"], "version": "1:0", "label": "older"}),  # version went backwards
+            ("node", {**members["node"], "label": "same version, other data"}),
+            ("source", bump(members["source"], device_id=device(members["node"]["id"])["id"])),  # parent changes
+            # #11: int() of these gave a 500 (Python stops at 4,300 digits)
+            ("node", {**members["node"], "version": "1" * 5000 + ":0"}),
+            ("node", {**members["node"], "version": "1:" + "1" * 5000}),
+            ("node", {**members["node"], "version": "1:1000000000"}),
+        ]
+        for kind, data in cases:
+            answer = api.post("v1.3", kind, data)
+            assert answer.code == 400, (kind, answer.body)
+        assert api.snapshot() == before
+
+    def test_unexpected_failure_is_a_json_500(self, api: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+        def broken(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("disk on fire")
+
+        monkeypatch.setattr(api.registry, "register", broken)
+        answer = api.post("v1.3", "node", node())
+        assert answer.code == 500 and "RuntimeError" in answer.body["debug"]
+        assert b"Traceback" not in answer.raw and b"<html" not in answer.raw.lower()
+
+    @pytest.mark.parametrize("method,path,status", [
+        ("GET", "/v1.3/resource", 405), ("PUT", "/v1.3/resource", 405), ("DELETE", "/v1.3/health/nodes/x", 405),
+        ("PATCH", "/v1.3/", 405), ("GET", "/v1.3/nothing", 404), ("POST", "/v1.3/nothing", 404),
+        ("GET", "/v1.3/resource/nodes", 404), ("GET", "/v1.3/resource/nodes/x/y", 404),
+        ("PUT", "http://127.0.0.1:8235/x-nmos/", 405), ("GET", "http://127.0.0.1:8235/x-nmos/unknown/", 404),
+        ("GET", "http://127.0.0.1:8235/favicon.ico", 404),
+    ])
+    def test_no_html_anywhere(self, api: Harness, method: str, path: str, status: int) -> None:
+        answer = api.call(method, path)
+        assert answer.code == status
+        if status == 405:
+            assert answer.headers["allow"]
+
+
+class TestOptions:
+    @pytest.mark.parametrize("path,methods", [
+        ("/v1.3/resource", {"POST"}),
+        ("/v1.3/resource/nodes/3b8be755-08ff-452b-b217-c9151eb21193", {"GET", "DELETE"}),
+        ("/v1.3/health/nodes/3b8be755-08ff-452b-b217-c9151eb21193", {"GET", "POST"}),
+        ("/v1.3/", {"GET"}),
+        ("/", {"GET"}),
+    ])
+    def test_methods_of_each_path(self, api: Harness, path: str, methods: set[str]) -> None:
+        answer = api.call("OPTIONS", path, headers={"Access-Control-Request-Method": "POST"})
+        assert answer.code == 200
+        allowed = {m.strip() for m in answer.headers["access-control-allow-methods"].split(",")}
+        assert methods | {"OPTIONS"} <= allowed <= methods | {"OPTIONS", "HEAD"}
+        assert "Content-Type" in answer.headers["access-control-allow-headers"]
+        assert "Authorization" in answer.headers["access-control-allow-headers"]
+
+    def test_unknown_path(self, api: Harness) -> None:
+        assert api.call("OPTIONS", "/v1.3/nothing/here").code == 404
+
+    def test_echoes_requested_headers(self, api: Harness) -> None:
+        answer = api.call("OPTIONS", "/v1.3/resource", headers={"Access-Control-Request-Headers": "X-Custom"})
+        assert answer.headers["access-control-allow-headers"] == "X-Custom"
