@@ -26,28 +26,21 @@ encrypted before being stored").
 from __future__ import annotations
 
 import base64
-import hashlib
-import json
-import os
 import random
-import tempfile
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import quote_plus, urlsplit
 
 import jwt
-from attrs import asdict, frozen
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from jwt.algorithms import RSAAlgorithm
+from attrs import frozen
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from nmos_ref.auth.credentials import ASSERTION_ALGORITHM, ClientRegistration, CredentialStore
 from nmos_ref.auth.keys import metadata_url
 from nmos_ref.web.client import Reply, Unreachable, exchange
 
@@ -56,15 +49,10 @@ log = Logger()
 PRIVATE_KEY_JWT, CLIENT_SECRET_BASIC = "private_key_jwt", "client_secret_basic"
 METHODS = (PRIVATE_KEY_JWT, CLIENT_SECRET_BASIC)
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"  # RFC 7523 §2.2
-# IS-10 names no algorithm for client assertions; RS512 is the one it requires of access tokens ("Behaviour - Access
-# Tokens"), so an IS-10 authorization server can verify it.
-ASSERTION_ALGORITHM = "RS512"
 ASSERTION_LIFETIME = 120  # seconds; RFC 7523 §3 wants an expiry, and a short one limits replay
-KEY_SIZE = 2048
 EXPIRY_MARGIN = 5.0  # a token this close to its expiry is not handed out any more
 MIN_REFRESH = 1.0  # seconds; even a very short-lived token is not refreshed in a tight loop
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 60.0  # randomised, doubling waits between failed attempts
-KEY_FILE, STATE_FILE = "oauth-client-key.pem", "oauth-registrations.json"
 
 
 class NoToken(Exception):
@@ -81,32 +69,6 @@ class _InvalidClient(_ServerFailed):
 
 class _Stopped(Exception):
     """The client stopped while a request was out."""
-
-
-@frozen
-class ClientRegistration:
-    """What one authorization server registered us as (and with which settings, to notice when they change)."""
-
-    client_id: str
-    method: str
-    scope: str
-    jwks_uri: str | None = None
-    client_secret: str | None = None
-
-    def as_json(self) -> dict[str, str]:
-        return {name: value for name, value in asdict(self).items() if value is not None}
-
-    @classmethod
-    def from_json(cls, data: Any) -> ClientRegistration:
-        if not isinstance(data, dict):
-            raise ValueError("a registration is not an object")
-        for name in ("client_id", "method", "scope"):
-            if not isinstance(data.get(name), str) or not data[name]:
-                raise ValueError(f"a registration has no {name}")
-        for name in ("jwks_uri", "client_secret"):
-            if data.get(name) is not None and not isinstance(data[name], str):
-                raise ValueError(f"a registration's {name} is not a string")
-        return cls(data["client_id"], data["method"], data["scope"], data.get("jwks_uri"), data.get("client_secret"))
 
 
 @frozen
@@ -142,43 +104,6 @@ def _oauth_error(reply: Reply) -> tuple[str | None, str]:
     return None, reply.error_text() or "no error given"
 
 
-def _public_jwk(key: rsa.RSAPrivateKey) -> dict[str, str]:
-    """The public JWK of `key`, its kid the RFC 7638 thumbprint (stable for as long as the key is)."""
-    jwk = RSAAlgorithm.to_jwk(key.public_key(), as_dict=True)
-    required = {"e": jwk["e"], "kty": "RSA", "n": jwk["n"]}
-    digest = hashlib.sha256(json.dumps(required, separators=(",", ":"), sort_keys=True).encode("utf-8")).digest()
-    kid = base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
-    return {"kty": "RSA", "n": jwk["n"], "e": jwk["e"], "kid": kid, "alg": ASSERTION_ALGORITHM, "use": "sig"}
-
-
-def _write_atomically(path: str, data: bytes) -> None:
-    """Replace `path` with `data` (mode 0600) so a crash leaves the old file or the new one, never a part."""
-    folder, name = os.path.split(path)
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")  # created 0600
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise
-
-
-def _move_aside(path: str) -> str:
-    """Keep a file we cannot use for someone to look at, out of the way of the new one."""
-    aside = path + ".corrupt"
-    try:
-        os.replace(path, aside)
-    except OSError:
-        return "(could not be moved)"
-    return aside
-
-
 class OAuthClient(Service):
     """Access tokens for the Node from the best authorization server that gives one: registers when needed, refreshes
     at half-life, backs off while servers fail. `servers()` lists issuer URLs, best first; `http` is a treq-like
@@ -207,11 +132,7 @@ class OAuthClient(Service):
         self.initial_token = initial_token  # RFC 7591 §3: sent as a bearer token with the registration request
         self.recovered: Callable[[], None] | None = None  # called when a token is had again after failures
         self.rng = rng or random.Random()
-        self._dir_checked = False
-        self._key: rsa.RSAPrivateKey | None = None
-        self._jwk: dict[str, str] | None = None
-        # by issuer; read from state_dir when first needed
-        self._registrations: dict[str, ClientRegistration] | None = None
+        self.credentials = CredentialStore(state_dir)  # the key and the registrations, kept across restarts
         self._endpoints: dict[str, _Endpoints] = {}  # metadata by issuer, dropped when that server fails
         self._held: _Held | None = None
         self._fetching: Deferred[_Held] | None = None
@@ -225,10 +146,9 @@ class OAuthClient(Service):
 
     def startService(self) -> None:
         super().startService()
-        self._load()
-        assert self._registrations is not None
+        stored = self.credentials.load(with_key=self.method == PRIVATE_KEY_JWT)
         log.info("OAuth client {name}: {method}, scope {scope!r}, {count} stored registrations in {folder}",
-                 name=self.client_name, method=self.method, scope=self.scope, count=len(self._registrations),
+                 name=self.client_name, method=self.method, scope=self.scope, count=len(stored),
                  folder=self.state_dir)
         self._fetch()
 
@@ -271,9 +191,9 @@ class OAuthClient(Service):
 
     def jwks(self) -> dict[str, Any]:
         """The public JWK Set of our private_key_jwt key, for the Node to serve at its jwks_uri."""
-        self._private_key()
-        assert self._jwk is not None
-        return {"keys": [dict(self._jwk)]}
+        self.credentials.private_key()
+        assert self.credentials.jwk is not None
+        return {"keys": [dict(self.credentials.jwk)]}
 
     # --- one attempt at a time, and what follows it
 
@@ -358,7 +278,7 @@ class OAuthClient(Service):
 
     async def _obtain(self, epoch: int) -> _Held:
         """A token from the first server, best first, that gives one; NoToken saying why each failed."""
-        self._load()
+        self.credentials.load(with_key=self.method == PRIVATE_KEY_JWT)
         jwks_uri = self.jwks_uri() if self.method == PRIVATE_KEY_JWT else None
         if self.method == PRIVATE_KEY_JWT and not jwks_uri:
             raise NoToken("private_key_jwt needs the jwks_uri at which this Node serves its public key, and none is "
@@ -397,7 +317,7 @@ class OAuthClient(Service):
             # deregistration of clients"); register once more, then give up on this server for now.
             log.warn("{issuer} no longer knows client {client_id} ({reason}); registering again", issuer=issuer,
                      client_id=registration.client_id, reason=str(exc))
-            self._forget(issuer)
+            self.credentials.forget(issuer)
             registration = await self._register(epoch, issuer, endpoints, jwks_uri)
             return await self._request_token(epoch, issuer, endpoints, registration)
 
@@ -439,8 +359,7 @@ class OAuthClient(Service):
 
     def _stored(self, issuer: str, jwks_uri: str | None) -> ClientRegistration | None:
         """The stored registration with `issuer` if it is for what this client is now (method, scope, jwks_uri)."""
-        assert self._registrations is not None
-        stored = self._registrations.get(issuer)
+        stored = self.credentials.load(with_key=self.method == PRIVATE_KEY_JWT).get(issuer)
         if stored is None:
             return None
         changes = []
@@ -487,9 +406,7 @@ class OAuthClient(Service):
                                 f"{self.method}")
         registration = ClientRegistration(answer["client_id"], self.method, self.scope, jwks_uri,
                                     secret if self.method == CLIENT_SECRET_BASIC else None)
-        assert self._registrations is not None
-        self._registrations[issuer] = registration
-        self._save()
+        self.credentials.keep(issuer, registration)
         log.info("Registered with {issuer} as client {client_id} ({method}, scope {scope!r})", issuer=issuer,
                  client_id=registration.client_id, method=self.method, scope=self.scope)
         return registration
@@ -538,112 +455,6 @@ class OAuthClient(Service):
         now = int(self.clock.seconds())
         claims = {"iss": client_id, "sub": client_id, "aud": audience, "iat": now, "exp": now + ASSERTION_LIFETIME,
                   "jti": str(uuid.uuid4())}
-        key = self._private_key()
-        assert self._jwk is not None
-        return jwt.encode(claims, key, algorithm=ASSERTION_ALGORITHM, headers={"kid": self._jwk["kid"]})
-
-    # --- state kept across restarts
-
-    def _path(self, name: str) -> str:
-        return os.path.join(self.state_dir, name)
-
-    def _ensure_dir(self) -> None:
-        if self._dir_checked:
-            return
-        self._dir_checked = True
-        try:
-            os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
-            mode = os.stat(self.state_dir).st_mode & 0o777
-        except OSError as exc:
-            log.warn("Cannot create {folder} ({reason}); the key and registrations will not survive a restart",
-                     folder=self.state_dir, reason=str(exc))
-            return
-        if mode & 0o077:
-            log.warn("{folder} holds this Node's OAuth credentials but is open to others (mode {mode:o}); make it "
-                     "0700", folder=self.state_dir, mode=mode)
-
-    def _load(self) -> None:
-        if self._registrations is not None:
-            return
-        self._ensure_dir()
-        if self.method == PRIVATE_KEY_JWT:
-            self._private_key()
-        self._registrations = self._read_state()
-
-    def _private_key(self) -> rsa.RSAPrivateKey:
-        """Our RSA key: read from state_dir, or made (once) and stored there."""
-        if self._key is not None:
-            return self._key
-        self._ensure_dir()
-        path = self._path(KEY_FILE)
-        key = None
-        try:
-            with open(path, "rb") as pem:
-                data = pem.read()
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            log.warn("Cannot read the private key {path} ({reason}); making a new one", path=path, reason=str(exc))
-        else:
-            try:
-                loaded = serialization.load_pem_private_key(data, password=None)
-                if not isinstance(loaded, rsa.RSAPrivateKey) or loaded.key_size < KEY_SIZE:
-                    raise ValueError(f"not an RSA key of at least {KEY_SIZE} bits")
-                key = loaded
-            except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-                aside = _move_aside(path)
-                log.warn("Cannot use the private key in {path} ({reason}); made a new one (the file is kept as "
-                         "{aside})",
-                         path=path, reason=str(exc) or type(exc).__name__, aside=aside)
-        if key is None:
-            key = rsa.generate_private_key(public_exponent=65537, key_size=KEY_SIZE)
-            pem_bytes = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption())
-            try:
-                _write_atomically(path, pem_bytes)
-            except OSError as exc:
-                log.warn("Cannot store the private key in {path} ({reason}); a restart will make another",
-                         path=path, reason=str(exc))
-            else:
-                log.info("Made a new {bits}-bit RSA key for private_key_jwt in {path}", bits=KEY_SIZE, path=path)
-        self._key, self._jwk = key, _public_jwk(key)
-        return key
-
-    def _read_state(self) -> dict[str, ClientRegistration]:
-        path = self._path(STATE_FILE)
-        try:
-            with open(path, encoding="utf-8") as state:
-                text = state.read()
-        except FileNotFoundError:
-            return {}
-        except (OSError, UnicodeDecodeError) as exc:
-            log.warn("Cannot read {path} ({reason}); starting with no stored registrations", path=path,
-                     reason=str(exc))
-            return {}
-        try:
-            document = json.loads(text)
-            entries = document.get("registrations") if isinstance(document, dict) else None
-            if not isinstance(entries, dict):
-                raise ValueError("no 'registrations' object")
-            return {issuer.rstrip("/"): ClientRegistration.from_json(entry) for issuer, entry in entries.items()}
-        except ValueError as exc:
-            aside = _move_aside(path)
-            log.warn("The OAuth client state file {path} is corrupt ({reason}); starting with no stored "
-                     "registrations (the file is kept as {aside})", path=path, reason=str(exc), aside=aside)
-            return {}
-
-    def _save(self) -> None:
-        assert self._registrations is not None
-        document = {"registrations": {issuer: registration.as_json()
-                                      for issuer, registration in sorted(self._registrations.items())}}
-        path = self._path(STATE_FILE)
-        try:
-            _write_atomically(path, json.dumps(document, indent=2, sort_keys=True).encode("utf-8") + b"\n")
-        except OSError as exc:
-            log.warn("Cannot store the registrations in {path} ({reason}); a restart will register again",
-                     path=path, reason=str(exc))
-
-    def _forget(self, issuer: str) -> None:
-        assert self._registrations is not None
-        if self._registrations.pop(issuer, None) is not None:
-            self._save()
+        key = self.credentials.private_key()
+        assert self.credentials.jwk is not None
+        return jwt.encode(claims, key, algorithm=ASSERTION_ALGORITHM, headers={"kid": self.credentials.jwk["kid"]})
