@@ -1,38 +1,19 @@
-"""Every test leaves the reactor as it found it, as Trial's janitor requires: none of its DelayedCalls still pending
-and none of its sockets still open, after the reactor has had two turns to finish what was already under way. A
-test that breaks this fails here (so the suite keeps to what Trial expects of tests, though pytest runs it)."""
+"""One suite for both runners: every test is a twisted.trial test case (tests/support/cases.py), which Trial runs
+and pytest collects through its unittest support. A test that only pytest would run (a plain function, a class that
+is not a TestCase) fails the collection here, so the two runners always count the same tests. The clean-reactor
+check is Trial's own: its janitor for `SocketTest`, and `UnitTest`'s check for tests without the reactor."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import unittest
 from typing import Any
 
 import pytest
-import pytest_twisted
-from twisted.internet import reactor, task
 
 
-def _pending() -> set[Any]:
-    return {call for call in reactor.getDelayedCalls() if call.active()}
-
-
-def _open() -> set[Any]:
-    internal = getattr(reactor, "_internalReaders", set())  # the reactor's own wakers
-    return {selectable for selectable in (*reactor.getReaders(), *reactor.getWriters())
-            if selectable not in internal}
-
-
-@pytest.fixture(autouse=True)
-def clean_reactor() -> Iterator[None]:
-    calls, selectables = _pending(), _open()
-    yield
-    left_calls, left_open = _pending() - calls, _open() - selectables
-    for _ in range(2):
-        if not (left_calls or left_open):
-            break
-        # One reactor turn (a zero delay: no time passes), as Trial's janitor runs reactor.iterate(0) twice before
-        # its check; it lets a close already under way (a client's FIN reaching the server) complete.
-        pytest_twisted.blockon(task.deferLater(reactor, 0, lambda: None))
-        left_calls, left_open = _pending() - calls, _open() - selectables
-    assert not left_calls, f"the test left DelayedCalls pending: {sorted(map(str, left_calls))}"
-    assert not left_open, f"the test left connections or ports open: {sorted(map(repr, left_open))}"
+def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
+    strays = [item.nodeid for item in items if not isinstance(getattr(item, "instance", None), unittest.TestCase)
+              and not (getattr(item, "cls", None) and issubclass(item.cls, unittest.TestCase))]
+    if strays:
+        raise pytest.UsageError("tests that Trial would not run (make them methods of a tests.support.cases "
+                                f"UnitTest or SocketTest): {', '.join(strays[:10])}")

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_twisted
 import treq
 from twisted.internet import defer, protocol, reactor
 from twisted.python import usage
@@ -20,6 +19,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from nmos_ref.config import DEFAULT_LISTEN, Settings
 from nmos_ref.service import Options
 from nmos_ref.wiring.registry import build_registry
+from tests.support.cases import SocketTest, UnitTest, cases
 from tests.support.official import assert_official
 from tests.support.samples import port_of
 
@@ -30,7 +30,7 @@ def parse(*argv: str) -> Settings:
     return options["settings"]
 
 
-class TestCommandLine:
+class TestCommandLine(UnitTest):
     def test_defaults(self) -> None:
         settings = parse()
         assert settings.listen == [DEFAULT_LISTEN]
@@ -54,14 +54,15 @@ class TestCommandLine:
         assert settings.registration_expiry_interval == 15.0
         assert settings.host_name == "registry.example" and settings.access_log
 
-    @pytest.mark.parametrize("content,message", [
+    @cases("content,message", [
         ({"listn": []}, "unknown setting 'listn'"),
         ({"registration_expiry_interval": "12"}, "registration_expiry_interval"),
         ({"api_versions": ["v2.0"]}, "v2.0 not supported"),
         ({"log_level": "loud"}, "log_level"),
         ({"listen": "tcp:8235"}, "listen must be a non-empty list"),
         ([1, 2], "JSON object"),
-    ])
+    ], ids=["unknown_setting", "expiry_not_a_number", "unsupported_version", "bad_log_level", "listen_not_a_list",
+            "not_an_object"])
     def test_bad_config_files_name_the_problem(self, tmp_path: Path, content: Any, message: str) -> None:
         config = tmp_path / "nmos.json"
         config.write_text(json.dumps(content))
@@ -102,37 +103,6 @@ def a_node() -> dict[str, Any]:
     return {**NODE_V13, "id": str(uuid.uuid4())}
 
 
-@pytest.fixture
-def http() -> Any:
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    client = treq.client.HTTPClient(Agent(reactor, pool=pool))
-    yield client
-    pytest_twisted.blockon(pool.closeCachedConnections())
-
-
-@pytest_twisted.ensureDeferred
-async def test_service_on_a_loopback_port(http: Any) -> None:
-    settings = Settings(listen=["tcp:0:interface=127.0.0.1"], dns_sd="off")
-    top = build_registry(settings, reactor, reactor)
-    top.startService()
-    try:
-        base = f"http://127.0.0.1:{await port_of(top)}"
-        response = await http.get(f"{base}/x-nmos/")
-        assert response.code == 200 and await response.json() == ["query/", "registration/"]
-        node = a_node()
-        response = await http.post(f"{base}/x-nmos/registration/v1.3/resource",
-                                   json={"type": "node", "data": node})
-        body = await response.json()
-        assert response.code == 201, body
-        assert_official("v1.3", "registrationapi-resource-response", body)
-        response = await http.post(f"{base}/x-nmos/registration/v1.3/health/nodes/{node['id']}")
-        health = await response.json()
-        assert response.code == 200
-        assert_official("v1.3", "registrationapi-health-response", health)
-    finally:
-        await top.stopService()
-
-
 class TwistdProcess(protocol.ProcessProtocol):
     """Runs `twistd -n nmos-ref ...`, reporting the port from its log line "Site starting on N" and its end."""
 
@@ -155,59 +125,89 @@ class TwistdProcess(protocol.ProcessProtocol):
         self.ended.callback(reason.value)
 
 
-@pytest_twisted.ensureDeferred
-async def test_twistd_serves_and_stops_cleanly_on_sigterm(http: Any, tmp_path: Path) -> None:
-    twistd = str(Path(sys.executable).with_name("twistd"))
-    process = TwistdProcess()
-    transport = reactor.spawnProcess(process, twistd, [twistd, "-n", "--pidfile=", "nmos-ref", "registry", "--listen",
-                                                       "tcp:0:interface=127.0.0.1"], env=None, path=str(tmp_path))
-    try:
-        port = await process.port
-        response = await http.get(f"http://127.0.0.1:{port}/x-nmos/registration/")
-        assert response.code == 200 and await response.json() == ["v1.0/", "v1.1/", "v1.2/", "v1.3/"]
-    finally:
-        if transport.pid is not None:
-            transport.signalProcess("TERM")
-    ended = await process.ended
-    # twistd re-raises SIGTERM after a clean shutdown: a shell reports 143 (128 + 15).
-    assert ended.signal == signal.SIGTERM or ended.exitCode == 143, process.output.decode(errors="replace")
-    assert b"Traceback" not in process.output, process.output.decode(errors="replace")
+class ServiceTests(SocketTest):
+    """The service on loopback ports, in-process and as a twistd process, with one HTTP client per test."""
+
+    def setUp(self) -> None:
+        pool = HTTPConnectionPool(reactor, persistent=True)
+        self.http = treq.client.HTTPClient(Agent(reactor, pool=pool))
+        self.addCleanup(pool.closeCachedConnections)
+
+    async def test_service_on_a_loopback_port(self, http: Any) -> None:
+        settings = Settings(listen=["tcp:0:interface=127.0.0.1"], dns_sd="off")
+        top = build_registry(settings, reactor, reactor)
+        top.startService()
+        try:
+            base = f"http://127.0.0.1:{await port_of(top)}"
+            response = await http.get(f"{base}/x-nmos/")
+            assert response.code == 200 and await response.json() == ["query/", "registration/"]
+            node = a_node()
+            response = await http.post(f"{base}/x-nmos/registration/v1.3/resource",
+                                       json={"type": "node", "data": node})
+            body = await response.json()
+            assert response.code == 201, body
+            assert_official("v1.3", "registrationapi-resource-response", body)
+            response = await http.post(f"{base}/x-nmos/registration/v1.3/health/nodes/{node['id']}")
+            health = await response.json()
+            assert response.code == 200
+            assert_official("v1.3", "registrationapi-health-response", health)
+        finally:
+            await top.stopService()
+
+    async def test_twistd_serves_and_stops_cleanly_on_sigterm(self, http: Any, tmp_path: Path) -> None:
+        twistd = str(Path(sys.executable).with_name("twistd"))
+        process = TwistdProcess()
+        transport = reactor.spawnProcess(process, twistd, [twistd, "-n", "--pidfile=", "nmos-ref", "registry",
+                                                           "--listen", "tcp:0:interface=127.0.0.1"],
+                                         env=None, path=str(tmp_path))
+        try:
+            port = await process.port
+            response = await http.get(f"http://127.0.0.1:{port}/x-nmos/registration/")
+            assert response.code == 200 and await response.json() == ["v1.0/", "v1.1/", "v1.2/", "v1.3/"]
+        finally:
+            if transport.pid is not None:
+                transport.signalProcess("TERM")
+        ended = await process.ended
+        # twistd re-raises SIGTERM after a clean shutdown: a shell reports 143 (128 + 15).
+        assert ended.signal == signal.SIGTERM or ended.exitCode == 143, process.output.decode(errors="replace")
+        assert b"Traceback" not in process.output, process.output.decode(errors="replace")
+
+    async def test_oversized_bodies_are_refused_without_being_kept(self, http: Any) -> None:
+        top = build_registry(Settings(listen=["tcp:0:interface=127.0.0.1"], dns_sd="off"), reactor, reactor)
+        top.startService()
+        try:
+            url = f"http://127.0.0.1:{await port_of(top)}/x-nmos/registration/v1.3/resource"
+            big = json.dumps({"type": "node", "data": {**a_node(), "description": "x" * (2 << 20)}}).encode()
+            response = await http.post(url, data=big, headers={"Content-Type": "application/json"})
+            body = await response.json()
+            assert response.code == 413 and body["code"] == 413
+            assert_official("v1.3", "error", body)
+            assert top.registry.count("node") == 0
+        finally:
+            await top.stopService()
 
 
-@pytest_twisted.ensureDeferred
-async def test_oversized_bodies_are_refused_without_being_kept(http: Any) -> None:
-    top = build_registry(Settings(listen=["tcp:0:interface=127.0.0.1"], dns_sd="off"), reactor, reactor)
-    top.startService()
-    try:
-        url = f"http://127.0.0.1:{await port_of(top)}/x-nmos/registration/v1.3/resource"
-        big = json.dumps({"type": "node", "data": {**a_node(), "description": "x" * (2 << 20)}}).encode()
-        response = await http.post(url, data=big, headers={"Content-Type": "application/json"})
-        body = await response.json()
-        assert response.code == 413 and body["code"] == 413
-        assert_official("v1.3", "error", body)
-        assert top.registry.count("node") == 0
-    finally:
-        await top.stopService()
+class LogLevelTests(UnitTest):
+    """The log_level setting, as a service that filters the global log publisher while it runs."""
 
+    def test_log_level_filters_below_the_setting(self) -> None:
+        from twisted.logger import Logger, globalLogPublisher
 
-def test_log_level_filters_below_the_setting() -> None:
-    from twisted.logger import Logger, globalLogPublisher
+        from nmos_ref.wiring.tuning import LogLevelService
 
-    from nmos_ref.wiring.tuning import LogLevelService
-
-    seen: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(seen.append)
-    service = LogLevelService("warn")
-    try:
-        service.startService()
-        logger = Logger(namespace="nmos_ref.test")
-        logger.info("quiet {n}", n=1)
-        logger.warn("loud {n}", n=2)
-        service.stopService()
-        logger.info("after {n}", n=3)  # unfiltered again once stopped
-        mine = [event["log_format"] for event in seen if event.get("log_namespace") == "nmos_ref.test"]
-        assert mine == ["loud {n}", "after {n}"]
-    finally:
-        if service.running:
+        seen: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(seen.append)
+        service = LogLevelService("warn")
+        try:
+            service.startService()
+            logger = Logger(namespace="nmos_ref.test")
+            logger.info("quiet {n}", n=1)
+            logger.warn("loud {n}", n=2)
             service.stopService()
-        globalLogPublisher.removeObserver(seen.append)
+            logger.info("after {n}", n=3)  # unfiltered again once stopped
+            mine = [event["log_format"] for event in seen if event.get("log_namespace") == "nmos_ref.test"]
+            assert mine == ["loud {n}", "after {n}"]
+        finally:
+            if service.running:
+                service.stopService()
+            globalLogPublisher.removeObserver(seen.append)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import pytest
 from attrs import define
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
@@ -16,6 +15,7 @@ from nmos_ref.api.registration import RegistrationAPI
 from nmos_ref.model.store import Registry
 from nmos_ref.model.tai import format_tai
 from nmos_ref.validation import Schemas
+from tests.support.cases import UnitTest, cases
 from tests.support.official import assert_official
 
 BASE = "http://127.0.0.1:8235/x-nmos/registration"
@@ -53,13 +53,15 @@ class Harness:
                 for r in self.registry.resources(kind)]
 
 
-@pytest.fixture
-def api() -> Harness:
-    clock = Clock()
-    clock.advance(1_760_000_000)
-    registry = Registry(clock)
-    root = root_resource({"registration": RegistrationAPI(registry, SCHEMAS, list(VERSIONS)).app.resource()})
-    return Harness(clock, registry, StubTreq(root))
+class RegistrationTest(UnitTest):
+    """Tests given `api`: a Registration API over an empty registry, at a Clock."""
+
+    def setUp(self) -> None:
+        clock = Clock()
+        clock.advance(1_760_000_000)
+        registry = Registry(clock)
+        root = root_resource({"registration": RegistrationAPI(registry, SCHEMAS, list(VERSIONS)).app.resource()})
+        self.api = Harness(clock, registry, StubTreq(root))
 
 
 def registered(api: Harness, version: str) -> list[tuple[str, dict[str, Any]]]:
@@ -69,20 +71,20 @@ def registered(api: Harness, version: str) -> list[tuple[str, dict[str, Any]]]:
     return members
 
 
-class TestListings:
-    @pytest.mark.parametrize("path", ["", "/"])
+class TestListings(RegistrationTest):
+    @cases("path", ["", "/"], ids=["bare", "slash"])
     def test_versions(self, api: Harness, path: str) -> None:
         answer = api.call("GET", path)
         assert answer.code == 200 and answer.body == ["v1.0/", "v1.1/", "v1.2/", "v1.3/"]
 
-    @pytest.mark.parametrize("version", VERSIONS)
-    @pytest.mark.parametrize("slash", ["", "/"])
+    @cases("version", VERSIONS)
+    @cases("slash", ["", "/"], ids=["bare", "slash"])
     def test_version_base(self, api: Harness, version: str, slash: str) -> None:
         answer = api.call("GET", f"/{version}{slash}")
         assert answer.code == 200
         assert_official(version, "registrationapi-base", answer.body)
 
-    @pytest.mark.parametrize("path", ["/", "/x-nmos", "/x-nmos/"])
+    @cases("path", ["/", "/x-nmos", "/x-nmos/"], ids=["root", "x_nmos", "x_nmos_slash"])
     def test_root_listings(self, api: Harness, path: str) -> None:
         answer = api.call("GET", "http://127.0.0.1:8235" + path)
         assert answer.code == 200
@@ -97,8 +99,8 @@ class TestListings:
         assert api.post("v2.0", "node", node()).code == 404
 
 
-class TestRegister:
-    @pytest.mark.parametrize("version", VERSIONS)
+class TestRegister(RegistrationTest):
+    @cases("version", VERSIONS)
     def test_family_created_then_updated(self, api: Harness, version: str) -> None:
         for kind, data in Family.build(version).members():
             answer = api.post(version, kind, data)
@@ -135,8 +137,8 @@ class TestRegister:
             assert api.post("v1.3", "sender", sender).code == 201
 
 
-class TestReadAndDelete:
-    @pytest.mark.parametrize("version", VERSIONS)
+class TestReadAndDelete(RegistrationTest):
+    @cases("version", VERSIONS)
     def test_get_delete_cascade(self, api: Harness, version: str) -> None:
         members = registered(api, version)
         for kind, data in members:
@@ -172,8 +174,8 @@ class TestReadAndDelete:
         assert api.registry.get("device", members["device"]["id"]) is not None
 
 
-class TestHealth:
-    @pytest.mark.parametrize("version", VERSIONS)
+class TestHealth(RegistrationTest):
+    @cases("version", VERSIONS)
     def test_heartbeat_and_expiry(self, api: Harness, version: str) -> None:
         members = registered(api, version)
         node_id = members[0][1]["id"]
@@ -208,8 +210,8 @@ def too_big() -> bytes:
     return json.dumps({"type": "node", "data": data}).encode()
 
 
-class TestBadInput:
-    @pytest.mark.parametrize("raw,headers,status,words", [
+class TestBadInput(RegistrationTest):
+    @cases("raw,headers,status,words", [
         (b'{"type": "node", "data": {', JSON, 400, "not valid JSON"),
         (b"\xff\xfe", JSON, 400, "not valid JSON"),
         (b'{"type": "node", "data": {}}', {"Content-Type": "text/plain"}, 415, "application/json"),
@@ -235,7 +237,10 @@ class TestBadInput:
         (b'{"type": "node"}', JSON, 400, "schema"),
         (b'{"type": "node", "data": "text"}', JSON, 400, "schema"),
         (b'{"type": "node", "data": {"id": "not-a-uuid"}}', JSON, 400, "schema"),
-    ])
+    ], ids=["cut_short", "not_utf8", "text_plain", "no_content_type", "too_big", "deep_100000", "deep_500", "deep_60",
+            "lone_surrogate", "encoded_surrogate", "overlong_utf8", "nan", "minus_infinity", "1e400", "5000_digits",
+            "2_to_the_64", "extra_nested_400", "duplicate_key", "byte_order_mark", "array", "unknown_type", "no_data",
+            "data_a_string", "bad_id"])
     def test_rejected_and_nothing_changes(self, api: Harness, raw: bytes, headers: dict[str, str], status: int,
                                           words: str) -> None:
         registered(api, "v1.3")
@@ -244,8 +249,8 @@ class TestBadInput:
         assert answer.code == status and words in answer.body["error"] + str(answer.body["debug"])
         assert api.snapshot() == before
 
-    @pytest.mark.parametrize("version", VERSIONS)
-    @pytest.mark.parametrize("kind", ["node", "device", "source", "flow", "sender", "receiver"])
+    @cases("version", VERSIONS)
+    @cases("kind", ["node", "device", "source", "flow", "sender", "receiver"])
     def test_schema_violations_name_the_key(self, api: Harness, version: str, kind: str) -> None:
         members = dict(registered(api, version))
         before = api.snapshot()
@@ -279,16 +284,17 @@ class TestBadInput:
             assert answer.code == 400, (kind, answer.body)
         assert api.snapshot() == before
 
-    def test_unexpected_failure_is_a_json_500(self, api: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_unexpected_failure_is_a_json_500(self, api: Harness) -> None:
         def broken(*args: Any, **kwargs: Any) -> Any:
             raise RuntimeError("disk on fire")
 
-        monkeypatch.setattr(api.registry, "register", broken)
+        self.patch(api.registry, "register", broken)
         answer = api.post("v1.3", "node", node())
         assert answer.code == 500 and "RuntimeError" in answer.body["debug"]
         assert b"Traceback" not in answer.raw and b"<html" not in answer.raw.lower()
+        assert len(self.flushLoggedErrors(RuntimeError)) == 1  # and logged, once, with its traceback
 
-    @pytest.mark.parametrize("method,path,status", [
+    @cases("method,path,status", [
         ("GET", "/v1.3/resource", 405), ("PUT", "/v1.3/resource", 405), ("DELETE", "/v1.3/health/nodes/x", 405),
         ("PATCH", "/v1.3/", 405), ("GET", "/v1.3/nothing", 404), ("POST", "/v1.3/nothing", 404),
         ("GET", "/v1.3/resource/nodes", 404), ("GET", "/v1.3/resource/nodes/x/y", 404),
@@ -302,8 +308,8 @@ class TestBadInput:
             assert answer.headers["allow"]
 
 
-class TestOptions:
-    @pytest.mark.parametrize("path,methods", [
+class TestOptions(RegistrationTest):
+    @cases("path,methods", [
         ("/v1.3/resource", {"POST"}),
         ("/v1.3/resource/nodes/3b8be755-08ff-452b-b217-c9151eb21193", {"GET", "DELETE"}),
         ("/v1.3/health/nodes/3b8be755-08ff-452b-b217-c9151eb21193", {"GET", "POST"}),

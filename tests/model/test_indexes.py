@@ -11,6 +11,7 @@ from twisted.internet.task import Clock
 from nmos_ref.model.indexes import INDEXED, Indexes
 from nmos_ref.model.matching import Equals, is_tags, text_keys
 from nmos_ref.model.store import Registry
+from tests.support.cases import UnitTest
 from tests.support.samples import Family, bump, flow, source
 
 
@@ -23,56 +24,6 @@ def lookup(indexes: Indexes, kind: str, path: tuple[str, ...], value: str) -> se
     return indexes.lookup(kind, path, text_keys(value, is_tags(path)))
 
 
-def test_indexes_follow_registration_update_and_removal() -> None:
-    clock = Clock()
-    registry = Registry(clock)
-    first = Family.build("v1.3").register(registry)
-    indexes = Indexes(registry)  # built from what is already registered
-    second = Family.build("v1.2").register(registry)  # then kept current from the feed
-    assert lookup(indexes, "flow", ("source_id",), first.source["id"]) == {first.flow["id"]}
-    assert lookup(indexes, "sender", ("transport",), "urn:x-nmos:transport:rtp.mcast") == {first.sender["id"],
-                                                                                        second.sender["id"]}
-    assert lookup(indexes, "node", ("tags", "location"), "SALFORD") == {first.node["id"], second.node["id"]}
-    assert lookup(indexes, "node", ("id",), first.node["id"]) == {first.node["id"]}
-    assert lookup(indexes, "device", ("id",), first.node["id"]) == set()  # ids are per type
-
-    registry.register("node", bump(first.node, label="renamed", tags={"location": ["London"]}), "v1.3")
-    assert lookup(indexes, "node", ("label",), "renamed") == {first.node["id"]}
-    assert lookup(indexes, "node", ("label",), "node") == {second.node["id"]}
-    assert lookup(indexes, "node", ("tags", "location"), "salford") == {second.node["id"]}
-    assert lookup(indexes, "node", ("tags", "location"), "london") == {first.node["id"]}
-
-    registry.delete("node", second.node["id"], "v1.2")  # the cascade removes its whole family
-    assert lookup(indexes, "sender", ("transport",), "urn:x-nmos:transport:rtp.mcast") == {first.sender["id"]}
-    assert lookup(indexes, "node", ("tags", "location"), "salford") == set()
-
-    clock.advance(registry.expiry + 1)
-    registry.collect_garbage()  # expiry too
-    assert registry.count("node") == 0
-    for path in INDEXED:
-        for kind in ("node", "device", "source", "flow", "sender", "receiver"):
-            assert not indexes._paths[kind].get(path), (kind, path)
-    assert not indexes._entries
-
-
-def test_unindexed_paths_are_not_answered() -> None:
-    indexes = Indexes(Registry(Clock()))
-    assert lookup(indexes, "flow", ("frame_width",), "1920") is None
-    assert lookup(indexes, "node", ("tags", "a", "b"), "x") is None
-    assert lookup(indexes, "node", ("tags", "never-used"), "x") == set()
-
-
-def test_children_from_parents() -> None:
-    registry = Registry(Clock())
-    family = Family.build("v1.3").register(registry)
-    indexes = Indexes(registry)
-    child = source(family.device["id"], "v1.3", parents=[family.source["id"]])
-    registry.register("source", child, "v1.3")
-    assert indexes.children("source", family.source["id"]) == {child["id"]}
-    registry.register("source", bump(child, parents=[]), "v1.3")
-    assert indexes.children("source", family.source["id"]) == set()
-
-
 # Values that collide in interesting ways: numbers and their text, booleans, null, case.
 VALUES = st.sampled_from(["a", "A", "b", "1", "1.0", "true", "null", "", "ẞ", "ß", "Salford"])
 LEAVES = st.one_of(VALUES, st.integers(-2, 2), st.sampled_from([1.0, 1.5]), st.booleans(), st.none())
@@ -81,18 +32,66 @@ TREE = st.recursive(LEAVES, lambda inner: st.one_of(st.lists(inner, max_size=3),
                                                                     max_size=2)), max_leaves=6)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.fixed_dictionaries({}, optional={"label": LEAVES, "format": TREE, "parents": TREE,
-                                                    "tags": st.dictionaries(st.sampled_from(["x", "Y"]),
-                                                                            st.lists(VALUES, max_size=3))}),
-                min_size=1, max_size=6),
-       st.sampled_from([("label",), ("format",), ("parents",), ("tags", "x"), ("tags", "Y"), ("id",)]),
-       VALUES)
-def test_lookup_equals_a_scan(extras: list[dict[str, Any]], path: tuple[str, ...], value: str) -> None:
-    registry = Registry(Clock())
-    family = Family.build("v1.3").register(registry)
-    indexes = Indexes(registry)
-    for extra in extras:
-        data = {**flow(family.source["id"], family.device["id"], "v1.3"), **extra}
-        registry.register("flow", data, "v1.3")
-    assert lookup(indexes, "flow", path, value) == scan(registry, "flow", path, value)
+class IndexesTests(UnitTest):
+    def test_indexes_follow_registration_update_and_removal(self) -> None:
+        clock = Clock()
+        registry = Registry(clock)
+        first = Family.build("v1.3").register(registry)
+        indexes = Indexes(registry)  # built from what is already registered
+        second = Family.build("v1.2").register(registry)  # then kept current from the feed
+        assert lookup(indexes, "flow", ("source_id",), first.source["id"]) == {first.flow["id"]}
+        assert lookup(indexes, "sender", ("transport",), "urn:x-nmos:transport:rtp.mcast") == {first.sender["id"],
+                                                                                            second.sender["id"]}
+        assert lookup(indexes, "node", ("tags", "location"), "SALFORD") == {first.node["id"], second.node["id"]}
+        assert lookup(indexes, "node", ("id",), first.node["id"]) == {first.node["id"]}
+        assert lookup(indexes, "device", ("id",), first.node["id"]) == set()  # ids are per type
+
+        registry.register("node", bump(first.node, label="renamed", tags={"location": ["London"]}), "v1.3")
+        assert lookup(indexes, "node", ("label",), "renamed") == {first.node["id"]}
+        assert lookup(indexes, "node", ("label",), "node") == {second.node["id"]}
+        assert lookup(indexes, "node", ("tags", "location"), "salford") == {second.node["id"]}
+        assert lookup(indexes, "node", ("tags", "location"), "london") == {first.node["id"]}
+
+        registry.delete("node", second.node["id"], "v1.2")  # the cascade removes its whole family
+        assert lookup(indexes, "sender", ("transport",), "urn:x-nmos:transport:rtp.mcast") == {first.sender["id"]}
+        assert lookup(indexes, "node", ("tags", "location"), "salford") == set()
+
+        clock.advance(registry.expiry + 1)
+        registry.collect_garbage()  # expiry too
+        assert registry.count("node") == 0
+        for path in INDEXED:
+            for kind in ("node", "device", "source", "flow", "sender", "receiver"):
+                assert not indexes._paths[kind].get(path), (kind, path)
+        assert not indexes._entries
+
+    def test_unindexed_paths_are_not_answered(self) -> None:
+        indexes = Indexes(Registry(Clock()))
+        assert lookup(indexes, "flow", ("frame_width",), "1920") is None
+        assert lookup(indexes, "node", ("tags", "a", "b"), "x") is None
+        assert lookup(indexes, "node", ("tags", "never-used"), "x") == set()
+
+    def test_children_from_parents(self) -> None:
+        registry = Registry(Clock())
+        family = Family.build("v1.3").register(registry)
+        indexes = Indexes(registry)
+        child = source(family.device["id"], "v1.3", parents=[family.source["id"]])
+        registry.register("source", child, "v1.3")
+        assert indexes.children("source", family.source["id"]) == {child["id"]}
+        registry.register("source", bump(child, parents=[]), "v1.3")
+        assert indexes.children("source", family.source["id"]) == set()
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.lists(st.fixed_dictionaries({}, optional={"label": LEAVES, "format": TREE, "parents": TREE,
+                                                        "tags": st.dictionaries(st.sampled_from(["x", "Y"]),
+                                                                                st.lists(VALUES, max_size=3))}),
+                    min_size=1, max_size=6),
+           st.sampled_from([("label",), ("format",), ("parents",), ("tags", "x"), ("tags", "Y"), ("id",)]),
+           VALUES)
+    def test_lookup_equals_a_scan(self, extras: list[dict[str, Any]], path: tuple[str, ...], value: str) -> None:
+        registry = Registry(Clock())
+        family = Family.build("v1.3").register(registry)
+        indexes = Indexes(registry)
+        for extra in extras:
+            data = {**flow(family.source["id"], family.device["id"], "v1.3"), **extra}
+            registry.register("flow", data, "v1.3")
+        assert lookup(indexes, "flow", path, value) == scan(registry, "flow", path, value)

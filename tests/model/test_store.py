@@ -14,8 +14,20 @@ from nmos_ref.model.errors import InvalidResource, UnknownResource, VersionConfl
 from nmos_ref.model.store import Change, Registry
 from nmos_ref.model.tai import NS, TAIClock, format_tai, leap_offset, parse_tai, unix_to_tai_ns
 from nmos_ref.wiring.registry import ExpirySweep
+from tests.support.cases import UnitTest, cases
 
 START = 1_760_000_000.0  # a Unix time in 2025: TAI - UTC = 37 s
+
+
+class StoreTest(UnitTest):
+    """What every store test starts from: a Clock at START, an empty registry, the changes it publishes."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(START)
+        self.registry = Registry(self.clock)
+        self.changes: list[Change] = []
+        self.registry.feed.subscribe(self.changes.extend)
 
 
 def new_id() -> str:
@@ -25,25 +37,6 @@ def new_id() -> str:
 def res(version: str = "100:0", **keys: Any) -> dict[str, Any]:
     """A minimal resource: the model checks links and versions, not the schema (the API edge does that)."""
     return {"id": keys.pop("id", new_id()), "version": version, "label": keys.pop("label", "x"), **keys}
-
-
-@pytest.fixture
-def clock() -> Clock:
-    clock = Clock()
-    clock.advance(START)
-    return clock
-
-
-@pytest.fixture
-def registry(clock: Clock) -> Registry:
-    return Registry(clock)
-
-
-@pytest.fixture
-def changes(registry: Registry) -> list[Change]:
-    seen: list[Change] = []
-    registry.feed.subscribe(seen.extend)
-    return seen
 
 
 def family(registry: Registry, version: str = "v1.3") -> dict[str, dict[str, Any]]:
@@ -65,7 +58,7 @@ def snapshot(registry: Registry) -> dict[str, Any]:
             for kind in ("node", "device", "source", "flow", "sender", "receiver")}
 
 
-class TestRegister:
+class TestRegister(StoreTest):
     def test_create_keeps_data_exactly_and_stamps_it(self, registry: Registry, changes: list[Change]) -> None:
         data = res(label="Studio 1 ünïcode", tags={"a": ["b"]})
         outcome = registry.register("node", data, "v1.3")
@@ -115,8 +108,8 @@ class TestRegister:
             registry.register("node", res(version="1.5"), "v1.3")
         assert registry.count("node") == 0
 
-    @pytest.mark.parametrize("kind,link", [("device", "node_id"), ("source", "device_id"), ("sender", "device_id"),
-                                           ("receiver", "device_id"), ("flow", "device_id")])
+    @cases("kind,link", [("device", "node_id"), ("source", "device_id"), ("sender", "device_id"),
+                          ("receiver", "device_id"), ("flow", "device_id")])
     def test_parent_must_exist(self, registry: Registry, kind: str, link: str) -> None:
         with pytest.raises(InvalidResource, match="not registered"):
             registry.register(kind, res(**{link: new_id()}), "v1.3")
@@ -184,7 +177,7 @@ class TestRegister:
         assert snapshot(registry) == before and len(changes) == published
 
 
-class TestDelete:
+class TestDelete(StoreTest):
     def test_cascades_leaves_first(self, registry: Registry, changes: list[Change]) -> None:
         items = family(registry)
         del changes[:]
@@ -223,7 +216,7 @@ class TestDelete:
             registry.delete("source", items["device"]["id"], "v1.3")
 
 
-class TestHealth:
+class TestHealth(StoreTest):
     def test_heartbeat_refreshes_and_never_creates(self, registry: Registry, clock: Clock) -> None:
         items = family(registry)
         clock.advance(3.5)
@@ -248,7 +241,7 @@ def run_collector(registry: Registry, clock: Clock) -> ExpirySweep:
     return collector
 
 
-class TestGarbageCollection:
+class TestGarbageCollection(StoreTest):
     def test_expires_between_12_and_13_seconds(self, registry: Registry, clock: Clock,
                                                changes: list[Change]) -> None:
         items = family(registry)
@@ -312,9 +305,10 @@ class TestGarbageCollection:
         clock.advance(0.5)
         assert len(calls) == 3 and collector.running
         collector.stopService()
+        assert len(self.flushLoggedErrors(RuntimeError)) == 3
 
 
-class TestStamps:
+class TestStamps(StoreTest):
     def test_leap_seconds(self) -> None:
         assert leap_offset(START) == 37
         assert leap_offset(1483228799) == 36 and leap_offset(1483228800) == 37
@@ -343,7 +337,7 @@ class TestStamps:
         assert len(set(stamps + [updated.updated])) == 6 and updated.updated > max(stamps)
 
 
-class TestChangeFeed:
+class TestChangeFeed(StoreTest):
     def test_a_failing_subscriber_does_not_stop_the_others(self, registry: Registry) -> None:
         seen: list[Change] = []
 
@@ -355,6 +349,7 @@ class TestChangeFeed:
         node = res()
         registry.register("node", node, "v1.3")
         assert [c.id for c in seen] == [node["id"]] and registry.get("node", node["id"]) is not None
+        assert len(self.flushLoggedErrors(RuntimeError)) == 1
 
     def test_unsubscribe(self, registry: Registry) -> None:
         seen: list[Change] = []
@@ -365,7 +360,7 @@ class TestChangeFeed:
         assert seen == []
 
 
-class TestPagingIndex:
+class TestPagingIndex(StoreTest):
     def test_windows_follow_updates_and_deletes(self, registry: Registry, clock: Clock) -> None:
         nodes = [res() for _ in range(100)]
         for node in nodes:
@@ -396,11 +391,12 @@ class TestPagingIndex:
         assert list(index.newest_first(until=records[0].updated - 1)) == []
 
 
-class TestOnlyServableIsStored:
+class TestOnlyServableIsStored(StoreTest):
     """#11: a record is kept only once its JSON is known to be sendable; the store never holds what an answer
     could not carry (each of these was stored before and broke every later read of its collection)."""
 
-    @pytest.mark.parametrize("bad", [float("nan"), float("inf"), "\ud800", {"\udfff": 1}, [object()]])
+    @cases("bad", [float("nan"), float("inf"), "\ud800", {"\udfff": 1}, [object()]],
+           ids=["nan", "inf", "lone_surrogate", "surrogate_key", "object"])
     def test_create_refused_and_nothing_kept(self, registry: Registry, changes: list[Change], bad: Any) -> None:
         data = res(x_extra=bad)
         with pytest.raises(InvalidResource, match="cannot be stored"):

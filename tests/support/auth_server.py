@@ -22,7 +22,6 @@ from typing import Any
 from urllib.parse import parse_qs, unquote_plus
 
 import jwt
-import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jsonschema import Draft4Validator, FormatChecker
 from jwt.algorithms import RSAAlgorithm
@@ -31,6 +30,7 @@ from referencing import Registry
 from referencing import Resource as SchemaResource
 from referencing.jsonschema import DRAFT4
 from twisted.internet.interfaces import IReactorTime
+from twisted.trial.unittest import SkipTest
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 
@@ -347,7 +347,7 @@ BASE = "https://official.amwa.invalid/is-10/v1.0/"
 @cache
 def _validator(name: str) -> Draft4Validator:
     if not IS10.is_dir():
-        pytest.skip(f"the official AMWA IS-10 schemas are not at {IS10} (../shared/amwa beside the repository)")
+        raise SkipTest(f"the official AMWA IS-10 schemas are not at {IS10} (../shared/amwa beside the repository)")
     registry: Registry = Registry().with_resources(
         (BASE + path.name, SchemaResource.from_contents(json.loads(path.read_text(encoding="utf-8")), DRAFT4))
         for path in IS10.glob("*.json"))

@@ -11,7 +11,6 @@ import json
 from typing import Any
 
 import pytest
-import pytest_twisted
 from attrs import define
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
@@ -25,6 +24,7 @@ from nmos_ref.web.errors import NmosError
 from nmos_ref.web.responses import MAX_BODY
 from nmos_ref.web.root import root_resource
 from nmos_ref.web.server import NmosChannel, check_websocket_handshake, error_answer, make_site
+from tests.support.cases import SocketTest, UnitTest, cases
 from tests.support.official import assert_official
 from tests.support.samples import node
 from tests.support.websockets import Served
@@ -143,11 +143,12 @@ async def refused(port: int, *pieces: bytes) -> Answer:
     return result.answers[0]
 
 
-@pytest_twisted.async_yield_fixture
-async def served() -> Any:
-    stack = await Served().start()
-    yield stack
-    await stack.stop()
+class ServedTest(SocketTest):
+    """The real service on 127.0.0.1:0, as `served`."""
+
+    async def setUp(self) -> None:
+        self.served = await Served().start()
+        self.addCleanup(self.served.stop)
 
 
 def port_of(served: Served) -> int:
@@ -212,37 +213,34 @@ TWISTED_REFUSALS = [
 ]
 
 
-@pytest.mark.parametrize("name, data, status, named", TWISTED_REFUSALS, ids=[case[0] for case in TWISTED_REFUSALS])
-@pytest_twisted.ensureDeferred
-async def test_malformed_requests_get_the_nmos_error_json_then_a_close(served: Served, name: str, data: bytes,
-                                                                       status: int, named: str) -> None:
-    count = served.registry.count("node")
-    body = assert_nmos_error(await refused(port_of(served), data), status)
-    assert named.lower() in body["error"].lower(), body
-    assert served.registry.count("node") == count
+class TwistedRefusalTests(ServedTest):
+    """Requests Twisted's parser refuses, answered with the NMOS error JSON."""
 
+    @cases("name, data, status, named", TWISTED_REFUSALS, ids=[case[0] for case in TWISTED_REFUSALS])
+    async def test_malformed_requests_get_the_nmos_error_json_then_a_close(self, served: Served, name: str,
+                                                                           data: bytes, status: int,
+                                                                           named: str) -> None:
+        count = served.registry.count("node")
+        body = assert_nmos_error(await refused(port_of(served), data), status)
+        assert named.lower() in body["error"].lower(), body
+        assert served.registry.count("node") == count
 
-@pytest_twisted.ensureDeferred
-async def test_an_http_1_0_request_may_leave_host_out(served: Served) -> None:
-    result = await exchange(port_of(served), b"GET /x-nmos/ HTTP/1.0\r\n\r\n")
-    assert result.closed and [answer.status for answer in result.answers] == [200]
+    async def test_an_http_1_0_request_may_leave_host_out(self, served: Served) -> None:
+        result = await exchange(port_of(served), b"GET /x-nmos/ HTTP/1.0\r\n\r\n")
+        assert result.closed and [answer.status for answer in result.answers] == [200]
 
+    async def test_a_long_header_sent_in_pieces_is_refused_as_soon_as_it_is_too_long(self, served: Served) -> None:
+        """LineReceiver.lineLengthExceeded: the line never ends, and the answer comes anyway."""
+        start = b"GET /x-nmos/ HTTP/1.1\r\n" + HOST + b"X-Big: "
+        answer = await refused(port_of(served), start, *[b"a" * 4096] * 8)
+        assert_nmos_error(answer, 431)
 
-@pytest_twisted.ensureDeferred
-async def test_a_long_header_sent_in_pieces_is_refused_as_soon_as_it_is_too_long(served: Served) -> None:
-    """LineReceiver.lineLengthExceeded: the line never ends, and the answer comes anyway."""
-    start = b"GET /x-nmos/ HTTP/1.1\r\n" + HOST + b"X-Big: "
-    answer = await refused(port_of(served), start, *[b"a" * 4096] * 8)
-    assert_nmos_error(answer, 431)
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_bad_form_upload_gets_the_nmos_error_json(served: Served) -> None:
-    """Twisted would parse a multipart body into request.args (and refuse a broken one with a bare 400); the APIs
-    take JSON only, so they say so."""
-    data = post(REGISTER, b"Content-Type: multipart/form-data; boundary=x\r\nContent-Length: 5\r\n", b"hello")
-    result = await exchange(port_of(served), data, count=1)
-    assert_nmos_error(result.answers[0], 415, closes=False)
+    async def test_a_bad_form_upload_gets_the_nmos_error_json(self, served: Served) -> None:
+        """Twisted would parse a multipart body into request.args (and refuse a broken one with a bare 400); the APIs
+        take JSON only, so they say so."""
+        data = post(REGISTER, b"Content-Type: multipart/form-data; boundary=x\r\nContent-Length: 5\r\n", b"hello")
+        result = await exchange(port_of(served), data, count=1)
+        assert_nmos_error(result.answers[0], 415, closes=False)
 
 
 # --- 5. Autobahn's handshake refusals
@@ -265,162 +263,161 @@ async def _socket_path(served: Served) -> bytes:
     return ("/" + answer.body["ws_href"].split("/", 3)[3]).encode()
 
 
-@pytest.mark.parametrize("name, headers", BAD_HANDSHAKES, ids=[case[0] for case in BAD_HANDSHAKES])
-@pytest.mark.parametrize("where", ["subscription socket", "list upgrade"])
-@pytest_twisted.ensureDeferred
-async def test_bad_websocket_handshakes_get_the_nmos_error_json(served: Served, where: str, name: str,
-                                                                headers: bytes) -> None:
-    """Refused by the Query API before the WebSocket library sees them (the connection stays usable), or by
-    SubscriptionProtocol.failHandshake (then closed); either way NMOS JSON."""
-    path = await _socket_path(served) if where == "subscription socket" else b"/x-nmos/query/v1.3/nodes"
-    data = b"GET " + path + b" HTTP/1.1\r\n" + HOST + headers + b"\r\n"
-    result = await exchange(port_of(served), data, count=1)
-    [answer] = result.answers
-    assert answer.status in {400, 426}
-    assert_nmos_error(answer, answer.status, closes=answer.headers.get("connection") == "close")
+class HandshakeRefusalTests(ServedTest):
+    """WebSocket handshakes refused, by the Query API or by Autobahn, answered with the NMOS error JSON."""
+
+    @cases("name, headers", BAD_HANDSHAKES, ids=[case[0] for case in BAD_HANDSHAKES])
+    @cases("where", ["subscription socket", "list upgrade"])
+    async def test_bad_websocket_handshakes_get_the_nmos_error_json(self, served: Served, where: str, name: str,
+                                                                    headers: bytes) -> None:
+        """Refused by the Query API before the WebSocket library sees them (the connection stays usable), or by
+        SubscriptionProtocol.failHandshake (then closed); either way NMOS JSON."""
+        path = await _socket_path(served) if where == "subscription socket" else b"/x-nmos/query/v1.3/nodes"
+        data = b"GET " + path + b" HTTP/1.1\r\n" + HOST + headers + b"\r\n"
+        result = await exchange(port_of(served), data, count=1)
+        [answer] = result.answers
+        assert answer.status in {400, 426}
+        assert_nmos_error(answer, answer.status, closes=answer.headers.get("connection") == "close")
+
+    @cases("name, headers", BAD_HANDSHAKES, ids=[case[0] for case in BAD_HANDSHAKES])
+    async def test_a_bad_handshake_on_a_list_creates_no_subscription(self, served: Served, name: str,
+                                                                     headers: bytes) -> None:
+        """IS-04 v1.3: an upgrade on a list creates a subscription; a refused one must not leave one behind."""
+        data = b"GET /x-nmos/query/v1.3/nodes HTTP/1.1\r\n" + HOST + headers + b"\r\n"
+        result = await exchange(port_of(served), data, count=1)
+        assert_nmos_error(result.answers[0], result.answers[0].status, closes=False)
+        assert served.manager.listing("v1.3") == []
+
+    async def test_a_handshake_only_autobahn_refuses_gets_the_nmos_error_json_then_a_close(self,
+                                                                                           served: Served) -> None:
+        """SubscriptionProtocol.failHandshake, the backstop: an Origin that is not a URL."""
+        path = await _socket_path(served)
+        data = (b"GET " + path + b" HTTP/1.1\r\n" + HOST + b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Version: 13\r\n" + KEY + b"Origin: http://[\r\n\r\n")
+        body = assert_nmos_error(await refused(port_of(served), data), 400)
+        assert "origin" in body["error"].lower()
 
 
-@pytest.mark.parametrize("name, headers", BAD_HANDSHAKES, ids=[case[0] for case in BAD_HANDSHAKES])
-@pytest_twisted.ensureDeferred
-async def test_a_bad_handshake_on_a_list_creates_no_subscription(served: Served, name: str, headers: bytes) -> None:
-    """IS-04 v1.3: an upgrade on a list creates a subscription; a refused one must not leave one behind."""
-    data = b"GET /x-nmos/query/v1.3/nodes HTTP/1.1\r\n" + HOST + headers + b"\r\n"
-    result = await exchange(port_of(served), data, count=1)
-    assert_nmos_error(result.answers[0], result.answers[0].status, closes=False)
-    assert served.manager.listing("v1.3") == []
+class HandshakeCheckTests(UnitTest):
+    """check_websocket_handshake on its own, over DummyRequests."""
 
+    def test_the_handshake_check_accepts_an_rfc_6455_handshake_and_says_what_is_wrong_with_others(self) -> None:
+        def request(*headers: tuple[bytes, bytes], version: bytes = b"HTTP/1.1") -> DummyRequest:
+            made = DummyRequest([b""])
+            made.clientproto = version
+            for name, value in headers:
+                made.requestHeaders.addRawHeader(name, value)
+            return made
 
-@pytest_twisted.ensureDeferred
-async def test_a_handshake_only_autobahn_refuses_gets_the_nmos_error_json_then_a_close(served: Served) -> None:
-    """SubscriptionProtocol.failHandshake, the backstop: an Origin that is not a URL."""
-    path = await _socket_path(served)
-    data = (b"GET " + path + b" HTTP/1.1\r\n" + HOST + b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Version: 13\r\n" + KEY + b"Origin: http://[\r\n\r\n")
-    body = assert_nmos_error(await refused(port_of(served), data), 400)
-    assert "origin" in body["error"].lower()
-
-
-def test_the_handshake_check_accepts_an_rfc_6455_handshake_and_says_what_is_wrong_with_others() -> None:
-    def request(*headers: tuple[bytes, bytes], version: bytes = b"HTTP/1.1") -> DummyRequest:
-        made = DummyRequest([b""])
-        made.clientproto = version
-        for name, value in headers:
-            made.requestHeaders.addRawHeader(name, value)
-        return made
-
-    good = [(b"host", b"example.test"), (b"upgrade", b"websocket"), (b"connection", b"keep-alive, Upgrade"),
-            (b"sec-websocket-version", b"13"), (b"sec-websocket-key", b"dGhlIHNhbXBsZSBub25jZQ==")]
-    check_websocket_handshake(request(*good))
-    cases = [
-        (request(*good, version=b"HTTP/1.0"), 400, "HTTP/1.1"),
-        (request(*good[1:]), 400, "Host"),
-        (request(*good[:2], *good[3:]), 400, "Connection"),
-        (request(*good[:3], good[4]), 400, "Sec-WebSocket-Version"),
-        (request(*good[:3], (b"sec-websocket-version", b"8"), good[4]), 426, "version 13"),
-        (request(*good[:4]), 400, "Sec-WebSocket-Key"),
-        (request(*good[:4], (b"sec-websocket-key", b"abc")), 400, "Sec-WebSocket-Key"),
-        (request(*good, good[4]), 400, "Sec-WebSocket-Key"),
-    ]
-    for made, status, named in cases:
+        good = [(b"host", b"example.test"), (b"upgrade", b"websocket"), (b"connection", b"keep-alive, Upgrade"),
+                (b"sec-websocket-version", b"13"), (b"sec-websocket-key", b"dGhlIHNhbXBsZSBub25jZQ==")]
+        check_websocket_handshake(request(*good))
+        cases = [
+            (request(*good, version=b"HTTP/1.0"), 400, "HTTP/1.1"),
+            (request(*good[1:]), 400, "Host"),
+            (request(*good[:2], *good[3:]), 400, "Connection"),
+            (request(*good[:3], good[4]), 400, "Sec-WebSocket-Version"),
+            (request(*good[:3], (b"sec-websocket-version", b"8"), good[4]), 426, "version 13"),
+            (request(*good[:4]), 400, "Sec-WebSocket-Key"),
+            (request(*good[:4], (b"sec-websocket-key", b"abc")), 400, "Sec-WebSocket-Key"),
+            (request(*good, good[4]), 400, "Sec-WebSocket-Key"),
+        ]
+        for made, status, named in cases:
+            with pytest.raises(NmosError) as raised:
+                check_websocket_handshake(made)
+            assert raised.value.status == status and named in raised.value.error, raised.value.error
         with pytest.raises(NmosError) as raised:
-            check_websocket_handshake(made)
-        assert raised.value.status == status and named in raised.value.error, raised.value.error
-    with pytest.raises(NmosError) as raised:
-        check_websocket_handshake(request(*good[:3], (b"sec-websocket-version", b"8"), good[4]))
-    assert raised.value.headers == {"Sec-WebSocket-Version": "13"}
+            check_websocket_handshake(request(*good[:3], (b"sec-websocket-version", b"8"), good[4]))
+        assert raised.value.headers == {"Sec-WebSocket-Version": "13"}
 
 
 # --- 6. repeated slashes
 
 
-@pytest_twisted.ensureDeferred
-async def test_repeated_slashes_are_served_as_single_ones_without_a_redirect(served: Served) -> None:
-    answer = await served.call("POST", "/registration/v1.3/resource", {"type": "node", "data": node("v1.3")})
-    assert answer.code == 201
-    single, double = b"/x-nmos/query/v1.3/nodes?paging.limit=2", b"//x-nmos//query//v1.3//nodes?paging.limit=2"
-    [one] = (await exchange(port_of(served), b"GET " + single + b" HTTP/1.1\r\n" + HOST + b"\r\n", count=1)).answers
-    [two] = (await exchange(port_of(served), b"GET " + double + b" HTTP/1.1\r\n" + HOST + b"\r\n", count=1)).answers
-    assert one.status == two.status == 200 and one.body == two.body and len(one.json()) == 1
-    assert two.headers["link"] == one.headers["link"]  # built from the path as served, single slashes
+class RepeatedSlashTests(ServedTest):
+    """Empty path segments: served as single slashes, never redirected."""
 
+    async def test_repeated_slashes_are_served_as_single_ones_without_a_redirect(self, served: Served) -> None:
+        answer = await served.call("POST", "/registration/v1.3/resource", {"type": "node", "data": node("v1.3")})
+        assert answer.code == 201
+        single, double = b"/x-nmos/query/v1.3/nodes?paging.limit=2", b"//x-nmos//query//v1.3//nodes?paging.limit=2"
+        [one] = (await exchange(port_of(served), b"GET " + single + b" HTTP/1.1\r\n" + HOST + b"\r\n", count=1)).answers
+        [two] = (await exchange(port_of(served), b"GET " + double + b" HTTP/1.1\r\n" + HOST + b"\r\n", count=1)).answers
+        assert one.status == two.status == 200 and one.body == two.body and len(one.json()) == 1
+        assert two.headers["link"] == one.headers["link"]  # built from the path as served, single slashes
 
-@pytest_twisted.ensureDeferred
-async def test_encoded_slashes_that_make_an_empty_segment_are_a_404_not_a_redirect(served: Served) -> None:
-    answer = await refused(port_of(served), b"GET /x-nmos/query/v1.3/%2F%2Fnodes HTTP/1.1\r\n" + HOST + b"\r\n")
-    assert_nmos_error(answer, 404)
+    async def test_encoded_slashes_that_make_an_empty_segment_are_a_404_not_a_redirect(self, served: Served) -> None:
+        answer = await refused(port_of(served), b"GET /x-nmos/query/v1.3/%2F%2Fnodes HTTP/1.1\r\n" + HOST + b"\r\n")
+        assert_nmos_error(answer, 404)
 
 
 # --- 7. the absolute form
 
 
-@pytest_twisted.ensureDeferred
-async def test_an_absolute_form_target_is_served_as_its_path_with_its_authority_as_host(served: Served) -> None:
-    port = port_of(served)
-    result = await exchange(port, b"GET http://127.0.0.1:%d/x-nmos/ HTTP/1.1\r\n" % port + HOST + b"\r\n", count=1)
-    [answer] = result.answers
-    assert answer.status == 200 and answer.json() == ["query/", "registration/"]
-    # RFC 9112 §3.2.2: the target's authority replaces Host (seen in the Link URLs the Query API builds from it).
-    result = await exchange(port, b"GET HTTP://example.test:1234/x-nmos/query/v1.3/nodes?paging.limit=2 HTTP/1.1\r\n"
-                            + HOST + b"\r\n", count=1)
-    [answer] = result.answers
-    assert answer.status == 200
-    assert "<http://example.test:1234/x-nmos/query/v1.3/nodes?" in answer.headers["link"]
-    result = await exchange(port, b"GET http://127.0.0.1:%d HTTP/1.1\r\n\r\n" % port, count=1)  # empty path: "/"
-    assert result.answers[0].status == 200 and result.answers[0].json() == ["x-nmos/"]
+class RequestTargetTests(ServedTest):
+    """The absolute and asterisk forms of the request target, and targets that are neither a path nor a URL."""
 
+    async def test_an_absolute_form_target_is_served_as_its_path_with_its_authority_as_host(self,
+                                                                                            served: Served) -> None:
+        port = port_of(served)
+        result = await exchange(port, b"GET http://127.0.0.1:%d/x-nmos/ HTTP/1.1\r\n" % port + HOST + b"\r\n", count=1)
+        [answer] = result.answers
+        assert answer.status == 200 and answer.json() == ["query/", "registration/"]
+        # RFC 9112 §3.2.2: the target's authority replaces Host (seen in the Link URLs the Query API builds from it).
+        result = await exchange(port, b"GET HTTP://example.test:1234/x-nmos/query/v1.3/nodes?paging.limit=2"
+                                b" HTTP/1.1\r\n" + HOST + b"\r\n", count=1)
+        [answer] = result.answers
+        assert answer.status == 200
+        assert "<http://example.test:1234/x-nmos/query/v1.3/nodes?" in answer.headers["link"]
+        result = await exchange(port, b"GET http://127.0.0.1:%d HTTP/1.1\r\n\r\n" % port, count=1)  # empty path: "/"
+        assert result.answers[0].status == 200 and result.answers[0].json() == ["x-nmos/"]
 
-@pytest.mark.parametrize("target", [b"http:///x-nmos/", b"http://user@127.0.0.1/x-nmos/", b"ftp://127.0.0.1/",
-                                    b"127.0.0.1:80"])
-@pytest_twisted.ensureDeferred
-async def test_a_target_that_is_neither_a_path_nor_an_http_url_is_a_400(served: Served, target: bytes) -> None:
-    answer = await refused(port_of(served), b"GET " + target + b" HTTP/1.1\r\n" + HOST + b"\r\n")
-    assert_nmos_error(answer, 400)
+    @cases("target", [b"http:///x-nmos/", b"http://user@127.0.0.1/x-nmos/", b"ftp://127.0.0.1/",
+                      b"127.0.0.1:80"])
+    async def test_a_target_that_is_neither_a_path_nor_an_http_url_is_a_400(self, served: Served,
+                                                                            target: bytes) -> None:
+        answer = await refused(port_of(served), b"GET " + target + b" HTTP/1.1\r\n" + HOST + b"\r\n")
+        assert_nmos_error(answer, 400)
 
-
-@pytest_twisted.ensureDeferred
-async def test_the_asterisk_form_is_for_options_only(served: Served) -> None:
-    port = port_of(served)
-    result = await exchange(port, b"OPTIONS * HTTP/1.1\r\n" + HOST + b"\r\n", count=1)
-    [answer] = result.answers
-    assert answer.status == 200 and answer.headers["content-type"] == "application/json"
-    assert answer.headers["access-control-allow-origin"] == "*"
-    assert_nmos_error(await refused(port, b"GET * HTTP/1.1\r\n" + HOST + b"\r\n"), 400)
+    async def test_the_asterisk_form_is_for_options_only(self, served: Served) -> None:
+        port = port_of(served)
+        result = await exchange(port, b"OPTIONS * HTTP/1.1\r\n" + HOST + b"\r\n", count=1)
+        [answer] = result.answers
+        assert answer.status == 200 and answer.headers["content-type"] == "application/json"
+        assert answer.headers["access-control-allow-origin"] == "*"
+        assert_nmos_error(await refused(port, b"GET * HTTP/1.1\r\n" + HOST + b"\r\n"), 400)
 
 
 # --- 8. declared bodies over the limit
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_declared_content_length_over_the_limit_is_refused_before_the_body(served: Served) -> None:
-    answer = await refused(port_of(served), post(REGISTER, JSON + b"Content-Length: 10737418240\r\n", b"{}"))
-    assert "larger than" in assert_nmos_error(answer, 413)["error"]
-    assert served.registry.count("node") == 0
+class BodyLimitTests(ServedTest):
+    """Bodies declared (or chunked) over MAX_BODY are refused before they are read."""
 
+    async def test_a_declared_content_length_over_the_limit_is_refused_before_the_body(self, served: Served) -> None:
+        answer = await refused(port_of(served), post(REGISTER, JSON + b"Content-Length: 10737418240\r\n", b"{}"))
+        assert "larger than" in assert_nmos_error(answer, 413)["error"]
+        assert served.registry.count("node") == 0
 
-@pytest_twisted.ensureDeferred
-async def test_an_expect_100_continue_over_the_limit_gets_413_and_no_100(served: Served) -> None:
-    data = post(REGISTER, JSON + b"Expect: 100-continue\r\nContent-Length: %d\r\n" % (MAX_BODY + 1))
-    answer = await refused(port_of(served), data)
-    assert_nmos_error(answer, 413)
+    async def test_an_expect_100_continue_over_the_limit_gets_413_and_no_100(self, served: Served) -> None:
+        data = post(REGISTER, JSON + b"Expect: 100-continue\r\nContent-Length: %d\r\n" % (MAX_BODY + 1))
+        answer = await refused(port_of(served), data)
+        assert_nmos_error(answer, 413)
 
+    @cases("chunks", [b"ffffffffffffffffffff\r\n{}", b"%x\r\n{}" % (MAX_BODY + 1),
+                      b"2\r\n{}\r\n%x\r\n{}" % (MAX_BODY - 1)])
+    async def test_chunk_sizes_adding_up_to_more_than_the_limit_are_refused_at_once(self, served: Served,
+                                                                                    chunks: bytes) -> None:
+        answer = await refused(port_of(served), post(REGISTER, JSON + b"Transfer-Encoding: chunked\r\n", chunks))
+        assert_nmos_error(answer, 413)
+        assert served.registry.count("node") == 0
 
-@pytest.mark.parametrize("chunks", [b"ffffffffffffffffffff\r\n{}", b"%x\r\n{}" % (MAX_BODY + 1),
-                                    b"2\r\n{}\r\n%x\r\n{}" % (MAX_BODY - 1)])
-@pytest_twisted.ensureDeferred
-async def test_chunk_sizes_adding_up_to_more_than_the_limit_are_refused_at_once(served: Served,
-                                                                                chunks: bytes) -> None:
-    answer = await refused(port_of(served), post(REGISTER, JSON + b"Transfer-Encoding: chunked\r\n", chunks))
-    assert_nmos_error(answer, 413)
-    assert served.registry.count("node") == 0
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_chunked_registration_within_the_limit_is_served(served: Served) -> None:
-    body = json.dumps({"type": "node", "data": node("v1.3")}).encode()
-    chunks = b"%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n" % (10, body[:10], len(body) - 10, body[10:])
-    result = await exchange(port_of(served), post(REGISTER, JSON + b"Transfer-Encoding: chunked\r\n", chunks),
-                            count=1)
-    assert result.answers[0].status == 201 and served.registry.count("node") == 1
+    async def test_a_chunked_registration_within_the_limit_is_served(self, served: Served) -> None:
+        body = json.dumps({"type": "node", "data": node("v1.3")}).encode()
+        chunks = b"%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n" % (10, body[:10], len(body) - 10, body[10:])
+        result = await exchange(port_of(served), post(REGISTER, JSON + b"Transfer-Encoding: chunked\r\n", chunks),
+                                count=1)
+        assert result.answers[0].status == 201 and served.registry.count("node") == 1
 
 
 # --- keep-alive and pipelining
@@ -430,37 +427,36 @@ def _get(path: bytes) -> bytes:
     return b"GET " + path + b" HTTP/1.1\r\n" + HOST + b"\r\n"
 
 
-@pytest_twisted.ensureDeferred
-async def test_keep_alive_serves_request_after_request_on_one_connection(served: Served) -> None:
-    body = json.dumps({"type": "node", "data": node("v1.3")}).encode()
-    requests = [_get(b"/x-nmos/"), post(REGISTER, JSON + b"Content-Length: %d\r\n" % len(body), body),
-                _get(b"/x-nmos/query/v1.3/nodes"), _get(b"//x-nmos//query/")]
-    result = await exchange(port_of(served), *requests, count=len(requests))
-    assert not result.closed  # the client closed it, once it had every answer
-    assert [answer.status for answer in result.answers] == [200, 201, 200, 200]
-    assert all("connection" not in answer.headers for answer in result.answers)
+class KeepAliveTests(ServedTest):
+    """Several requests on one connection, one after another or pipelined."""
 
+    async def test_keep_alive_serves_request_after_request_on_one_connection(self, served: Served) -> None:
+        body = json.dumps({"type": "node", "data": node("v1.3")}).encode()
+        requests = [_get(b"/x-nmos/"), post(REGISTER, JSON + b"Content-Length: %d\r\n" % len(body), body),
+                    _get(b"/x-nmos/query/v1.3/nodes"), _get(b"//x-nmos//query/")]
+        result = await exchange(port_of(served), *requests, count=len(requests))
+        assert not result.closed  # the client closed it, once it had every answer
+        assert [answer.status for answer in result.answers] == [200, 201, 200, 200]
+        assert all("connection" not in answer.headers for answer in result.answers)
 
-@pytest_twisted.ensureDeferred
-async def test_pipelined_requests_are_answered_in_order(served: Served) -> None:
-    body = json.dumps({"type": "node", "data": node("v1.3")}).encode()
-    paths = [b"/x-nmos/", b"/x-nmos/query/", b"/x-nmos/registration/", b"/"]
-    data = b"".join(map(_get, paths[:2])) + post(REGISTER, JSON + b"Content-Length: %d\r\n" % len(body), body) + \
-        b"".join(map(_get, paths[2:]))
-    result = await exchange(port_of(served), data, count=5)
-    assert [answer.status for answer in result.answers] == [200, 200, 201, 200, 200]
-    assert [answer.json() for answer in result.answers[:2]] == [["query/", "registration/"],
-                                                               ["v1.0/", "v1.1/", "v1.2/", "v1.3/"]]
-    assert [answer.json() for answer in result.answers[3:]] == [["v1.0/", "v1.1/", "v1.2/", "v1.3/"], ["x-nmos/"]]
+    async def test_pipelined_requests_are_answered_in_order(self, served: Served) -> None:
+        body = json.dumps({"type": "node", "data": node("v1.3")}).encode()
+        paths = [b"/x-nmos/", b"/x-nmos/query/", b"/x-nmos/registration/", b"/"]
+        data = b"".join(map(_get, paths[:2])) + post(REGISTER, JSON + b"Content-Length: %d\r\n" % len(body), body) + \
+            b"".join(map(_get, paths[2:]))
+        result = await exchange(port_of(served), data, count=5)
+        assert [answer.status for answer in result.answers] == [200, 200, 201, 200, 200]
+        assert [answer.json() for answer in result.answers[:2]] == [["query/", "registration/"],
+                                                                   ["v1.0/", "v1.1/", "v1.2/", "v1.3/"]]
+        assert [answer.json() for answer in result.answers[3:]] == [["v1.0/", "v1.1/", "v1.2/", "v1.3/"], ["x-nmos/"]]
 
-
-@pytest_twisted.ensureDeferred
-async def test_a_malformed_request_after_pipelined_good_ones_is_refused_after_their_answers(served: Served) -> None:
-    data = _get(b"/x-nmos/") + _get(b"/x-nmos/query/") + b"GET /x-nmos/ HTTP/2.0\r\n" + HOST + b"\r\n" + \
-        _get(b"/x-nmos/")
-    result = await exchange(port_of(served), data)
-    assert result.closed and [answer.status for answer in result.answers] == [200, 200, 505]
-    assert_nmos_error(result.answers[2], 505)
+    async def test_a_malformed_request_after_pipelined_good_ones_is_refused_after_their_answers(
+            self, served: Served) -> None:
+        data = _get(b"/x-nmos/") + _get(b"/x-nmos/query/") + b"GET /x-nmos/ HTTP/2.0\r\n" + HOST + b"\r\n" + \
+            _get(b"/x-nmos/")
+        result = await exchange(port_of(served), data)
+        assert result.closed and [answer.status for answer in result.answers] == [200, 200, 505]
+        assert_nmos_error(result.answers[2], 505)
 
 
 # --- the channel in memory
@@ -478,50 +474,50 @@ def _stop(channel: Any) -> None:
     channel.connectionLost(Failure(ConnectionError()))
 
 
-def test_the_site_builds_nmos_channels() -> None:
-    channel, _ = _channel()
-    try:
-        assert isinstance(channel._channel, NmosChannel)
-    finally:
-        _stop(channel)
+class ChannelInMemoryTests(UnitTest):
+    """NmosChannel over a StringTransport, and the error answer it writes."""
 
-
-@pytest.mark.parametrize("split", [1, 7, 100])
-def test_a_refusal_arrives_whole_and_closes_however_the_bytes_come(split: int) -> None:
-    channel, transport = _channel()
-    data = b"GET /x-nmos/ HTTP/1.1\r\nHost: a\r\nContent-Length: 1x\r\n\r\nGET /x-nmos/ HTTP/1.1\r\n\r\n"
-    try:
-        for start in range(0, len(data), split):
-            channel.dataReceived(data[start:start + split])
-            if transport.disconnecting:
-                break
-        assert transport.disconnecting
-        [answer], rest = parse(transport.value())
-        assert not rest
-        assert_nmos_error(answer, 400)
-    finally:
-        _stop(channel)
-
-
-def test_a_request_line_one_byte_over_the_line_limit_is_a_414_and_a_long_one_within_it_is_served() -> None:
-    # (the line and the header fields together have a limit of the same size: 100 bytes are left for Host)
-    for extra, status in ((-100, 404), (1, 414)):
-        channel, transport = _channel()
+    def test_the_site_builds_nmos_channels(self) -> None:
+        channel, _ = _channel()
         try:
-            line = b"GET /" + b"a" * (NmosChannel.MAX_LENGTH - len(b"GET / HTTP/1.1") + extra) + b" HTTP/1.1"
-            channel.dataReceived(line + b"\r\nHost: a\r\n\r\n")
-            [answer], _ = parse(transport.value())
-            assert_nmos_error(answer, status, closes=status != 404)
+            assert isinstance(channel._channel, NmosChannel)
         finally:
             _stop(channel)
 
+    @cases("split", [1, 7, 100])
+    def test_a_refusal_arrives_whole_and_closes_however_the_bytes_come(self, split: int) -> None:
+        channel, transport = _channel()
+        data = b"GET /x-nmos/ HTTP/1.1\r\nHost: a\r\nContent-Length: 1x\r\n\r\nGET /x-nmos/ HTTP/1.1\r\n\r\n"
+        try:
+            for start in range(0, len(data), split):
+                channel.dataReceived(data[start:start + split])
+                if transport.disconnecting:
+                    break
+            assert transport.disconnecting
+            [answer], rest = parse(transport.value())
+            assert not rest
+            assert_nmos_error(answer, 400)
+        finally:
+            _stop(channel)
 
-def test_the_error_answer_is_a_whole_http_message() -> None:
-    data = error_answer(NmosError(426, "Only WebSocket version 13", None, {"Sec-WebSocket-Version": "13"}))
-    [answer], rest = parse(data)
-    assert not rest and answer.reason == "Upgrade Required"
-    assert answer.headers["sec-websocket-version"] == "13"
-    assert answer.headers["access-control-allow-methods"]
-    assert_nmos_error(answer, 426)
-    [answer], _ = parse(error_answer(NmosError(431, "too many")))
-    assert answer.reason == "Request Header Fields Too Large"
+    def test_a_request_line_one_byte_over_the_line_limit_is_a_414_and_a_long_one_within_it_is_served(self) -> None:
+        # (the line and the header fields together have a limit of the same size: 100 bytes are left for Host)
+        for extra, status in ((-100, 404), (1, 414)):
+            channel, transport = _channel()
+            try:
+                line = b"GET /" + b"a" * (NmosChannel.MAX_LENGTH - len(b"GET / HTTP/1.1") + extra) + b" HTTP/1.1"
+                channel.dataReceived(line + b"\r\nHost: a\r\n\r\n")
+                [answer], _ = parse(transport.value())
+                assert_nmos_error(answer, status, closes=status != 404)
+            finally:
+                _stop(channel)
+
+    def test_the_error_answer_is_a_whole_http_message(self) -> None:
+        data = error_answer(NmosError(426, "Only WebSocket version 13", None, {"Sec-WebSocket-Version": "13"}))
+        [answer], rest = parse(data)
+        assert not rest and answer.reason == "Upgrade Required"
+        assert answer.headers["sec-websocket-version"] == "13"
+        assert answer.headers["access-control-allow-methods"]
+        assert_nmos_error(answer, 426)
+        [answer], _ = parse(error_answer(NmosError(431, "too many")))
+        assert answer.reason == "Request Header Fields Too Large"

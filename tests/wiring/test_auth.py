@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest_twisted
 import treq
 from attrs import evolve
 from twisted.internet import defer, reactor
@@ -26,6 +25,7 @@ from nmos_ref.discovery.fake import FakeDnsSd
 from nmos_ref.wiring.dnssd import DnsSd
 from nmos_ref.wiring.node import build_node
 from nmos_ref.wiring.tree import build_all
+from tests.support.cases import SocketTest, UnitTest
 from tests.support.official import assert_official
 
 LOOPBACK = "tcp:0:interface=127.0.0.1"
@@ -95,60 +95,65 @@ async def run_once(settings: Settings, server: FakeAuthServer, http: Any) -> dic
             await top.stopService()
 
 
-@pytest_twisted.ensureDeferred
-async def test_node_and_registry_with_authorization(tmp_path: Path) -> None:
-    pool = HTTPConnectionPool(reactor, persistent=False)
-    http = treq.client.HTTPClient(Agent(reactor, pool=pool))
-    server = FakeAuthServer(reactor, "http://127.0.0.1")
-    port = reactor.listenTCP(0, Site(server.app.resource()), interface="127.0.0.1")
-    server.base = f"http://127.0.0.1:{port.getHost().port}"
-    settings = Settings(listen=[LOOPBACK], node_listen=[LOOPBACK], dns_sd="off", auth=True,
-                        auth_issuers=[server.base], auth_fqdn="nmos-ref.local", auth_state_dir=str(tmp_path))
-    try:
-        first = await run_once(settings, server, http)
-        assert len(server.registration_requests) == 1
-        assert server.registration_requests[0]["token_endpoint_auth_method"] == "private_key_jwt"
-        assert server.refusals == []
-        # A restart (on the same port, so the same jwks_uri) keeps the key and the client registration: no second
-        # registration, the same client.
-        again = evolve(settings, node_listen=[f"tcp:{first['port']}:interface=127.0.0.1"])
-        second = await run_once(again, server, http)
-        assert second == first and len(server.registration_requests) == 1
-        assert server.refusals == []
-    finally:
-        await defer.maybeDeferred(port.stopListening)
-        await pool.closeCachedConnections()
-
-
 def auth_advert(host_port: str, pri: int = 0, proto: str = "http") -> Advert:
     address, port = host_port.rsplit(":", 1)
     return Advert(AUTH, f"auth {host_port}", int(port), (address,),
                   {"api_proto": proto, "api_ver": "v1.0", "pri": str(pri)})
 
 
-def test_authorization_servers_found_by_dns_sd_are_trusted_and_asked_for_tokens(tmp_path: Path) -> None:
-    """IS-10 "Discovery": `_nmos-auth._tcp` feeds the key cache (the registry's tokens) and the Node's OAuth
-    client (its own tokens), after the configured servers, in one browse for the process."""
-    clock = Clock()
-    clock.advance(NOW)
-    issuer = Issuer("http://192.0.2.50:5010")
-    mdns = FakeDnsSd()
-    dns_sd = DnsSd(multicast=mdns.endpoint("nmos-ref"), interfaces=["192.0.2.10"], host="nmos-ref")
-    settings = Settings(listen=[LOOPBACK], node_listen=[LOOPBACK], dns_sd="multicast", auth=True,
-                        auth_issuers=["http://192.0.2.60:5010"], auth_state_dir=str(tmp_path))
-    found = authorization(settings, reactor, clock, dns_sd, fetch_json=FakeFetch(issuer))
-    node = build_node(settings, reactor, clock, dns_sd=dns_sd, guard=found,
-                      local_registries=lambda: defer.succeed([]))
-    assert found.found is not None and found.found.changed == node.oauth.servers_changed
-    assert node.oauth.recovered == node.client.retry_now  # a token again: the registration client retries at once
-    found.services.startService()
-    try:
-        assert not found.server.keys.trusted(issuer.url)
-        mdns.endpoint("tool").advertise(auth_advert("192.0.2.50:5010"))
-        mdns.endpoint("tool").advertise(auth_advert("192.0.2.51:5010", pri=100))  # development: not used
-        assert found.server.keys.trusted(issuer.url)
-        assert not found.server.keys.trusted("http://192.0.2.51:5010")
-        assert [key.key_id for key in found.server.keys.keys(issuer.url)] == ["rsa-1", "ec-1"]
-        assert node.oauth.servers() == ["http://192.0.2.60:5010", "http://192.0.2.50:5010"]
-    finally:
-        found.services.stopService()
+class AuthorizationTests(SocketTest):
+    """The Node, the registry and an authorization server, each on a port of 127.0.0.1."""
+
+    async def test_node_and_registry_with_authorization(self, tmp_path: Path) -> None:
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        http = treq.client.HTTPClient(Agent(reactor, pool=pool))
+        server = FakeAuthServer(reactor, "http://127.0.0.1")
+        port = reactor.listenTCP(0, Site(server.app.resource()), interface="127.0.0.1")
+        server.base = f"http://127.0.0.1:{port.getHost().port}"
+        settings = Settings(listen=[LOOPBACK], node_listen=[LOOPBACK], dns_sd="off", auth=True,
+                            auth_issuers=[server.base], auth_fqdn="nmos-ref.local", auth_state_dir=str(tmp_path))
+        try:
+            first = await run_once(settings, server, http)
+            assert len(server.registration_requests) == 1
+            assert server.registration_requests[0]["token_endpoint_auth_method"] == "private_key_jwt"
+            assert server.refusals == []
+            # A restart (on the same port, so the same jwks_uri) keeps the key and the client registration: no second
+            # registration, the same client.
+            again = evolve(settings, node_listen=[f"tcp:{first['port']}:interface=127.0.0.1"])
+            second = await run_once(again, server, http)
+            assert second == first and len(server.registration_requests) == 1
+            assert server.refusals == []
+        finally:
+            await defer.maybeDeferred(port.stopListening)
+            await pool.closeCachedConnections()
+
+
+class AuthorizationDiscoveryTests(UnitTest):
+    """The wiring of IS-10 discovery, with fake DNS-SD and a Clock."""
+
+    def test_authorization_servers_found_by_dns_sd_are_trusted_and_asked_for_tokens(self, tmp_path: Path) -> None:
+        """IS-10 "Discovery": `_nmos-auth._tcp` feeds the key cache (the registry's tokens) and the Node's OAuth
+        client (its own tokens), after the configured servers, in one browse for the process."""
+        clock = Clock()
+        clock.advance(NOW)
+        issuer = Issuer("http://192.0.2.50:5010")
+        mdns = FakeDnsSd()
+        dns_sd = DnsSd(multicast=mdns.endpoint("nmos-ref"), interfaces=["192.0.2.10"], host="nmos-ref")
+        settings = Settings(listen=[LOOPBACK], node_listen=[LOOPBACK], dns_sd="multicast", auth=True,
+                            auth_issuers=["http://192.0.2.60:5010"], auth_state_dir=str(tmp_path))
+        found = authorization(settings, reactor, clock, dns_sd, fetch_json=FakeFetch(issuer))
+        node = build_node(settings, reactor, clock, dns_sd=dns_sd, guard=found,
+                          local_registries=lambda: defer.succeed([]))
+        assert found.found is not None and found.found.changed == node.oauth.servers_changed
+        assert node.oauth.recovered == node.client.retry_now  # a token again: the registration client retries at once
+        found.services.startService()
+        try:
+            assert not found.server.keys.trusted(issuer.url)
+            mdns.endpoint("tool").advertise(auth_advert("192.0.2.50:5010"))
+            mdns.endpoint("tool").advertise(auth_advert("192.0.2.51:5010", pri=100))  # development: not used
+            assert found.server.keys.trusted(issuer.url)
+            assert not found.server.keys.trusted("http://192.0.2.51:5010")
+            assert [key.key_id for key in found.server.keys.keys(issuer.url)] == ["rsa-1", "ec-1"]
+            assert node.oauth.servers() == ["http://192.0.2.60:5010", "http://192.0.2.50:5010"]
+        finally:
+            found.services.stopService()

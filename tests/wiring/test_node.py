@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_twisted
 import treq
 from twisted.internet import defer, protocol, reactor
 from twisted.python import usage
@@ -24,6 +23,7 @@ from nmos_ref.node.state import KEPT_AT
 from nmos_ref.service import Options
 from nmos_ref.wiring.registry import build_registry
 from nmos_ref.wiring.tree import build_all
+from tests.support.cases import SocketTest, UnitTest, cases
 from tests.support.official import assert_official
 from tests.support.samples import port_of
 
@@ -38,7 +38,7 @@ def parse(*argv: str) -> Options:
     return options
 
 
-class TestCommandLine:
+class TestCommandLine(UnitTest):
     def test_default_runs_the_registry_and_a_demo_node(self) -> None:
         options = parse()
         assert options["parts"] == ("registry", "node")
@@ -70,13 +70,14 @@ class TestCommandLine:
         assert settings.node_listen == ["tcp:0"] and settings.registries == ["http://r:1"]
         assert settings.heartbeat_interval == 1.0 and settings.registry_timeout == 0.5
 
-    @pytest.mark.parametrize("argv,message", [
+    @cases("argv,message", [
         (("node", "--registry", "ftp://r"), "not a Registration API URL"),
         (("node", "--heartbeat-interval", "soon"), "--heartbeat-interval"),
         (("node", "--heartbeat-interval", "0"), "heartbeat_interval must be"),
         (("--node-listen", "pigeon:1"), "--node-listen 'pigeon:1' is not a strports"),
         (("node", "--node-file", "/nonexistent/node.json"), "cannot read the Node description"),
-    ])
+    ], ids=["registry_not_http", "heartbeat_not_a_number", "heartbeat_zero", "node_listen_not_strports",
+            "node_file_missing"])
     def test_bad_flags(self, argv: tuple[str, ...], message: str) -> None:
         with pytest.raises(usage.UsageError, match=re.escape(message)):
             parse(*argv)
@@ -113,13 +114,6 @@ class TestCommandLine:
         node_help = str(Options().subCommands[1][2]())
         for word in ("--registry", "--node-file", "--seed", "--listen", "--heartbeat-interval"):
             assert word in node_help
-
-
-@pytest.fixture
-def http() -> Any:
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    yield treq.client.HTTPClient(Agent(reactor, pool=pool))
-    pytest_twisted.blockon(pool.closeCachedConnections())
 
 
 async def get(http: Any, url: str) -> tuple[int, Any, dict[str, str]]:
@@ -170,49 +164,6 @@ def changed(model: Any, kind: str, rid: str) -> defer.Deferred[None]:
     return done
 
 
-@pytest_twisted.ensureDeferred
-async def test_registry_and_demo_node_in_one_process(http: Any) -> None:
-    top = build_all(Settings(listen=[LOOPBACK], node_listen=[LOOPBACK], dns_sd="off"), reactor)
-    top.startService()
-    node = top.node
-    stopped = False
-    try:
-        await node.ready
-        await node.client.synced()
-        query_base = node.client.current.candidate.url  # the registry of this process, over loopback
-        assert query_base.startswith("http://127.0.0.1:")
-        node_base = node.model.endpoints[0].base.rstrip("/")
-        assert node_base.startswith("http://127.0.0.1:")
-        assert await same_in_node_and_query_api(http, node_base, query_base) == 4 * 9
-
-        # Subscribe the video receiver to the Node's own video sender through the Node API (its SDP is fetched
-        # from this Node over HTTP), then see the change registered.
-        receiver = next(r for r in node.model.all("receiver") if r["format"].endswith("video"))
-        sender = next(s for s in node.model.all("sender") if node.model.get("flow", s["flow_id"])["media_type"]
-                      == "video/raw")
-        connected = changed(node.model, "receiver", receiver["id"])
-        response = await http.put(f"{node_base}/x-nmos/node/v1.2/receivers/{receiver['id']}/target",
-                                  json=dict(node.model.view("sender", sender["id"], "v1.2").data))
-        assert response.code == 202 and (await response.json())["id"] == sender["id"]
-        await connected
-        await node.client.synced()
-        code, registered, _ = await get(http, f"{query_base}/x-nmos/query/v1.3/receivers/{receiver['id']}")
-        assert registered["subscription"] == {"sender_id": sender["id"], "active": True}
-        assert await same_in_node_and_query_api(http, node_base, query_base) == 4 * 9
-
-        response = await http.get(node.model.get("sender", sender["id"])["manifest_href"])
-        assert response.code == 200 and response.headers.getRawHeaders(b"content-type") == [b"application/sdp"]
-        await response.content()
-
-        await top.stopService()
-        stopped = True
-        # The Node unregistered (children first) before the registry stopped.
-        assert top.registry.count("node") == 0 and top.registry.count("receiver") == 0
-    finally:
-        if not stopped:
-            await top.stopService()
-
-
 class TwistdProcess(protocol.ProcessProtocol):
     """Runs twistd, firing `seen[pattern]` when a log line matches (the first group, or the match)."""
 
@@ -255,44 +206,93 @@ async def stop(process: TwistdProcess, transport: Any) -> None:
     assert b"Traceback" not in process.output, process.text()
 
 
-@pytest_twisted.ensureDeferred
-async def test_twistd_runs_the_registry_and_a_demo_node_registered_with_it(http: Any, tmp_path: Path) -> None:
-    process = TwistdProcess({
-        "node": r"Node API at (http://127\.0\.0\.1:\d+)/x-nmos/node/",
-        "registered": r"Registered the Node and its \d+ resources with (http://127\.0\.0\.1:\d+) at v1\.3",
-        "unregistered": r"Unregistered the Node",
-    })
-    transport = spawn(process, ["--listen", LOOPBACK, "--node-listen", LOOPBACK], tmp_path)
-    try:
-        node_base = await process.seen["node"]
-        query_base = await process.seen["registered"]
-        assert await same_in_node_and_query_api(http, node_base, query_base) == 4 * 9
-    finally:
-        await stop(process, transport)
-    assert process.seen["unregistered"].called
+class NodeServiceTests(SocketTest):
+    """The Node and the registry on loopback ports, in-process and as twistd processes, with one HTTP client per
+    test."""
 
+    def setUp(self) -> None:
+        pool = HTTPConnectionPool(reactor, persistent=True)
+        self.http = treq.client.HTTPClient(Agent(reactor, pool=pool))
+        self.addCleanup(pool.closeCachedConnections)
 
-@pytest_twisted.ensureDeferred
-async def test_twistd_node_registers_with_a_registry_and_unregisters_on_sigterm(http: Any, tmp_path: Path) -> None:
-    top = build_registry(Settings(listen=[LOOPBACK], dns_sd="off"), reactor, reactor)
-    top.startService()
-    try:
-        port = await port_of(top)
-        registry = f"http://127.0.0.1:{port}"
-        process = TwistdProcess({"node": r"Node API at (http://127\.0\.0\.1:\d+)/x-nmos/node/",
-                                 "registered": r"Registered the Node and its (\d+) resources"})
-        transport = spawn(process, ["node", "--listen", LOOPBACK, "--registry", registry, "--node-file", EXAMPLE,
-                                    "--seed", "twistd-test"], tmp_path)
+    async def test_registry_and_demo_node_in_one_process(self, http: Any) -> None:
+        top = build_all(Settings(listen=[LOOPBACK], node_listen=[LOOPBACK], dns_sd="off"), reactor)
+        top.startService()
+        node = top.node
+        stopped = False
+        try:
+            await node.ready
+            await node.client.synced()
+            query_base = node.client.current.candidate.url  # the registry of this process, over loopback
+            assert query_base.startswith("http://127.0.0.1:")
+            node_base = node.model.endpoints[0].base.rstrip("/")
+            assert node_base.startswith("http://127.0.0.1:")
+            assert await same_in_node_and_query_api(http, node_base, query_base) == 4 * 9
+
+            # Subscribe the video receiver to the Node's own video sender through the Node API (its SDP is fetched
+            # from this Node over HTTP), then see the change registered.
+            receiver = next(r for r in node.model.all("receiver") if r["format"].endswith("video"))
+            sender = next(s for s in node.model.all("sender") if node.model.get("flow", s["flow_id"])["media_type"]
+                          == "video/raw")
+            connected = changed(node.model, "receiver", receiver["id"])
+            response = await http.put(f"{node_base}/x-nmos/node/v1.2/receivers/{receiver['id']}/target",
+                                      json=dict(node.model.view("sender", sender["id"], "v1.2").data))
+            assert response.code == 202 and (await response.json())["id"] == sender["id"]
+            await connected
+            await node.client.synced()
+            code, registered, _ = await get(http, f"{query_base}/x-nmos/query/v1.3/receivers/{receiver['id']}")
+            assert registered["subscription"] == {"sender_id": sender["id"], "active": True}
+            assert await same_in_node_and_query_api(http, node_base, query_base) == 4 * 9
+
+            response = await http.get(node.model.get("sender", sender["id"])["manifest_href"])
+            assert response.code == 200 and response.headers.getRawHeaders(b"content-type") == [b"application/sdp"]
+            await response.content()
+
+            await top.stopService()
+            stopped = True
+            # The Node unregistered (children first) before the registry stopped.
+            assert top.registry.count("node") == 0 and top.registry.count("receiver") == 0
+        finally:
+            if not stopped:
+                await top.stopService()
+
+    async def test_twistd_runs_the_registry_and_a_demo_node_registered_with_it(self, http: Any, tmp_path: Path) -> None:
+        process = TwistdProcess({
+            "node": r"Node API at (http://127\.0\.0\.1:\d+)/x-nmos/node/",
+            "registered": r"Registered the Node and its \d+ resources with (http://127\.0\.0\.1:\d+) at v1\.3",
+            "unregistered": r"Unregistered the Node",
+        })
+        transport = spawn(process, ["--listen", LOOPBACK, "--node-listen", LOOPBACK], tmp_path)
         try:
             node_base = await process.seen["node"]
-            count = int(await process.seen["registered"])
-            assert top.registry.count("node") == 1
-            assert sum(top.registry.count(kind) for kind in ("device", "source", "flow", "sender", "receiver")) == count
-            code, node, _ = await get(http, f"{node_base}/x-nmos/node/v1.3/self")
-            code, registered, _ = await get(http, f"{registry}/x-nmos/query/v1.3/nodes/{node['id']}")
-            assert registered == node
+            query_base = await process.seen["registered"]
+            assert await same_in_node_and_query_api(http, node_base, query_base) == 4 * 9
         finally:
             await stop(process, transport)
-        assert top.registry.count("node") == 0  # the controlled shutdown deleted everything
-    finally:
-        await top.stopService()
+        assert process.seen["unregistered"].called
+
+    async def test_twistd_node_registers_with_a_registry_and_unregisters_on_sigterm(self, http: Any,
+                                                                                    tmp_path: Path) -> None:
+        top = build_registry(Settings(listen=[LOOPBACK], dns_sd="off"), reactor, reactor)
+        top.startService()
+        try:
+            port = await port_of(top)
+            registry = f"http://127.0.0.1:{port}"
+            process = TwistdProcess({"node": r"Node API at (http://127\.0\.0\.1:\d+)/x-nmos/node/",
+                                     "registered": r"Registered the Node and its (\d+) resources"})
+            transport = spawn(process, ["node", "--listen", LOOPBACK, "--registry", registry, "--node-file", EXAMPLE,
+                                        "--seed", "twistd-test"], tmp_path)
+            try:
+                node_base = await process.seen["node"]
+                count = int(await process.seen["registered"])
+                assert top.registry.count("node") == 1
+                assert sum(top.registry.count(kind)
+                           for kind in ("device", "source", "flow", "sender", "receiver")) == count
+                code, node, _ = await get(http, f"{node_base}/x-nmos/node/v1.3/self")
+                code, registered, _ = await get(http, f"{registry}/x-nmos/query/v1.3/nodes/{node['id']}")
+                assert registered == node
+            finally:
+                await stop(process, transport)
+            assert top.registry.count("node") == 0  # the controlled shutdown deleted everything
+        finally:
+            await top.stopService()

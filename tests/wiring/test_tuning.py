@@ -8,6 +8,7 @@ from typing import Any
 from twisted.internet.task import Clock
 
 from nmos_ref.wiring.tuning import FreezeAfterFullCollection
+from tests.support.cases import UnitTest
 
 
 class FakeCollector:
@@ -26,33 +27,35 @@ class FakeCollector:
         self.unfrozen += 1
 
 
-def test_freezes_once_per_full_collection() -> None:
-    clock, collector = Clock(), FakeCollector()
-    collector.full = 3  # collections before the service started are not its business
-    policy = FreezeAfterFullCollection(clock, period=1.0, collector=collector)
-    policy.startService()
-    clock.advance(1)
-    assert collector.frozen == 0
-    collector.full += 1
-    clock.advance(1)
-    assert collector.frozen == 1
-    clock.advance(5)
-    assert collector.frozen == 1
-    collector.full += 2
-    clock.advance(1)
-    assert collector.frozen == 2
-    policy.stopService()
-    assert collector.unfrozen == 1
+class FreezeAfterFullCollectionTests(UnitTest):
+    """The policy on a Clock, with a fake collector and with the real one."""
 
-
-def test_with_the_real_collector() -> None:
-    clock = Clock()
-    policy = FreezeAfterFullCollection(clock)
-    policy.startService()
-    try:
-        gc.collect()
+    def test_freezes_once_per_full_collection(self) -> None:
+        clock, collector = Clock(), FakeCollector()
+        collector.full = 3  # collections before the service started are not its business
+        policy = FreezeAfterFullCollection(clock, period=1.0, collector=collector)
+        policy.startService()
         clock.advance(1)
-        assert gc.get_freeze_count() > 0
-    finally:
+        assert collector.frozen == 0
+        collector.full += 1
+        clock.advance(1)
+        assert collector.frozen == 1
+        clock.advance(5)
+        assert collector.frozen == 1
+        collector.full += 2
+        clock.advance(1)
+        assert collector.frozen == 2
         policy.stopService()
-    assert gc.get_freeze_count() == 0
+        assert collector.unfrozen == 1
+
+    def test_with_the_real_collector(self) -> None:
+        clock = Clock()
+        policy = FreezeAfterFullCollection(clock)
+        policy.startService()
+        try:
+            gc.collect()
+            clock.advance(1)
+            assert gc.get_freeze_count() > 0
+        finally:
+            policy.stopService()
+        assert gc.get_freeze_count() == 0
