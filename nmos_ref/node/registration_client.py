@@ -25,6 +25,11 @@ older epoch are ignored and its requests cancelled, so a late reply from a regis
 what the client believes. `_held` is what the registry (cluster) holds for the Node: resource -> `version`. A
 "sync" compares it with what the Node shows at the registration version and sends the difference, so the first
 registration, re-registration after a 404, and every later change are the same code path.
+
+Why one module of ~600 lines: it is one state machine (choose -> heartbeat -> sync -> fail over -> back off) whose
+methods share the epoch, `_held` and the request wrapper; cutting it would spread one set of invariants over
+several files. What is pure and separable already lives apart: the registry ranking in `nmos_ref.node.registries`,
+the backoff in `nmos_ref.web.backoff`, the HTTP exchange in `nmos_ref.web.client`.
 """
 
 from __future__ import annotations
