@@ -81,15 +81,15 @@ class Heartbeat:
     """POST /x-nmos/registration/v1.3/health/nodes/<id> through the Site's resource tree, in process."""
 
     def __init__(self, guarded: bool, private: dict[str, Any], keys_cache: KeyCache, clock: Clock) -> None:
-        registry = Registry(clock)
+        registry = Registry()
         node_id = str(uuid.uuid4())
         node = {"id": node_id, "version": "1:0", "label": "bench", "description": "", "tags": {},
                 "href": "http://192.0.2.1/", "hostname": "bench", "caps": {}, "api": {
                     "versions": ["v1.3"], "endpoints": [{"host": "192.0.2.1", "port": 80, "protocol": "http",
                                                          "authorization": False}]},
                 "services": [], "clocks": [], "interfaces": []}
-        registry.register("node", node, "v1.3")
-        apis = {"registration": RegistrationAPI(registry, Schemas(), ["v1.3"]).app.resource()}
+        registry.register("node", node, "v1.3", now=clock.seconds())
+        apis = {"registration": RegistrationAPI(registry, Schemas(), ["v1.3"], clock).app.resource()}
         if guarded:
             apis = guard_apis(apis, ResourceServer(keys_cache, clock, [SERVER]))
         self.site = Site(root_resource(apis))

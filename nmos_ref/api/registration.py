@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from klein import Klein
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
@@ -32,8 +33,9 @@ class RegistrationAPI(VersionedAPI):
     api_name = "Registration API"
     base = ["resource/", "health/"]
 
-    def __init__(self, registry: Registry, schemas: Schemas, versions: list[str]) -> None:
+    def __init__(self, registry: Registry, schemas: Schemas, versions: list[str], clock: IReactorTime) -> None:
         self.registry = registry
+        self.clock = clock  # read once per request: the store is given the time as a value
         self.schemas = schemas
         self.versions = list(versions)
 
@@ -43,7 +45,7 @@ class RegistrationAPI(VersionedAPI):
         body = read_json(request)
         kind, data = self._registration(body)
         self.schemas.check(version, kind, data)
-        outcome = self.registry.register(kind, data, version, client_id=_client(request))
+        outcome = self.registry.register(kind, data, version, client_id=_client(request), now=self.clock.seconds())
         record = outcome.resource
         log.debug("{action} {kind} {id} at {version}", action="Registered" if outcome.created else "Updated",
                   kind=kind, id=record.id, version=version)
@@ -99,7 +101,7 @@ class RegistrationAPI(VersionedAPI):
     @app.route("/<version>/health/nodes/<rid>", methods=["POST"], strict_slashes=False)
     def heartbeat(self, request: IRequest, version: str, rid: str) -> bytes:
         self._version(version)
-        seen = self.registry.heartbeat(rid, version, client_id=_client(request))
+        seen = self.registry.heartbeat(rid, version, client_id=_client(request), now=self.clock.seconds())
         return json_response(request, 200, {"health": str(int(seen))})
 
     @app.route("/<version>/health/nodes/<rid>", methods=["GET"], strict_slashes=False)

@@ -14,12 +14,11 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from attrs import define, field, frozen
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from nmos_ref.model.errors import InvalidResource, NotOwner, UnknownResource, VersionConflict
 from nmos_ref.model.jsontext import BadJSON, compact, servable
-from nmos_ref.model.tai import TAIClock
+from nmos_ref.model.tai import TAIStamps
 from nmos_ref.model.versions import TYPES
 
 log = Logger()
@@ -193,9 +192,8 @@ def _version_of(kind: str, data: dict[str, Any]) -> tuple[int, int]:
 class Registry:
     """Every registered resource, the health of every Node, and the feed of their changes."""
 
-    def __init__(self, clock: IReactorTime, expiry: float = 12.0) -> None:
-        self.clock = clock
-        self.tai = TAIClock(clock)
+    def __init__(self, expiry: float = 12.0) -> None:
+        self.tai = TAIStamps()
         self.expiry = expiry
         self.feed = ChangeFeed()
         self._by_id: dict[str, Resource] = {}
@@ -230,9 +228,10 @@ class Registry:
 
     # Writing
 
-    def register(self, kind: str, data: dict[str, Any], api_version: str,
-                 client_id: str | None = None) -> RegisterOutcome:
-        """Create or update a resource. `data` must already be valid for `api_version` and is kept as it is."""
+    def register(self, kind: str, data: dict[str, Any], api_version: str, client_id: str | None = None, *,
+                 now: float) -> RegisterOutcome:
+        """Create or update a resource at Unix time `now`. `data` must already be valid for `api_version` and is
+        kept as it is."""
         rid = data["id"]
         if not isinstance(rid, str) or _UUID.fullmatch(rid) is None:
             raise InvalidResource(f"{kind} id must be a lower-case UUID, not {rid!r}")
@@ -255,26 +254,26 @@ class Registry:
         self._check_owner(node_id if existing is None else existing.node_id, client_id)
         if existing is None:
             owner = self._by_id[node_id].client_id if node_id != rid else client_id
-            changes = [self._create(kind, rid, data, api_version, parent_id, node_id, owner)]
+            changes = [self._create(kind, rid, data, api_version, parent_id, node_id, owner, now)]
         elif data == existing.data:
             # An identical re-POST changes nothing (nmos-cpp does the same); it still counts as a sign of life.
             if kind == "node":
-                self._touch(rid)
+                self._touch(rid, now)
             return RegisterOutcome(False, existing)
         else:
-            changes = [self._update(existing, data, parent_id)]
+            changes = [self._update(existing, data, parent_id, now)]
         if kind == "node":
-            self._touch(rid)
+            self._touch(rid, now)
         self.feed.publish(changes)
         post = changes[0].post
         assert post is not None
         return RegisterOutcome(existing is None, post)
 
     def _create(self, kind: str, rid: str, data: dict[str, Any], api_version: str, parent_id: str | None,
-                node_id: str, client_id: str | None) -> Change:
+                node_id: str, client_id: str | None, now: float) -> Change:
         _version_of(kind, data)
         text = _servable(kind, rid, data)
-        stamp = self.tai.stamp()
+        stamp = self.tai.stamp(now)
         record = Resource(kind, rid, data, api_version, stamp, stamp, parent_id, node_id, client_id, json=text)
         self._by_id[rid] = record
         self._by_kind[kind][rid] = record
@@ -284,7 +283,7 @@ class Registry:
             self._by_id[parent_id].children.add(rid)
         return Change(kind, rid, None, record, "register")
 
-    def _update(self, existing: Resource, data: dict[str, Any], parent_id: str | None) -> Change:
+    def _update(self, existing: Resource, data: dict[str, Any], parent_id: str | None, now: float) -> Change:
         kind, rid = existing.kind, existing.id
         if parent_id != existing.parent_id:
             raise InvalidResource(f"the parent of {kind} {rid} cannot change (registered with {existing.parent_id}, "
@@ -295,7 +294,7 @@ class Registry:
             raise InvalidResource(f"{kind} {rid} changed but its version {data.get('version')} is not later than "
                                   f"the registered {existing.data.get('version')}")
         text = _servable(kind, rid, data)
-        record = Resource(kind, rid, data, existing.api_version, existing.created, self.tai.stamp(), parent_id,
+        record = Resource(kind, rid, data, existing.api_version, existing.created, self.tai.stamp(now), parent_id,
                           existing.node_id, existing.client_id, existing.children, text)
         self._by_id[rid] = record
         self._by_kind[kind][rid] = record
@@ -346,11 +345,12 @@ class Registry:
 
     # Health and garbage collection
 
-    def heartbeat(self, node_id: str, api_version: str, client_id: str | None = None) -> float:
-        """Refresh a Node's health; the time it was seen. Never creates a Node (IS-04: 404 for an unknown one)."""
+    def heartbeat(self, node_id: str, api_version: str, client_id: str | None = None, *, now: float) -> float:
+        """Refresh a Node's health at Unix time `now`, which is returned. Never creates a Node (IS-04: 404 for an
+        unknown one)."""
         self._node(node_id, api_version)
         self._check_owner(node_id, client_id)
-        return self._touch(node_id)
+        return self._touch(node_id, now)
 
     def health(self, node_id: str, api_version: str) -> float:
         """When a Node was last seen, without refreshing it."""
@@ -366,15 +366,14 @@ class Registry:
                                   node.api_version)
         return node
 
-    def _touch(self, node_id: str) -> float:
-        now = self.clock.seconds()
+    def _touch(self, node_id: str, now: float) -> float:
         self._last_seen[node_id] = now
         self._deadlines.append((now + self.expiry, node_id))
         return now
 
-    def collect_garbage(self) -> list[Change]:
-        """Remove every Node not seen for `expiry` seconds, with all its resources; the changes made."""
-        now = self.clock.seconds()
+    def collect_garbage(self, now: float) -> list[Change]:
+        """Remove every Node not seen for `expiry` seconds before Unix time `now`, with all its resources; the changes
+        made."""
         deadlines = self._deadlines
         if deadlines and deadlines[-1][0] > now + self.expiry:
             # The wall clock went backwards: count every Node as seen now rather than keep it for ever.

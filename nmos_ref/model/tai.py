@@ -50,21 +50,35 @@ def parse_tai(text: str) -> int:
     return int(match.group(1)) * NS + int(match.group(2))
 
 
-class TAIClock:
-    """Hands out TAI stamps that never repeat and never go backwards, even if the wall clock does."""
+class TAIStamps:
+    """Hands out TAI stamps that never repeat and never go backwards, even if the wall clock does. Pure: the Unix
+    time is passed in (`now`), read once by whoever handles the request or the tick."""
 
-    def __init__(self, clock: IReactorTime) -> None:
-        self.clock = clock
+    def __init__(self) -> None:
         self._last = 0
 
-    def now(self) -> int:
-        """The current TAI time, without reserving it."""
-        return max(unix_to_tai_ns(self.clock.seconds()), self._last)
+    def now(self, now: float) -> int:
+        """The TAI time at Unix time `now`, without reserving it (never before a stamp already handed out)."""
+        return max(unix_to_tai_ns(now), self._last)
 
-    def stamp(self) -> int:
-        """A fresh stamp, strictly greater than every stamp handed out before."""
-        stamp = unix_to_tai_ns(self.clock.seconds())
+    def stamp(self, now: float) -> int:
+        """A fresh stamp for Unix time `now`, strictly greater than every stamp handed out before."""
+        stamp = unix_to_tai_ns(now)
         if stamp <= self._last:
             stamp = self._last + 1
         self._last = stamp
         return stamp
+
+
+class TAIClock:
+    """`TAIStamps` read from a clock, for the Node, whose versions are stamped when its state changes."""
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self.clock = clock
+        self.stamps = TAIStamps()
+
+    def now(self) -> int:
+        return self.stamps.now(self.clock.seconds())
+
+    def stamp(self) -> int:
+        return self.stamps.stamp(self.clock.seconds())

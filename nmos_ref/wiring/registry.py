@@ -61,7 +61,7 @@ class ExpirySweep(TimerService):
 
     def _sweep(self) -> None:
         try:
-            self.registry.collect_garbage()
+            self.registry.collect_garbage(self.clock.seconds())  # the time read once per tick
         except Exception:
             log.failure("Garbage collection failed; trying again in {period} s", period=self.step)
 
@@ -92,11 +92,11 @@ def build_registry(settings: Settings, reactor: Any, clock: IReactorTime, dns_sd
         dns_sd = build_dns_sd(settings, reactor, clock, settings.listen, browse=settings.auth)
         if dns_sd.multicast is not None:
             services.append(dns_sd.multicast)
-    registry = Registry(clock, expiry=settings.registration_expiry_interval)
+    registry = Registry(expiry=settings.registration_expiry_interval)
     translations = Translations()  # the served forms, shared by the Query API and its subscriptions
     registry.feed.subscribe(translations.changed)
     subscriptions = subscription_service(registry, translations, clock, reactor)
-    registration = RegistrationAPI(registry, Schemas(), settings.api_versions)
+    registration = RegistrationAPI(registry, Schemas(), settings.api_versions, clock)
     query = QueryAPI(registry, settings.api_versions, host_name=settings.host_name, authorization=settings.auth,
                      translations=translations, subscriptions=subscriptions.manager,
                      websockets=subscriptions.resource)

@@ -259,7 +259,8 @@ class SubscriptionManager:
             self._arm(found)
             return found, False
         sid = str(uuid.uuid4())
-        subscription = Subscription(sid, wanted, view, ws_href(wanted, sid), self.registry.tai.stamp())
+        subscription = Subscription(sid, wanted, view, ws_href(wanted, sid),
+                                    self.registry.tai.stamp(self.clock.seconds()))
         try:
             subscription.json = servable(subscription.as_dict())  # never keep one that /subscriptions cannot list
         except BadJSON as exc:
@@ -331,10 +332,10 @@ class SubscriptionManager:
         snapshot = list(registry.resources(view.kind))
         initial = (self._sync_event(view, record, registry.find(record.id) is record) for record in snapshot)
         topic = subscription.wanted.resource_path
-        tai, source_id = registry.tai, self.source_id
+        tai, source_id, clock = registry.tai, self.source_id, self.clock
 
         def make_grain(events: list[str]) -> bytes:
-            return grain_json(source_id, sid, topic, format_tai(tai.now()), events).encode("utf-8")
+            return grain_json(source_id, sid, topic, format_tai(tai.now(clock.seconds())), events).encode("utf-8")
 
         connection = Connection(sid, socket, self.clock, self.scheduler, subscription.wanted.max_update_rate_ms / 1000,
                                 make_grain, initial, self.limits)

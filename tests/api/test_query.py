@@ -27,7 +27,8 @@ class WorldTest(UnitTest):
 
     def setUp(self) -> None:
         harness = QueryHarness()
-        families = {version: Family.build(version).register(harness.registry) for version in VERSIONS}
+        families = {version: Family.build(version).register(harness.registry,
+                                                            now=harness.clock.seconds()) for version in VERSIONS}
         self.world: tuple[QueryHarness, dict[str, Family]] = (harness, families)
 
 
@@ -207,7 +208,7 @@ class TestDowngradeQueries(WorldTest):
 class TestBasicQueries(WorldTest):
     def test_basic_query_examples(self) -> None:
         harness = QueryHarness()
-        family = Family.build("v1.3").register(harness.registry)
+        family = Family.build("v1.3").register(harness.registry, now=harness.clock.seconds())
         unicast = harness.register("sender", sender(family.device["id"], None, "v1.3",
                                                     transport="urn:x-nmos:transport:rtp"), "v1.3")
         video = harness.register("source", source(family.device["id"], "v1.3"), "v1.3")
@@ -268,7 +269,7 @@ class TestBasicQueries(WorldTest):
 
     def test_indexed_queries_do_not_scan(self) -> None:
         harness = QueryHarness()
-        family = Family.build("v1.3").register(harness.registry)
+        family = Family.build("v1.3").register(harness.registry, now=harness.clock.seconds())
         for i in range(200):
             harness.register("sender", sender(family.device["id"], None, "v1.3", label=f"s{i}"), "v1.3")
         calls: list[Any] = []
@@ -295,7 +296,7 @@ class TestBasicQueries(WorldTest):
 class TestRqlQueries(WorldTest):
     def test_rql_examples(self) -> None:
         harness = QueryHarness()
-        family = Family.build("v1.1").register(harness.registry)
+        family = Family.build("v1.1").register(harness.registry, now=harness.clock.seconds())
         mcast = family.sender
         rtp = harness.register("sender", sender(family.device["id"], None, "v1.1",
                                                 transport="urn:x-nmos:transport:rtp"), "v1.1")
@@ -356,7 +357,7 @@ class TestRqlQueries(WorldTest):
 class TestAncestryQueries(UnitTest):
     def test_ancestry(self) -> None:
         harness = QueryHarness()
-        family = Family.build("v1.3").register(harness.registry)
+        family = Family.build("v1.3").register(harness.registry, now=harness.clock.seconds())
         device_id = family.device["id"]
         root = family.source
         child = harness.register("source", source(device_id, "v1.3", parents=[root["id"]]), "v1.3")
@@ -435,7 +436,7 @@ class TestBadQueryInput(UnitTest):
 
 FUZZ_HARNESS = QueryHarness()  # one registry for every generated request (a fixture would be rebuilt per example)
 for _version in VERSIONS:
-    Family.build(_version).register(FUZZ_HARNESS.registry)
+    Family.build(_version).register(FUZZ_HARNESS.registry, now=FUZZ_HARNESS.clock.seconds())
 
 
 class TestFuzzedQueryStrings(UnitTest):
@@ -469,7 +470,7 @@ class TestRegisteredTagNames(UnitTest):
     @cases("version", ["v1.1", "v1.2", "v1.3"])
     def test_registered_tag_names_with_dots(self, version: str) -> None:
         harness = QueryHarness()
-        family = Family.build(version).register(harness.registry)
+        family = Family.build(version).register(harness.registry, now=harness.clock.seconds())
         tagged = harness.register("sender", sender(family.device["id"], None, version,
                                                    tags={GROUPHINT: ["SDI 1:Video", "Tally:Audio"]}), version)
         other = harness.register("sender", sender(family.device["id"], None, version,

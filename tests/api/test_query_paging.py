@@ -231,7 +231,7 @@ class TestPagingChecks(SampleTest):
 
     def test_limits_default_and_maximum(self) -> None:
         harness = QueryHarness()
-        family = Family.build("v1.3").register(harness.registry)
+        family = Family.build("v1.3").register(harness.registry, now=harness.clock.seconds())
         for _ in range(1100):
             harness.register("receiver", {**family.receiver, "id": node()["id"]}, "v1.3")
         assert len(harness.get("/v1.3/receivers").body) == 100
@@ -286,7 +286,8 @@ class TestFollowingLinks(UnitTest):
 
     def test_paging_with_downgrade_and_versions(self) -> None:
         harness = QueryHarness()
-        families: dict[str, Any] = {v: Family.build(v).register(harness.registry) for v in ("v1.1", "v1.2", "v1.3")}
+        families: dict[str, Any] = {v: Family.build(v).register(harness.registry, now=harness.clock.seconds())
+                                    for v in ("v1.1", "v1.2", "v1.3")}
         answer = harness.get("/v1.2/senders?paging.limit=1")
         assert [item["id"] for item in answer.body] == [families["v1.3"].sender["id"]]
         answer = follow(harness, answer.links()["prev"])

@@ -1,7 +1,8 @@
 """Subscriptions end to end: the real service on 127.0.0.1:0, resources registered over HTTP, Autobahn clients on
 the ws_href each POST returned. Every grain is checked against the official WebSocket schema
-(tests.support.websockets.Client) and every Query API answer against the official schemas. Where timers matter (rate limit, expiry, garbage
-collection) the service runs on a Clock; the sockets always run on the real reactor. Nothing sleeps.
+(tests.support.websockets.Client) and every Query API answer against the official schemas. Where timers matter (rate
+limit, expiry, garbage collection) the service runs on a Clock; the sockets always run on the real reactor. Nothing
+sleeps.
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ class SubscriptionsOnTheReactorTests(SocketTest):
                 assert sent < 2000, "the slow client was never dropped"
                 batch = [node(description="x" * 2000) for _ in range(10)]
                 for data in batch:
-                    served.registry.register("node", data, "v1.3")
+                    served.registry.register("node", data, "v1.3", now=served.clock.seconds())
                 sent += len(batch)
                 # the other socket gets everything, at once
                 assert [e["post"] for e in await healthy.events(len(batch))] == batch
@@ -155,7 +156,7 @@ class SubscriptionsOnTheReactorTests(SocketTest):
         served.manager.limits = SubscriptionLimits(sync_slice=16, grain_events=50)
         registered = [node() for _ in range(120)]
         for data in registered:
-            served.registry.register("node", data, "v1.3")
+            served.registry.register("node", data, "v1.3", now=served.clock.seconds())
         client = await served.connect(await served.subscribe(max_update_rate_ms=0))
         events = await client.events(len(registered))
         assert [e["post"] for e in events] == registered and {kind_of(e) for e in events} == {"sync"}

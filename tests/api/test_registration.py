@@ -59,8 +59,8 @@ class RegistrationTest(UnitTest):
     def setUp(self) -> None:
         clock = Clock()
         clock.advance(1_760_000_000)
-        registry = Registry(clock)
-        root = root_resource({"registration": RegistrationAPI(registry, SCHEMAS, list(VERSIONS)).app.resource()})
+        registry = Registry()
+        root = root_resource({"registration": RegistrationAPI(registry, SCHEMAS, list(VERSIONS), clock).app.resource()})
         self.api = Harness(clock, registry, StubTreq(root))
 
 
@@ -185,7 +185,7 @@ class TestHealth(RegistrationTest):
         assert_official(version, "registrationapi-health-response", answer.body)
         assert api.call("GET", f"/{version}/health/nodes/{node_id}/").body == answer.body
         api.clock.advance(12)
-        api.registry.collect_garbage()
+        api.registry.collect_garbage(api.clock.seconds())
         assert api.call("POST", f"/{version}/health/nodes/{node_id}").code == 404
         assert api.call("GET", f"/{version}/resource/devices/{members[1][1]['id']}").code == 404
 

@@ -25,7 +25,7 @@ class StoreTest(UnitTest):
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(START)
-        self.registry = Registry(self.clock)
+        self.registry = Registry()
         self.changes: list[Change] = []
         self.registry.feed.subscribe(self.changes.extend)
 
@@ -39,7 +39,7 @@ def res(version: str = "100:0", **keys: Any) -> dict[str, Any]:
     return {"id": keys.pop("id", new_id()), "version": version, "label": keys.pop("label", "x"), **keys}
 
 
-def family(registry: Registry, version: str = "v1.3") -> dict[str, dict[str, Any]]:
+def family(registry: Registry, version: str = "v1.3", *, now: float) -> dict[str, dict[str, Any]]:
     """A Node with one of everything below it."""
     node = res()
     device = res(node_id=node["id"])
@@ -49,7 +49,7 @@ def family(registry: Registry, version: str = "v1.3") -> dict[str, dict[str, Any
     receiver = res(device_id=device["id"])
     items = {"node": node, "device": device, "source": source, "flow": flow, "sender": sender, "receiver": receiver}
     for kind, data in items.items():
-        assert registry.register(kind, data, version).created
+        assert registry.register(kind, data, version, now=now).created
     return items
 
 
@@ -61,7 +61,7 @@ def snapshot(registry: Registry) -> dict[str, Any]:
 class TestRegister(StoreTest):
     def test_create_keeps_data_exactly_and_stamps_it(self, registry: Registry, changes: list[Change]) -> None:
         data = res(label="Studio 1 ünïcode", tags={"a": ["b"]})
-        outcome = registry.register("node", data, "v1.3")
+        outcome = registry.register("node", data, "v1.3", now=self.clock.seconds())
         assert outcome.created
         record = registry.get("node", data["id"])
         assert record is outcome.resource and record.data is data
@@ -72,98 +72,102 @@ class TestRegister(StoreTest):
 
     def test_identical_repost_is_a_no_op(self, registry: Registry, changes: list[Change], clock: Clock) -> None:
         data = res()
-        first = registry.register("node", data, "v1.3").resource
+        first = registry.register("node", data, "v1.3", now=clock.seconds()).resource
         clock.advance(1)
-        again = registry.register("node", dict(data), "v1.3")
+        again = registry.register("node", dict(data), "v1.3", now=clock.seconds())
         assert not again.created and again.resource is first
         assert len(changes) == 1
 
     def test_update_needs_a_later_version(self, registry: Registry, changes: list[Change], clock: Clock) -> None:
         data = res(version="100:5")
-        first = registry.register("node", data, "v1.3").resource
+        first = registry.register("node", data, "v1.3", now=clock.seconds()).resource
         clock.advance(1)
         for version in ("100:5", "100:4", "99:999999999"):
             with pytest.raises(InvalidResource, match="not later"):
-                registry.register("node", {**data, "label": "changed", "version": version}, "v1.3")
+                registry.register("node", {**data, "label": "changed", "version": version}, "v1.3", now=clock.seconds())
         assert registry.get("node", data["id"]) is first
-        updated = registry.register("node", {**data, "label": "changed", "version": "100:6"}, "v1.3")
+        updated = registry.register("node", {**data, "label": "changed", "version": "100:6"}, "v1.3",
+                                    now=clock.seconds())
         assert not updated.created
         assert updated.resource.created == first.created and updated.resource.updated > first.updated
         assert changes[-1].pre is first and changes[-1].post is updated.resource
 
     def test_versions_compare_as_numbers(self, registry: Registry) -> None:
         data = res(version="9:999999999")
-        registry.register("node", data, "v1.3")
-        assert not registry.register("node", {**data, "version": "10:0", "label": "y"}, "v1.3").created
+        registry.register("node", data, "v1.3", now=self.clock.seconds())
+        assert not registry.register("node", {**data, "version": "10:0", "label": "y"}, "v1.3",
+                                     now=self.clock.seconds()).created
 
     def test_ids_are_exact_uuids(self, registry: Registry) -> None:
         good = new_id()
         for bad in (good + "\n", good.upper(), "not-a-uuid", 42):
             with pytest.raises(InvalidResource, match="UUID"):
-                registry.register("node", res(id=bad), "v1.3")
+                registry.register("node", res(id=bad), "v1.3", now=self.clock.seconds())
         assert registry.count("node") == 0
 
     def test_a_bad_version_is_refused(self, registry: Registry) -> None:
         with pytest.raises(InvalidResource, match="TAI"):
-            registry.register("node", res(version="1.5"), "v1.3")
+            registry.register("node", res(version="1.5"), "v1.3", now=self.clock.seconds())
         assert registry.count("node") == 0
 
     @cases("kind,link", [("device", "node_id"), ("source", "device_id"), ("sender", "device_id"),
                           ("receiver", "device_id"), ("flow", "device_id")])
     def test_parent_must_exist(self, registry: Registry, kind: str, link: str) -> None:
         with pytest.raises(InvalidResource, match="not registered"):
-            registry.register(kind, res(**{link: new_id()}), "v1.3")
+            registry.register(kind, res(**{link: new_id()}), "v1.3", now=self.clock.seconds())
         assert registry.count(kind) == 0
 
     def test_parent_must_be_of_the_right_type(self, registry: Registry) -> None:
-        items = family(registry)
+        items = family(registry, now=self.clock.seconds())
         with pytest.raises(InvalidResource):
-            registry.register("device", res(node_id=items["device"]["id"]), "v1.3")
+            registry.register("device", res(node_id=items["device"]["id"]), "v1.3", now=self.clock.seconds())
         with pytest.raises(InvalidResource):
-            registry.register("sender", res(device_id=items["node"]["id"]), "v1.3")
+            registry.register("sender", res(device_id=items["node"]["id"]), "v1.3", now=self.clock.seconds())
 
     def test_v1_0_flow_hangs_off_its_source(self, registry: Registry) -> None:
-        items = family(registry, "v1.0")
+        items = family(registry, "v1.0", now=self.clock.seconds())
         flow = res(source_id=items["source"]["id"])
-        assert registry.register("flow", flow, "v1.0").resource.parent_id == items["source"]["id"]
+        assert registry.register("flow", flow, "v1.0",
+                                 now=self.clock.seconds()).resource.parent_id == items["source"]["id"]
         with pytest.raises(InvalidResource):
-            registry.register("flow", res(source_id=new_id()), "v1.0")
+            registry.register("flow", res(source_id=new_id()), "v1.0", now=self.clock.seconds())
         registry.delete("source", items["source"]["id"], "v1.0")
         assert registry.get("flow", flow["id"]) is None
 
     def test_sender_flow_is_not_a_link(self, registry: Registry) -> None:
-        items = family(registry)
+        items = family(registry, now=self.clock.seconds())
         sender = res(device_id=items["device"]["id"], flow_id=new_id())
-        assert registry.register("sender", sender, "v1.3").created
+        assert registry.register("sender", sender, "v1.3", now=self.clock.seconds()).created
 
     def test_an_id_belongs_to_one_type(self, registry: Registry) -> None:
-        items = family(registry)
+        items = family(registry, now=self.clock.seconds())
         with pytest.raises(InvalidResource, match="already registered as a device"):
-            registry.register("source", res(id=items["device"]["id"], device_id=items["device"]["id"]), "v1.3")
+            registry.register("source", res(id=items["device"]["id"], device_id=items["device"]["id"]), "v1.3",
+                              now=self.clock.seconds())
 
     def test_parent_never_changes(self, registry: Registry) -> None:
-        items = family(registry)
+        items = family(registry, now=self.clock.seconds())
         other = res(node_id=items["node"]["id"])
-        registry.register("device", other, "v1.3")
+        registry.register("device", other, "v1.3", now=self.clock.seconds())
         moved = {**items["source"], "device_id": other["id"], "version": "200:0"}
         with pytest.raises(InvalidResource, match="cannot change"):
-            registry.register("source", moved, "v1.3")
+            registry.register("source", moved, "v1.3", now=self.clock.seconds())
         assert registry.get("source", moved["id"]).data["device_id"] == items["device"]["id"]
 
     def test_another_api_version_conflicts(self, registry: Registry) -> None:
-        items = family(registry, "v1.2")
+        items = family(registry, "v1.2", now=self.clock.seconds())
         with pytest.raises(VersionConflict) as caught:
-            registry.register("node", {**items["node"], "version": "200:0"}, "v1.3")
+            registry.register("node", {**items["node"], "version": "200:0"}, "v1.3", now=self.clock.seconds())
         assert (caught.value.kind, caught.value.rid, caught.value.held_version) == ("node", items["node"]["id"],
                                                                                     "v1.2")
         with pytest.raises(VersionConflict):
             registry.delete("device", items["device"]["id"], "v1.3")
         with pytest.raises(VersionConflict):
-            registry.heartbeat(items["node"]["id"], "v1.3")
+            registry.heartbeat(items["node"]["id"], "v1.3", now=self.clock.seconds())
         assert registry.get("device", items["device"]["id"]) is not None
 
     def test_rejections_leave_the_store_unchanged(self, registry: Registry, changes: list[Change]) -> None:
-        items = family(registry)
+        items = family(registry, now=self.clock.seconds())
         before, published = snapshot(registry), len(changes)
         for kind, data, version in [
             ("device", res(node_id=new_id()), "v1.3"),
@@ -173,13 +177,13 @@ class TestRegister(StoreTest):
             ("flow", {**items["flow"], "device_id": new_id(), "version": "900:0"}, "v1.3"),
         ]:
             with pytest.raises((InvalidResource, VersionConflict)):
-                registry.register(kind, data, version)
+                registry.register(kind, data, version, now=self.clock.seconds())
         assert snapshot(registry) == before and len(changes) == published
 
 
 class TestDelete(StoreTest):
     def test_cascades_leaves_first(self, registry: Registry, changes: list[Change]) -> None:
-        items = family(registry)
+        items = family(registry, now=self.clock.seconds())
         del changes[:]
         removed = registry.delete("node", items["node"]["id"], "v1.3")
         assert removed == changes
@@ -193,23 +197,23 @@ class TestDelete(StoreTest):
         assert registry.last_seen(items["node"]["id"]) is None
 
     def test_deleting_a_device_keeps_its_node(self, registry: Registry) -> None:
-        items = family(registry)
+        items = family(registry, now=self.clock.seconds())
         registry.delete("device", items["device"]["id"], "v1.3")
         assert registry.get("node", items["node"]["id"]) is not None
         assert all(registry.find(items[k]["id"]) is None for k in ("device", "source", "flow", "sender", "receiver"))
         assert not registry.get("node", items["node"]["id"]).children
 
     def test_children_deleted_in_the_wrong_order(self, registry: Registry) -> None:
-        items = family(registry)
+        items = family(registry, now=self.clock.seconds())
         registry.delete("node", items["node"]["id"], "v1.3")
         with pytest.raises(UnknownResource):
             registry.delete("device", items["device"]["id"], "v1.3")
         # Re-registering the tree from scratch works: nothing stale was left behind.
-        assert registry.register("node", items["node"], "v1.3").created
-        assert registry.register("device", items["device"], "v1.3").created
+        assert registry.register("node", items["node"], "v1.3", now=self.clock.seconds()).created
+        assert registry.register("device", items["device"], "v1.3", now=self.clock.seconds()).created
 
     def test_unknown_or_wrong_type(self, registry: Registry) -> None:
-        items = family(registry)
+        items = family(registry, now=self.clock.seconds())
         with pytest.raises(UnknownResource):
             registry.delete("node", new_id(), "v1.3")
         with pytest.raises(UnknownResource):
@@ -218,20 +222,20 @@ class TestDelete(StoreTest):
 
 class TestHealth(StoreTest):
     def test_heartbeat_refreshes_and_never_creates(self, registry: Registry, clock: Clock) -> None:
-        items = family(registry)
+        items = family(registry, now=self.clock.seconds())
         clock.advance(3.5)
-        assert registry.heartbeat(items["node"]["id"], "v1.3") == START + 3.5
+        assert registry.heartbeat(items["node"]["id"], "v1.3", now=clock.seconds()) == START + 3.5
         assert registry.health(items["node"]["id"], "v1.3") == START + 3.5
         with pytest.raises(UnknownResource):
-            registry.heartbeat(new_id(), "v1.3")
+            registry.heartbeat(new_id(), "v1.3", now=clock.seconds())
         with pytest.raises(UnknownResource):
-            registry.heartbeat(items["device"]["id"], "v1.3")
+            registry.heartbeat(items["device"]["id"], "v1.3", now=clock.seconds())
         assert registry.count("node") == 1
 
     def test_node_repost_counts_as_a_heartbeat(self, registry: Registry, clock: Clock) -> None:
-        items = family(registry)
+        items = family(registry, now=self.clock.seconds())
         clock.advance(10)
-        registry.register("node", items["node"], "v1.3")
+        registry.register("node", items["node"], "v1.3", now=clock.seconds())
         assert registry.last_seen(items["node"]["id"]) == START + 10
 
 
@@ -244,7 +248,7 @@ def run_collector(registry: Registry, clock: Clock) -> ExpirySweep:
 class TestGarbageCollection(StoreTest):
     def test_expires_between_12_and_13_seconds(self, registry: Registry, clock: Clock,
                                                changes: list[Change]) -> None:
-        items = family(registry)
+        items = family(registry, now=self.clock.seconds())
         collector = run_collector(registry, clock)
         del changes[:]
         for _ in range(119):
@@ -259,43 +263,43 @@ class TestGarbageCollection(StoreTest):
 
     def test_never_sooner_than_the_expiry(self, registry: Registry, clock: Clock) -> None:
         node = res()
-        registry.register("node", node, "v1.3")
+        registry.register("node", node, "v1.3", now=clock.seconds())
         clock.advance(11.999)
-        assert registry.collect_garbage() == []
+        assert registry.collect_garbage(clock.seconds()) == []
         clock.advance(0.001)
-        assert [c.id for c in registry.collect_garbage()] == [node["id"]]
+        assert [c.id for c in registry.collect_garbage(clock.seconds())] == [node["id"]]
 
     def test_heartbeats_keep_nodes_alive(self, registry: Registry, clock: Clock) -> None:
-        alive, silent = family(registry), family(registry)
+        alive, silent = family(registry, now=self.clock.seconds()), family(registry, now=self.clock.seconds())
         collector = run_collector(registry, clock)
         for second in range(1, 61):
             clock.advance(1)
             if second % 5 == 0:
-                registry.heartbeat(alive["node"]["id"], "v1.3")
+                registry.heartbeat(alive["node"]["id"], "v1.3", now=clock.seconds())
         assert all(registry.find(d["id"]) is not None for d in alive.values())
         assert all(registry.find(d["id"]) is None for d in silent.values())
         collector.stopService()
 
     def test_queue_stays_small_and_deleted_nodes_are_skipped(self, registry: Registry, clock: Clock) -> None:
-        items = family(registry)
+        items = family(registry, now=self.clock.seconds())
         registry.delete("node", items["node"]["id"], "v1.3")
         clock.advance(13)
-        assert registry.collect_garbage() == []
+        assert registry.collect_garbage(clock.seconds()) == []
 
     def test_clock_going_backwards_does_not_keep_nodes_for_ever(self, registry: Registry, clock: Clock) -> None:
         node = res()
-        registry.register("node", node, "v1.3")
+        registry.register("node", node, "v1.3", now=clock.seconds())
         clock.rightNow = START - 3600  # the wall clock is set back an hour
-        assert registry.collect_garbage() == []
+        assert registry.collect_garbage(clock.seconds()) == []
         clock.advance(11.9)
-        assert registry.collect_garbage() == []
+        assert registry.collect_garbage(clock.seconds()) == []
         clock.advance(0.2)
-        assert [c.id for c in registry.collect_garbage()] == [node["id"]]
+        assert [c.id for c in registry.collect_garbage(clock.seconds())] == [node["id"]]
 
     def test_a_failing_sweep_is_logged_and_retried(self, registry: Registry, clock: Clock) -> None:
         calls = []
 
-        def broken() -> list[Change]:
+        def broken(now: float) -> list[Change]:
             calls.append(1)
             raise RuntimeError("boom")
 
@@ -331,8 +335,9 @@ class TestStamps(StoreTest):
         assert stamps == sorted(set(stamps)) and len(stamps) == 5
 
     def test_every_change_gets_a_unique_increasing_stamp(self, registry: Registry) -> None:
-        items = family(registry)
-        updated = registry.register("node", {**items["node"], "version": "200:0"}, "v1.3").resource
+        items = family(registry, now=self.clock.seconds())
+        updated = registry.register("node", {**items["node"], "version": "200:0"}, "v1.3",
+                                    now=self.clock.seconds()).resource
         stamps = [registry.find(d["id"]).updated for d in items.values() if d is not items["node"]]
         assert len(set(stamps + [updated.updated])) == 6 and updated.updated > max(stamps)
 
@@ -347,7 +352,7 @@ class TestChangeFeed(StoreTest):
         registry.feed.subscribe(broken)
         registry.feed.subscribe(seen.extend)
         node = res()
-        registry.register("node", node, "v1.3")
+        registry.register("node", node, "v1.3", now=self.clock.seconds())
         assert [c.id for c in seen] == [node["id"]] and registry.get("node", node["id"]) is not None
         assert len(self.flushLoggedErrors(RuntimeError)) == 1
 
@@ -356,7 +361,7 @@ class TestChangeFeed(StoreTest):
         stop = registry.feed.subscribe(seen.extend)
         stop()
         stop()
-        registry.register("node", res(), "v1.3")
+        registry.register("node", res(), "v1.3", now=self.clock.seconds())
         assert seen == []
 
 
@@ -365,12 +370,12 @@ class TestPagingIndex(StoreTest):
         nodes = [res() for _ in range(100)]
         for node in nodes:
             clock.advance(0.01)
-            registry.register("node", node, "v1.3")
+            registry.register("node", node, "v1.3", now=clock.seconds())
         index = registry.index("node", "update")
         order = [r.id for r in index.newest_first()]
         assert order == [n["id"] for n in reversed(nodes)]
         # Move the oldest to the newest by updating it, and delete eighty others: compaction must keep the rest.
-        registry.register("node", {**nodes[0], "version": "200:0"}, "v1.3")
+        registry.register("node", {**nodes[0], "version": "200:0"}, "v1.3", now=clock.seconds())
         for node in nodes[1:81]:
             registry.delete("node", node["id"], "v1.3")
         live = [r.id for r in index.newest_first()]
@@ -383,7 +388,7 @@ class TestPagingIndex(StoreTest):
         records = []
         for _ in range(5):
             clock.advance(1)
-            records.append(registry.register("node", res(), "v1.3").resource)
+            records.append(registry.register("node", res(), "v1.3", now=clock.seconds()).resource)
         index = registry.index("node")
         window = list(index.newest_first(since=records[1].updated, until=records[3].updated))
         assert window == [records[3], records[2]]
@@ -400,20 +405,21 @@ class TestOnlyServableIsStored(StoreTest):
     def test_create_refused_and_nothing_kept(self, registry: Registry, changes: list[Change], bad: Any) -> None:
         data = res(x_extra=bad)
         with pytest.raises(InvalidResource, match="cannot be stored"):
-            registry.register("node", data, "v1.3")
+            registry.register("node", data, "v1.3", now=self.clock.seconds())
         assert registry.find(data["id"]) is None and registry.count("node") == 0 and changes == []
         assert registry.last_seen(data["id"]) is None
 
     def test_update_refused_and_the_old_record_kept(self, registry: Registry, changes: list[Change]) -> None:
-        items = family(registry)
+        items = family(registry, now=self.clock.seconds())
         before = registry.get("source", items["source"]["id"])
         seen = len(changes)
         with pytest.raises(InvalidResource, match="cannot be stored"):
-            registry.register("source", {**items["source"], "version": "101:0", "label": "\ud800"}, "v1.3")
+            registry.register("source", {**items["source"], "version": "101:0", "label": "\ud800"}, "v1.3",
+                              now=self.clock.seconds())
         assert registry.get("source", items["source"]["id"]) is before and len(changes) == seen
 
     def test_the_stored_json_is_the_one_served(self, registry: Registry) -> None:
         data = res(label="caf\u00e9 \U0001f3a5")
-        record = registry.register("node", data, "v1.3").resource
+        record = registry.register("node", data, "v1.3", now=self.clock.seconds()).resource
         assert record.json.encode("utf-8").decode("utf-8") == record.json
         assert json.loads(record.json) == data

@@ -82,7 +82,7 @@ class RegistrationClientTests(UnitTest):
     def test_200_on_the_first_node_post_deletes_the_stale_node_and_registers_again(self) -> None:
         rig = Rig()
         stale = dict(rig.shown()[("node", rig.model.node_id)], version="1600000000:0", label="before the restart")
-        rig.registries[A].register("node", stale, "v1.3")
+        rig.registries[A].register("node", stale, "v1.3", now=rig.clock.seconds())
         rig.client.startService()
         calls = [(seen.method, seen.path.split("/v1.3/")[1]) for seen in rig.network.requests(A)
                  if "/v1.3/" in seen.path][:3]
@@ -95,7 +95,7 @@ class RegistrationClientTests(UnitTest):
     def test_409_on_registration_deletes_at_the_held_version_and_registers_again(self) -> None:
         rig = Rig()
         old = rig.model.view("node", rig.model.node_id, "v1.2")
-        rig.registries[A].register("node", dict(old.data), "v1.2")
+        rig.registries[A].register("node", dict(old.data), "v1.2", now=rig.clock.seconds())
         rig.client.startService()
         deletes = rig.network.requests(A, "DELETE")
         assert [seen.path for seen in deletes] == [f"/x-nmos/registration/v1.2/resource/nodes/{rig.model.node_id}"]
@@ -107,7 +107,7 @@ class RegistrationClientTests(UnitTest):
         rig.client.startService()
         registry, node = rig.registries[A], rig.model.node_id
         registry.delete("node", node, "v1.3")
-        registry.register("node", dict(rig.model.view("node", node, "v1.2").data), "v1.2")
+        registry.register("node", dict(rig.model.view("node", node, "v1.2").data), "v1.2", now=rig.clock.seconds())
         rig.clock.advance(5)
         assert rig.network.requests(A, "DELETE")[-1].path == f"/x-nmos/registration/v1.2/resource/nodes/{node}"
         assert registry.get("node", node).api_version == "v1.3"
@@ -122,10 +122,10 @@ class RegistrationClientTests(UnitTest):
             registry = rig.registries[A]
             registry.delete("source", source, "v1.3")
             other = dict(rig.shown()[("node", rig.model.node_id)], id="11111111-1111-4111-8111-111111111111")
-            registry.register("node", other, "v1.3")
+            registry.register("node", other, "v1.3", now=rig.clock.seconds())
             device = dict(next(data for (kind, _), data in rig.shown().items() if kind == "device"))
             registry.register("device", {**device, "id": source, "node_id": other["id"], "senders": [],
-                                         "receivers": []}, "v1.3")
+                                         "receivers": []}, "v1.3", now=rig.clock.seconds())
             rig.model.update("source", source, label="now refused")
         posts = [rid for _, rid in rig.network.posts(A)]
         assert posts.count(source) == 2

@@ -56,8 +56,8 @@ class AuthRig(Rig):
         keys = KeyCache(self.clock, FakeFetch(self.issuer), [self.issuer.url])
         keys.start()
         self.server = ResourceServer(keys, self.clock, [SERVER])
-        registry = self.registries["reg-a:8235"] = Registry(self.clock)
-        api = RegistrationAPI(registry, SCHEMAS, list(ALL_VERSIONS))
+        registry = self.registries["reg-a:8235"] = Registry()
+        api = RegistrationAPI(registry, SCHEMAS, list(ALL_VERSIONS), self.clock)
         self.network.serve("reg-a:8235", root_resource(guard_apis({"registration": api.app.resource()},
                                                                   self.server)))
         self.tokens = FakeTokens(self.issuer, self.clock)

@@ -41,7 +41,7 @@ def demo_model(clock: Clock, versions: Sequence[str] = ALL_VERSIONS, seed: str =
 
 def registry_host(network: FakeNetwork, name: str, registry: Registry,
                   versions: Sequence[str] = ALL_VERSIONS) -> Host:
-    api = RegistrationAPI(registry, SCHEMAS, list(versions))
+    api = RegistrationAPI(registry, SCHEMAS, list(versions), network.clock)
     return network.serve(name, root_resource({"registration": api.app.resource()}))
 
 
@@ -55,9 +55,9 @@ class Rig:
         self.clock.advance(START)
         self.network = FakeNetwork(self.clock)
         self.registries: dict[str, Registry] = {}
-        cluster = Registry(self.clock)
+        cluster = Registry()
         for name in names:
-            registry = cluster if name in shared else Registry(self.clock)
+            registry = cluster if name in shared else Registry()
             self.registries[name] = registry
             registry_host(self.network, name, registry, versions)
         self.model = demo_model(self.clock, node_versions)

@@ -166,9 +166,9 @@ class Family:
         return [("node", self.node), ("device", self.device), ("source", self.source), ("flow", self.flow),
                 ("sender", self.sender), ("receiver", self.receiver)]
 
-    def register(self, registry: Registry) -> Family:
+    def register(self, registry: Registry, *, now: float) -> Family:
         for kind, data in self.members():
-            registry.register(kind, data, self.version)
+            registry.register(kind, data, self.version, now=now)
         return self
 
 
@@ -219,7 +219,7 @@ class QueryHarness:
                  host_name: str | None = None, *, clock: Clock | None = None, registry: Registry | None = None,
                  api: QueryAPI | None = None) -> None:
         self.clock = clock or Clock()
-        self.registry = registry or Registry(self.clock)
+        self.registry = registry or Registry()
         self.api = api or QueryAPI(self.registry, versions, host_name=host_name, limits=limits)
         self.stub = StubTreq(root_resource({"query": self.api.app.resource()}))
 
@@ -235,7 +235,7 @@ class QueryHarness:
         return answer
 
     def register(self, kind: str, data: dict[str, Any], version: str) -> dict[str, Any]:
-        self.registry.register(kind, data, version)
+        self.registry.register(kind, data, version, now=self.clock.seconds())
         return data
 
 

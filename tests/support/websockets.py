@@ -78,7 +78,7 @@ class SubscriptionHarness(QueryHarness):
     def __init__(self, versions: tuple[str, ...] = VERSIONS, limits: SubscriptionLimits = SubscriptionLimits(),
                  authorization: bool = False) -> None:
         clock = Clock()
-        registry = Registry(clock)
+        registry = Registry()
         translations = Translations()
         registry.feed.subscribe(translations.changed)
         self.service = subscription_service(registry, translations, clock, clock, limits)

@@ -274,13 +274,14 @@ def pump(harness: SubscriptionHarness, sockets: list[FakeSocket], version: str =
 class ManagerEventTests(UnitTest):
     def test_added_modified_removed_and_cascade(self) -> None:
         harness, (nodes, senders) = manager_with({}, {"resource_path": "/senders"})
-        family = Family.build("v1.3").register(harness.registry)
+        family = Family.build("v1.3").register(harness.registry, now=harness.clock.seconds())
         pump(harness, [nodes, senders])
         assert [(kind_of(e), e["post"]) for e in nodes.events()] == [("added", family.node)]
         assert [(kind_of(e), e["post"]) for e in senders.events()] == [("added", family.sender)]
         changed = bump(family.sender, label="changed")
-        harness.registry.register("sender", changed, "v1.3")
-        harness.registry.register("sender", changed, "v1.3")  # the same again: no change, no event
+        harness.registry.register("sender", changed, "v1.3", now=harness.clock.seconds())
+        harness.registry.register("sender", changed, "v1.3",
+                                  now=harness.clock.seconds())  # the same again: no change, no event
         pump(harness, [nodes, senders])
         assert [(kind_of(e), e["pre"], e["post"]) for e in senders.events()] == [("modified", family.sender, changed)]
         harness.registry.delete("node", family.node["id"], "v1.3")
@@ -290,44 +291,46 @@ class ManagerEventTests(UnitTest):
 
     def test_garbage_collection_removes(self) -> None:
         harness, (devices,) = manager_with({"resource_path": "/devices"})
-        family = Family.build("v1.3").register(harness.registry)
+        family = Family.build("v1.3").register(harness.registry, now=harness.clock.seconds())
         pump(harness, [devices])
         devices.events()
         harness.clock.advance(13)
-        harness.registry.collect_garbage()
+        harness.registry.collect_garbage(harness.clock.seconds())
         pump(harness, [devices])
         assert [(kind_of(e), e["pre"]) for e in devices.events()] == [("removed", family.device)]
 
     def test_filter_transitions_are_added_and_removed(self) -> None:
         harness, (nodes,) = manager_with({"params": {"description": "wanted"}})
         mine, other = node(description="wanted"), node(description="other")
-        harness.registry.register("node", other, "v1.3")
-        harness.registry.register("node", mine, "v1.3")
+        harness.registry.register("node", other, "v1.3", now=harness.clock.seconds())
+        harness.registry.register("node", mine, "v1.3", now=harness.clock.seconds())
         pump(harness, [nodes])
         assert [(kind_of(e), e["post"]) for e in nodes.events()] == [("added", mine)]
         away = bump(mine, description="gone")
-        harness.registry.register("node", away, "v1.3")
-        harness.registry.register("node", bump(other, label="unrelated"), "v1.3")
+        harness.registry.register("node", away, "v1.3", now=harness.clock.seconds())
+        harness.registry.register("node", bump(other, label="unrelated"), "v1.3", now=harness.clock.seconds())
         pump(harness, [nodes])
         assert [(kind_of(e), e["pre"]) for e in nodes.events()] == [("removed", mine)]
         back = bump(away, description="wanted")
-        harness.registry.register("node", back, "v1.3")
-        harness.registry.register("node", bump(back, label="still wanted"), "v1.3")
+        harness.registry.register("node", back, "v1.3", now=harness.clock.seconds())
+        harness.registry.register("node", bump(back, label="still wanted"), "v1.3", now=harness.clock.seconds())
         pump(harness, [nodes])
         assert [kind_of(e) for e in nodes.events()] == ["added", "modified"]
 
     def test_rql_filters(self) -> None:
         harness, (receivers,) = manager_with({"resource_path": "/receivers",
                                               "params": {"query.rql": "or(eq(label,a),eq(label,b))"}})
-        family = Family.build("v1.3").register(harness.registry)
+        family = Family.build("v1.3").register(harness.registry, now=harness.clock.seconds())
         for label in ("a", "b", "c"):
-            harness.registry.register("receiver", receiver(family.device["id"], label=label), "v1.3")
+            harness.registry.register("receiver", receiver(family.device["id"], label=label), "v1.3",
+                                      now=harness.clock.seconds())
         pump(harness, [receivers])
         assert sorted(e["post"]["label"] for e in receivers.events()) == ["a", "b"]
 
     def test_versions_and_downgrade(self) -> None:
         harness, (own, downgraded) = manager_with({}, {"params": {"query.downgrade": "v1.1"}})
-        families = {version: Family.build(version).register(harness.registry) for version in VERSIONS}
+        families = {version: Family.build(version).register(harness.registry,
+                                                            now=harness.clock.seconds()) for version in VERSIONS}
         wanted, view = parse_subscription(subscription_body("v1.2"), "v1.2", False, False, "h:1")
         at_v12 = harness.manager.subscribe(wanted, view)[0]
         v12 = FakeSocket()
@@ -349,7 +352,7 @@ class ManagerEventTests(UnitTest):
         wanted, view = parse_subscription(subscription_body("v1.2", **chassis), "v1.2", False, False, "h:1")
         at_v12 = FakeSocket()
         harness.manager.connect(harness.manager.subscribe(wanted, view)[0].id, at_v12)
-        Family.build("v1.3").register(harness.registry)
+        Family.build("v1.3").register(harness.registry, now=harness.clock.seconds())
         pump(harness, [at_v13])
         pump(harness, [at_v12], "v1.2")
         assert [kind_of(e) for e in at_v13.events()] == ["added"] and at_v12.sent == []
@@ -359,7 +362,7 @@ class ManagerEventTests(UnitTest):
         wanted, view = parse_subscription(subscription_body("v1.1"), "v1.1", False, False, "h:1")
         socket = FakeSocket()
         harness.manager.connect(harness.manager.subscribe(wanted, view)[0].id, socket)
-        family = Family.build("v1.3").register(harness.registry)
+        family = Family.build("v1.3").register(harness.registry, now=harness.clock.seconds())
         harness.registry.delete("node", family.node["id"], "v1.3")
         pump(harness, [socket], "v1.1")
         assert [kind_of(e) for e in socket.events()] == ["added", "removed"]
@@ -368,14 +371,14 @@ class ManagerEventTests(UnitTest):
     def test_changes_during_the_initial_state_come_after_it(self) -> None:
         harness = SubscriptionHarness(limits=SubscriptionLimits(sync_slice=1, grain_events=1))
         first, second = node(), node()
-        harness.registry.register("node", first, "v1.3")
-        harness.registry.register("node", second, "v1.3")
+        harness.registry.register("node", first, "v1.3", now=harness.clock.seconds())
+        harness.registry.register("node", second, "v1.3", now=harness.clock.seconds())
         wanted, view = parse_subscription(subscription_body(max_update_rate_ms=0), "v1.3", False, False, "h:1")
         socket = FakeSocket()
         harness.manager.connect(harness.manager.subscribe(wanted, view)[0].id, socket)
         turn(harness.clock)
         changed = bump(second, label="changed")
-        harness.registry.register("node", changed, "v1.3")
+        harness.registry.register("node", changed, "v1.3", now=harness.clock.seconds())
         pump(harness, [socket])
         events = socket.events()
         assert [(kind_of(e), e["path"]) for e in events] == [("sync", first["id"]), ("sync", second["id"]),
@@ -387,7 +390,7 @@ class ManagerEventTests(UnitTest):
         (subscription,) = harness.manager.listing("v1.3")
         two = FakeSocket()
         harness.manager.connect(subscription.id, two)
-        harness.registry.register("node", node(), "v1.3")
+        harness.registry.register("node", node(), "v1.3", now=harness.clock.seconds())
         pump(harness, [one, two])
         assert len(one.events()) == len(two.events()) == 1
 
@@ -441,7 +444,7 @@ class ManagerLifetimeTests(UnitTest):
         harness.manager.connect(made.id, again)
         harness.manager.delete(made.id)
         assert again.closed == (1000, "subscription deleted") and harness.manager.get(made.id) is None
-        harness.registry.register("node", node(), "v1.3")
+        harness.registry.register("node", node(), "v1.3", now=harness.clock.seconds())
         pump(harness, [again])
         assert again.sent == []
 
@@ -473,8 +476,8 @@ class ManagerLifetimeTests(UnitTest):
 
     def test_sender_events_keep_the_registered_json(self) -> None:
         harness, (senders,) = manager_with({"resource_path": "/senders"})
-        family = Family.build("v1.3").register(harness.registry)
+        family = Family.build("v1.3").register(harness.registry, now=harness.clock.seconds())
         odd = sender(family.device["id"], None, label="ünïcödé ✓", tags={"z": ["1"], "a": ["2"]})
-        harness.registry.register("sender", odd, "v1.3")
+        harness.registry.register("sender", odd, "v1.3", now=harness.clock.seconds())
         pump(harness, [senders])
         assert [e["post"] for e in senders.events()] == [family.sender, odd]
