@@ -13,7 +13,6 @@ from twisted.internet.task import Clock
 from nmos_ref.model.errors import InvalidResource, UnknownResource, VersionConflict
 from nmos_ref.model.store import Change, Registry
 from nmos_ref.model.tai import NS, TAIClock, format_tai, leap_offset, parse_tai, unix_to_tai_ns
-from nmos_ref.wiring.registry import ExpirySweep
 from tests.support.cases import UnitTest, cases
 
 START = 1_760_000_000.0  # a Unix time in 2025: TAI - UTC = 37 s
@@ -239,28 +238,7 @@ class TestHealth(StoreTest):
         assert registry.last_seen(items["node"]["id"]) == START + 10
 
 
-def run_collector(registry: Registry, clock: Clock) -> ExpirySweep:
-    collector = ExpirySweep(registry, clock)
-    collector.startService()
-    return collector
-
-
 class TestGarbageCollection(StoreTest):
-    def test_expires_between_12_and_13_seconds(self, registry: Registry, clock: Clock,
-                                               changes: list[Change]) -> None:
-        items = family(registry, now=self.clock.seconds())
-        collector = run_collector(registry, clock)
-        del changes[:]
-        for _ in range(119):
-            clock.advance(0.1)
-        assert registry.get("node", items["node"]["id"]) is not None  # 11.9 s
-        for _ in range(11):
-            clock.advance(0.1)
-        assert all(registry.find(d["id"]) is None for d in items.values())  # by 13 s
-        assert {c.id for c in changes} == {d["id"] for d in items.values()}
-        assert [c.cause for c in changes].count("expire") == 1 and changes[-1].cause == "expire"
-        collector.stopService()
-
     def test_never_sooner_than_the_expiry(self, registry: Registry, clock: Clock) -> None:
         node = res()
         registry.register("node", node, "v1.3", now=clock.seconds())
@@ -268,17 +246,6 @@ class TestGarbageCollection(StoreTest):
         assert registry.collect_garbage(clock.seconds()) == []
         clock.advance(0.001)
         assert [c.id for c in registry.collect_garbage(clock.seconds())] == [node["id"]]
-
-    def test_heartbeats_keep_nodes_alive(self, registry: Registry, clock: Clock) -> None:
-        alive, silent = family(registry, now=self.clock.seconds()), family(registry, now=self.clock.seconds())
-        collector = run_collector(registry, clock)
-        for second in range(1, 61):
-            clock.advance(1)
-            if second % 5 == 0:
-                registry.heartbeat(alive["node"]["id"], "v1.3", now=clock.seconds())
-        assert all(registry.find(d["id"]) is not None for d in alive.values())
-        assert all(registry.find(d["id"]) is None for d in silent.values())
-        collector.stopService()
 
     def test_queue_stays_small_and_deleted_nodes_are_skipped(self, registry: Registry, clock: Clock) -> None:
         items = family(registry, now=self.clock.seconds())
@@ -295,21 +262,6 @@ class TestGarbageCollection(StoreTest):
         assert registry.collect_garbage(clock.seconds()) == []
         clock.advance(0.2)
         assert [c.id for c in registry.collect_garbage(clock.seconds())] == [node["id"]]
-
-    def test_a_failing_sweep_is_logged_and_retried(self, registry: Registry, clock: Clock) -> None:
-        calls = []
-
-        def broken(now: float) -> list[Change]:
-            calls.append(1)
-            raise RuntimeError("boom")
-
-        registry.collect_garbage = broken  # type: ignore[method-assign]
-        collector = run_collector(registry, clock)
-        clock.advance(0.5)
-        clock.advance(0.5)
-        assert len(calls) == 3 and collector.running
-        collector.stopService()
-        assert len(self.flushLoggedErrors(RuntimeError)) == 3
 
 
 class TestStamps(StoreTest):
