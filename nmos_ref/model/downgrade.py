@@ -43,8 +43,6 @@ ADDED_IN: dict[str, dict[str, tuple[str, ...]]] = {
 
 Path = tuple[str, ...]  # "api.endpoints[].authorization" -> ("api", "endpoints", "[]", "authorization")
 
-_encode = compact
-
 
 def _split(path: str) -> Path:
     segments: list[str] = []
@@ -145,7 +143,7 @@ class Translations:
         entry = versions.get(version)
         if entry is None or entry[0] is not record:
             data = downgrade(record.kind, record.data, record.api_version, version)
-            entry = versions[version] = (record, data, record.json if data is record.data else _encode(data))
+            entry = versions[version] = (record, data, record.json if data is record.data else compact(data))
         return entry
 
     def changed(self, changes: Sequence[Change]) -> None:

@@ -14,12 +14,12 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 from attrs import frozen
 from nmos_ref.model.errors import BadQuery
+from nmos_ref.model.tai import TAI_TEXT
 
 
 MAX_PATTERN_LENGTH = 256  # characters of a matches() pattern
 
 
-TAI_TEXT = re.compile(r"([0-9]{1,20}):([0-9]{1,9})")  # bounded: int() of a long digit run is slow or fails
 
 
 _NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")

@@ -16,9 +16,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from attrs import frozen
 
 from nmos_ref.model.errors import BadQuery, UnsupportedQuery
-from nmos_ref.model.matching import TAI_TEXT, All, Equals, Expr, is_tags, split_path, text_keys
+from nmos_ref.model.matching import All, Equals, Expr, is_tags, split_path, text_keys
 from nmos_ref.model.paging import Paging
 from nmos_ref.model.rql import compile_rql, parse_rql
+from nmos_ref.model.tai import parse_tai
 from nmos_ref.model.versions import parse_version
 
 # Limits (documented in docs/query.md).
@@ -87,11 +88,11 @@ def parse_downgrade(text: str | None, version: str) -> str | None:
 def _tai(name: str, text: str | None) -> int | None:
     if text is None:
         return None
-    match = TAI_TEXT.fullmatch(text)
-    if match is None:
+    try:
+        return parse_tai(text)
+    except ValueError:
         raise BadQuery(f"{name} must be a TAI timestamp <seconds>:<nanoseconds> (at most 20 and 9 digits), "
-                       f"not {text[:40]!r}")
-    return int(match.group(1)) * 1_000_000_000 + int(match.group(2))
+                       f"not {text[:40]!r}") from None
 
 
 def _count(name: str, text: str) -> int:

@@ -9,8 +9,9 @@ from typing import Any
 from urllib.parse import unquote
 from attrs import frozen
 from nmos_ref.model.errors import BadQuery, UnsupportedQuery
-from nmos_ref.model.matching import (TAI_TEXT, All, Any_, Compare, Equals, Expr, Key, Matches, Not, Nothing,
-                                     compile_glob, fold, is_tags, number_text, parse_number, split_path, text_keys)
+from nmos_ref.model.matching import (All, Any_, Compare, Equals, Expr, Key, Matches, Not, Nothing, compile_glob, fold,
+                                     is_tags, number_text, parse_number, split_path, text_keys)
+from nmos_ref.model.tai import TAI_TEXT
 
 
 MAX_RQL_LENGTH = 4096  # characters of the decoded query.rql value

@@ -17,8 +17,8 @@ from attrs import define, field, frozen
 from twisted.logger import Logger
 
 from nmos_ref.model.errors import InvalidResource, NotOwner, UnknownResource, VersionConflict
-from nmos_ref.model.jsontext import BadJSON, compact, servable
-from nmos_ref.model.tai import TAIStamps
+from nmos_ref.model.jsontext import BadJSON, servable
+from nmos_ref.model.tai import TAI_TEXT, TAIStamps
 from nmos_ref.model.versions import TYPES
 
 log = Logger()
@@ -26,9 +26,6 @@ log = Logger()
 # The schemas' id pattern ends in "$", which (as Python and the official schemas read it) lets a final newline
 # through; an id is a path segment in every API, so the store holds it to the exact form.
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[1-5][0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
-# A version's seconds fit 64 bits and its nanoseconds are below 10^9; longer digit runs are refused before int()
-# (which also stops at 4,300 digits with a ValueError, a 500 before #11).
-_TAI_VERSION = re.compile(r"([0-9]{1,20}):([0-9]{1,9})")
 
 
 @define(slots=True, eq=False)
@@ -45,14 +42,7 @@ class Resource:
     node_id: str  # the Node that owns it (itself for a Node)
     client_id: str | None = None  # BCP-003-02: the OAuth client that registered its Node
     children: set[str] = field(factory=set)  # shared by every record of the same id
-    _json: str | None = None
-
-    @property
-    def json(self) -> str:
-        """`data` encoded once, for responses that list many resources."""
-        if self._json is None:
-            self._json = compact(self.data)
-        return self._json
+    json: str = field(kw_only=True)  # `data` as every answer sends it, encoded before the record was stored
 
 
 @frozen
@@ -181,9 +171,10 @@ def _servable(kind: str, rid: str, data: dict[str, Any]) -> str:
 
 def _version_of(kind: str, data: dict[str, Any]) -> tuple[int, int]:
     text = data.get("version")
-    match = _TAI_VERSION.fullmatch(text) if isinstance(text, str) else None
+    match = TAI_TEXT.fullmatch(text) if isinstance(text, str) else None
     if match is None:
-        shown = repr(text) if len(repr(text)) <= 60 else repr(text)[:57] + "..."
+        shown = repr(text)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
         raise InvalidResource(f"{kind} version must be a TAI timestamp <seconds>:<nanoseconds> (at most 20 and 9 "
                               f"digits), not {shown}")
     return int(match.group(1)), int(match.group(2))
@@ -295,7 +286,7 @@ class Registry:
                                   f"the registered {existing.data.get('version')}")
         text = _servable(kind, rid, data)
         record = Resource(kind, rid, data, existing.api_version, existing.created, self.tai.stamp(now), parent_id,
-                          existing.node_id, existing.client_id, existing.children, text)
+                          existing.node_id, existing.client_id, existing.children, json=text)
         self._by_id[rid] = record
         self._by_kind[kind][rid] = record
         self._updated[kind].discard()

@@ -28,7 +28,6 @@ from nmos_ref.validation import SchemaViolation, Schemas
 
 log = Logger()
 
-_encode = compact
 
 # What a resource needs shown before it can be shown (and registered): its parents, and a sender its flow (not a
 # parent for the registry, but a sender of a flow a version cannot show cannot be used at that version either).
@@ -149,7 +148,7 @@ class NodeModel:
             log.debug("{kind} {id} is hidden at {version}: {reason}", kind=kind, id=rid, version=version,
                       reason=reason)
             return ResourceAtVersion(kind, rid, None, "", reason)
-        return ResourceAtVersion(kind, rid, shaped, _encode(shaped))
+        return ResourceAtVersion(kind, rid, shaped, compact(shaped))
 
     # --- changing
 

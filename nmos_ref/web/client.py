@@ -20,7 +20,6 @@ from twisted.web.iweb import IResponse
 
 from nmos_ref.model.jsontext import compact, decode
 
-_encode = compact
 
 # What "could not talk to the server" looks like: no connection, a broken one (a TLS handshake that failed, a
 # certificate that could not be verified, included), or no answer in time.
@@ -66,7 +65,7 @@ def exchange(http: Any, clock: IReactorTime, method: str, url: str, *, timeout: 
     sent = {"Accept": accept, **(headers or {})}
     if json_body is not None:
         sent["Content-Type"] = "application/json"
-        data = _encode(json_body).encode("utf-8")
+        data = compact(json_body).encode("utf-8")
     elif form is not None:
         sent["Content-Type"] = "application/x-www-form-urlencoded"
         data = urlencode(form).encode("ascii")

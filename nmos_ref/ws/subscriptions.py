@@ -41,8 +41,6 @@ MAX_RATE_MS = 86_400_000  # a longer minimum interval between grains is surely a
 SECURE_FROM = (1, 1)  # `secure` is defined from v1.1 ...
 AUTHORIZATION_FROM = (1, 3)  # ... and `authorization` from v1.3; below, the schemas allow any key and they mean nothing
 
-_encode = compact
-
 
 class BadSubscription(ModelError):
     """A subscription this server cannot provide as asked (400)."""
@@ -152,7 +150,7 @@ class SubscriptionFilter:
 
 def event_json(rid: str, pre: str | None, post: str | None) -> str:
     """One entry of a grain's `data`: only `post` is added, only `pre` removed, both modified (or, equal, sync)."""
-    parts = ['{"path":', _encode(rid)]
+    parts = ['{"path":', compact(rid)]
     if pre is not None:
         parts += [',"pre":', pre]
     if post is not None:
@@ -183,7 +181,10 @@ class Subscription:
     created: int  # TAI ns from the registry's stamps, for paging (a subscription never changes: updated = created)
     connections: set[Connection] = field(factory=set)
     expiry: IDelayedCall | None = None
-    _json: str | None = None
+    json: str = field(init=False)  # as /subscriptions serves it; BadJSON at creation if it cannot be
+
+    def __attrs_post_init__(self) -> None:
+        self.json = servable(self.as_dict())
 
     @property
     def version(self) -> str:
@@ -206,16 +207,6 @@ class Subscription:
         body["resource_path"] = wanted.resource_path
         body["params"] = wanted.params
         return body
-
-    @property
-    def json(self) -> str:
-        if self._json is None:
-            self._json = _encode(self.as_dict())
-        return self._json
-
-    @json.setter
-    def json(self, text: str) -> None:
-        self._json = text
 
 
 def ws_href(wanted: Wanted, sid: str) -> str:
@@ -259,10 +250,9 @@ class SubscriptionManager:
             self._arm(found)
             return found, False
         sid = str(uuid.uuid4())
-        subscription = Subscription(sid, wanted, view, ws_href(wanted, sid),
-                                    self.registry.tai.stamp(self.clock.seconds()))
-        try:
-            subscription.json = servable(subscription.as_dict())  # never keep one that /subscriptions cannot list
+        try:  # never keep one that /subscriptions cannot list
+            subscription = Subscription(sid, wanted, view, ws_href(wanted, sid),
+                                        self.registry.tai.stamp(self.clock.seconds()))
         except BadJSON as exc:
             raise BadSubscription(f"the subscription cannot be stored: {exc}") from None
         self._subscriptions[sid] = subscription
@@ -431,7 +421,7 @@ class SubscriptionManager:
             data, text = self.translations.data(record, view.version), None
         else:
             data = downgrade(record.kind, record.data, record.api_version, view.version)
-            text = record.json if data is record.data else _encode(data)
+            text = record.json if data is record.data else compact(data)
         if not view.matches(data):
             return None
         if text is None:
