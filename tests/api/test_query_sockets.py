@@ -17,7 +17,7 @@ from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
 from nmos_ref.ws.connection import SubscriptionLimits
-from tests.support.cases import SocketTest, cases
+from tests.support.cases import SocketTest, cases, open_selectables, pending_calls
 from tests.support.samples import VERSIONS, Family, bump, node
 from tests.support.websockets import Client, ClientFactory, Served, TIMEOUT, connect, kind_of
 
@@ -26,13 +26,11 @@ def nothing_left_behind(test: SocketTest) -> None:
     """After the test (and its service's teardown, a cleanup added later, so run earlier): no timer, socket or
     connection of its own is left behind (what other test modules left in the shared reactor is theirs to answer
     for)."""
-    before_calls = set(reactor.getDelayedCalls())
-    before = set(reactor.getReaders() + reactor.getWriters())
+    calls, selectables = pending_calls(), open_selectables()
 
     def check() -> None:
-        assert [call for call in reactor.getDelayedCalls() if call not in before_calls] == []
-        assert [item for item in reactor.getReaders() + reactor.getWriters()
-                if item not in before and not type(item).__module__.startswith("twisted.internet._signals")] == []
+        assert pending_calls() - calls == set()
+        assert open_selectables() - selectables == set()
     test.addCleanup(check)
 
 

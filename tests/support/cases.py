@@ -104,13 +104,15 @@ class _Expand:
         return path
 
 
-def _pending() -> set[Any]:
+def pending_calls() -> set[Any]:
+    """The global reactor's active DelayedCalls."""
     from twisted.internet import reactor
 
     return {call for call in reactor.getDelayedCalls() if call.active()}
 
 
-def _open() -> set[Any]:
+def open_selectables() -> set[Any]:
+    """The global reactor's sockets and other selectables, its own wakers aside."""
     from twisted.internet import reactor
 
     internal = getattr(reactor, "_internalReaders", set())  # the reactor's own wakers
@@ -122,9 +124,9 @@ class UnitTest(_Expand, SynchronousTestCase):
     trial's janitor demands of `SocketTest`s."""
 
     def _runFixturesAndTest(self, result: Any) -> None:
-        calls, selectables = _pending(), _open()
+        calls, selectables = pending_calls(), open_selectables()
         super()._runFixturesAndTest(result)
-        left = sorted(map(str, _pending() - calls)) + sorted(map(repr, _open() - selectables))
+        left = sorted(map(str, pending_calls() - calls)) + sorted(map(repr, open_selectables() - selectables))
         if left:
             result.addError(self, Failure(AssertionError(f"the test left the reactor dirty: {left}")))
 

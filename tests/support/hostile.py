@@ -437,29 +437,14 @@ class LocalRegistry:
         from nmos_ref.config import Settings
         from nmos_ref.wiring.registry import build_registry
         from nmos_ref.api.query_sockets import SubscriptionService
+        from tests.support.websockets import track_channels
 
         self.reactor = reactor
         # Nodes never expire during a run: a garbage collection would look like a refused request changing the store.
         self.top = build_registry(Settings(listen=["tcp:0:interface=127.0.0.1"], dns_sd="off",
                                   registration_expiry_interval=3600), reactor, reactor)
         self.subscriptions = next(child for child in self.top if isinstance(child, SubscriptionService))
-        self.channels: list[tuple[Any, Deferred[None]]] = []
-        build_protocol = self.top.site.buildProtocol
-
-        def track(address: Any) -> Any:
-            channel = build_protocol(address)
-            lost: Deferred[None] = Deferred()
-            connection_lost = channel.connectionLost
-
-            def lose(reason: Any) -> None:
-                connection_lost(reason)
-                lost.callback(None)
-
-            channel.connectionLost = lose
-            self.channels.append((channel, lost))
-            return channel
-
-        self.top.site.buildProtocol = track
+        self.channels = track_channels(self.top.site)
 
     @property
     def registry(self) -> Any:

@@ -187,6 +187,29 @@ async def connect(subscription: dict[str, Any], version: str) -> Client:
 
 # --- the real service on a loopback port
 
+def track_channels(site: Any) -> list[tuple[Any, Deferred[None]]]:
+    """Every HTTP connection `site` accepts from now on, with a Deferred that fires once the server's side of it is
+    lost (a client's close reaches the server a reactor turn or more later)."""
+    channels: list[tuple[Any, Deferred[None]]] = []
+    build_protocol = site.buildProtocol
+
+    def track(address: Any) -> Any:
+        channel = build_protocol(address)
+        lost: Deferred[None] = Deferred()
+        connection_lost = channel.connectionLost
+
+        def lose(reason: Any) -> None:
+            connection_lost(reason)
+            lost.callback(None)
+
+        channel.connectionLost = lose
+        channels.append((channel, lost))
+        return channel
+
+    site.buildProtocol = track
+    return channels
+
+
 class Served:
     """`build_registry()` on 127.0.0.1:0 with a treq client of its own; `stop` closes every socket and connection."""
 
@@ -198,8 +221,7 @@ class Served:
 
     async def start(self) -> Served:
         self.top = build_registry(Settings(listen=["tcp:0:interface=127.0.0.1"], dns_sd="off"), reactor, self.clock)
-        build_protocol = self.top.site.buildProtocol
-        self.top.site.buildProtocol = lambda address: self._track(build_protocol(address))
+        self._channels = track_channels(self.top.site)
         self.top.startService()
         self.base = f"http://127.0.0.1:{await port_of(self.top)}/x-nmos"
         self.registry = self.top.registry
@@ -221,18 +243,6 @@ class Served:
         for channel, lost in self._channels:
             if channel._channel.transport is not None:  # else a WebSocket took it over: waited for above
                 await lost  # the server's side of the connection, with its timeout call, is gone too
-
-    def _track(self, channel: Any) -> Any:
-        lost: Deferred[None] = Deferred()
-        connection_lost = channel.connectionLost
-
-        def lose(reason: Any) -> None:
-            connection_lost(reason)
-            lost.callback(None)
-
-        channel.connectionLost = lose
-        self._channels.append((channel, lost))
-        return channel
 
     async def idle(self) -> None:
         """Wait until the server has no socket open."""

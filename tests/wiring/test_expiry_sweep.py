@@ -7,8 +7,7 @@ from twisted.internet.task import Clock
 
 from nmos_ref.model.store import Change, Registry
 from nmos_ref.wiring.registry import ExpirySweep
-from tests.model.test_store import START, family
-from tests.support.cases import UnitTest
+from tests.model.test_store import StoreTest, family
 
 
 def run_collector(registry: Registry, clock: Clock) -> ExpirySweep:
@@ -17,13 +16,8 @@ def run_collector(registry: Registry, clock: Clock) -> ExpirySweep:
     return collector
 
 
-class ExpirySweepTests(UnitTest):
-    def setUp(self) -> None:
-        self.clock = Clock()
-        self.clock.advance(START)
-        self.registry = Registry()
-        self.changes: list[Change] = []
-        self.registry.feed.subscribe(self.changes.extend)
+class ExpirySweepTests(StoreTest):
+    """From the store tests' start: a Clock at START, an empty registry, the changes it publishes."""
 
     def test_expires_between_12_and_13_seconds(self, registry: Registry, clock: Clock,
                                                changes: list[Change]) -> None:
