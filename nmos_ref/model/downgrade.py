@@ -16,7 +16,7 @@ from typing import Any
 
 from nmos_ref.model.jsontext import compact
 from nmos_ref.model.store import Change, Resource
-from nmos_ref.model.versions import parse_version
+from nmos_ref.model.versions import ALL_VERSIONS, parse_version
 
 # Keys each minor version added, per resource type. "a.b" is key b inside object a; "a[].b" is key b inside every
 # element of array a. Stripping for version X removes what every version above X added.
@@ -114,40 +114,63 @@ def downgrade(kind: str, data: Mapping[str, Any], held: str, served: str) -> Map
     return data
 
 
+@cache
+def _markers(kind: str, held: str, served: str) -> tuple[str, ...]:
+    """Texts of which at least one is in a record's JSON if serving it at `served` removes anything: each stripped
+    path's last key, as it is written before its value (compact JSON, keys as they are: none of these needs an
+    escape)."""
+    return tuple(f'"{path[-1]}":' for path in stripped_paths(kind, held, served))
+
+
 class Translations:
-    """The served form of each record at each version, decoded and encoded, computed once per record.
+    """The served form of records at lower versions than they were registered at: their data and text, computed
+    when first asked for and kept for the `size` most recently computed (oldest dropped first).
 
     Records are immutable, so an entry stays valid as long as it belongs to the live record object; it is checked
-    by identity on every read, and dropped from the change feed when its record is replaced or removed.
+    by identity on every read, and dropped from the change feed when its record is replaced or removed. A record
+    that loses nothing at a version (no stripped key in its text) is served as it is, with no entry at all.
     """
 
-    def __init__(self) -> None:
-        self._cache: dict[str, dict[str, tuple[Resource, Mapping[str, Any], str]]] = {}  # id -> version -> entry
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._cache: dict[tuple[str, str], tuple[Resource, Mapping[str, Any], str]] = {}  # (id, version) -> entry
 
     def data(self, record: Resource, version: str) -> Mapping[str, Any]:
         """The record's data as served at `version` (at or below the version it is held at)."""
-        if record.api_version == version:
+        if record.api_version == version or not self._strips(record, version):
             return record.data
         return self._entry(record, version)[1]
 
     def json(self, record: Resource, version: str) -> str:
         """The record as served at `version`, encoded."""
-        if record.api_version == version:
+        if record.api_version == version or not self._strips(record, version):
             return record.json
         return self._entry(record, version)[2]
 
+    @staticmethod
+    def _strips(record: Resource, version: str) -> bool:
+        """Whether serving `record` at `version` may remove something (False: certainly not)."""
+        text = record.json
+        return any(marker in text for marker in _markers(record.kind, record.api_version, version))
+
     def _entry(self, record: Resource, version: str) -> tuple[Resource, Mapping[str, Any], str]:
-        versions = self._cache.get(record.id)
-        if versions is None:
-            versions = self._cache[record.id] = {}
-        entry = versions.get(version)
+        key = (record.id, version)
+        cache = self._cache
+        entry = cache.get(key)
         if entry is None or entry[0] is not record:
-            data = downgrade(record.kind, record.data, record.api_version, version)
-            entry = versions[version] = (record, data, record.json if data is record.data else compact(data))
+            held = record.data
+            data = downgrade(record.kind, held, record.api_version, version)
+            entry = cache[key] = (record, data, record.json if data is held else compact(data))
+            if len(cache) > self.size:
+                del cache[next(iter(cache))]
         return entry
 
     def changed(self, changes: Sequence[Change]) -> None:
         """Change feed subscriber: forget the translations of replaced and removed records."""
+        cache = self._cache
+        if not cache:
+            return
         for change in changes:
             if change.pre is not None:
-                self._cache.pop(change.id, None)
+                for version in ALL_VERSIONS:
+                    cache.pop((change.id, version), None)

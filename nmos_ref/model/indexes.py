@@ -8,9 +8,7 @@ that value anywhere at that path, so a lookup gives exactly the resources that `
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
+from collections.abc import Iterator, Sequence
 from nmos_ref.model.matching import Key, is_tags, leaf_key, leaves
 from nmos_ref.model.store import Change, Registry, Resource
 from nmos_ref.model.versions import TYPES
@@ -19,16 +17,23 @@ from nmos_ref.model.versions import TYPES
 INDEXED: tuple[tuple[str, ...], ...] = tuple((name,) for name in (
     "label", "description", "format", "transport", "node_id", "device_id", "source_id", "flow_id", "parents"))
 
-Bucket = dict[Key, set[str]]
+ID_PATHS = frozenset((name,) for name in ("node_id", "device_id", "source_id", "flow_id", "parents"))
+
+# A key's ids: one id as itself (most labels belong to one resource), a tuple of up to SMALL ids (the Senders of one
+# Device), or a set. A set costs 216 bytes even for two ids; a tuple of two, 56.
+Bucket = dict[Key, "str | tuple[str, ...] | set[str]"]
+SMALL = 8
 
 
 class Indexes:
-    """Ids by (type, path, key) for the paths in `INDEXED` and every tag name."""
+    """Ids by (type, path, key) for the paths in `INDEXED` and every tag name.
+
+    What a record was filed under is worked out again from its data when it is unfiled, rather than remembered:
+    it is the same data, and remembering would cost more memory than the rest of the index."""
 
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
         self._paths: dict[str, dict[tuple[str, ...], Bucket]] = {kind: {} for kind in TYPES}
-        self._entries: dict[str, list[tuple[Bucket, Key]]] = {}  # id -> where it is filed, to unfile it
         for kind in TYPES:
             for record in registry.resources(kind):
                 self._add(record)
@@ -48,61 +53,91 @@ class Indexes:
         bucket = self._paths[kind].get(path)
         if bucket is None:
             return set()
-        if len(keys) == 1:
-            (key,) = keys
-            return bucket.get(key) or set()
         found: set[str] = set()
         for key in keys:
-            found.update(bucket.get(key, ()))
+            ids = bucket.get(key)
+            if ids is None:
+                continue
+            if isinstance(ids, str):
+                found.add(ids)
+            elif len(keys) == 1 and isinstance(ids, set):
+                return ids
+            else:
+                found.update(ids)
         return found
 
     def children(self, kind: str, rid: str) -> set[str]:
         """Ids of `kind` resources that list `rid` in their `parents`."""
         bucket = self._paths[kind].get(("parents",))
-        return (bucket.get(rid) if bucket is not None else None) or set()
+        ids = bucket.get(rid) if bucket is not None else None
+        return {ids} if isinstance(ids, str) else set(ids or ())
 
     def changed(self, changes: Sequence[Change]) -> None:
         """Change feed subscriber."""
         for change in changes:
             if change.pre is not None:
-                self._remove(change.id)
+                self._remove(change.pre)
             if change.post is not None:
                 self._add(change.post)
 
     def _add(self, record: Resource) -> None:
-        paths = self._paths[record.kind]
-        filed: list[tuple[Bucket, Key]] = []
-        data = record.data
-        for path in INDEXED:
-            if path[0] in data:
-                self._file(paths, path, data, record.id, filed, False)
-        tags = data.get("tags")
-        if isinstance(tags, dict):
-            for name in tags:
-                self._file(paths, ("tags", name), data, record.id, filed, True)
-        self._entries[record.id] = filed
-
-    @staticmethod
-    def _file(paths: dict[tuple[str, ...], Bucket], path: tuple[str, ...], data: Any, rid: str,
-              filed: list[tuple[Bucket, Key]], folded: bool) -> None:
-        bucket = paths.get(path)
-        if bucket is None:
-            bucket = paths[path] = {}
-        for leaf in leaves(data, path):
-            key = leaf_key(leaf, folded)
-            if key is None:
-                continue
+        rid = record.id
+        for bucket, key, path_is_id in self._places(record, True):
             ids = bucket.get(key)
             if ids is None:
-                ids = bucket[key] = set()
-            if rid not in ids:
+                if path_is_id:
+                    # An id of another resource (a parent, a Flow): filed under that resource's own string, not
+                    # the copy in this record's data, which would stay alive as the key.
+                    named = self.registry.find(key)
+                    key = named.id if named is not None else key
+                bucket[key] = rid
+            elif isinstance(ids, str):
+                if ids != rid:
+                    bucket[key] = (ids, rid)
+            elif isinstance(ids, tuple):
+                if rid not in ids:
+                    bucket[key] = (*ids, rid) if len(ids) < SMALL else {*ids, rid}
+            else:
                 ids.add(rid)
-                filed.append((bucket, key))
 
-    def _remove(self, rid: str) -> None:
-        for bucket, key in self._entries.pop(rid, ()):
+    def _remove(self, record: Resource) -> None:
+        rid = record.id
+        for bucket, key, _ in self._places(record, False):
             ids = bucket.get(key)
-            if ids is not None:
-                ids.discard(rid)
-                if not ids:
+            if ids is None:
+                continue
+            if isinstance(ids, str):
+                if ids == rid:
                     del bucket[key]
+                continue
+            if rid not in ids:
+                continue
+            if isinstance(ids, set):
+                ids.discard(rid)
+                if len(ids) <= SMALL:
+                    bucket[key] = tuple(ids)
+            else:
+                rest = tuple(other for other in ids if other != rid)
+                bucket[key] = rest[0] if len(rest) == 1 else rest
+
+    def _places(self, record: Resource, adding: bool) -> Iterator[tuple[Bucket, Key, bool]]:
+        """(bucket, key, whether the path holds ids) of every place `record` is filed at (`adding`: making the
+        buckets it needs)."""
+        paths = self._paths[record.kind]
+        data = record.data
+        tags = data.get("tags")
+        named = [("tags", name) for name in tags] if isinstance(tags, dict) else []
+        for path in (*INDEXED, *named):
+            if path[0] not in data:
+                continue
+            bucket = paths.get(path)
+            if bucket is None:
+                if not adding:
+                    continue
+                bucket = paths[path] = {}
+            folded = len(path) == 2
+            holds_ids = path in ID_PATHS
+            for leaf in leaves(data, path):
+                key = leaf_key(leaf, folded)
+                if key is not None:
+                    yield bucket, key, holds_ids and isinstance(key, str)

@@ -7,42 +7,91 @@ children are linked, the paging indexes are appended to, and garbage collection 
 
 from __future__ import annotations
 
+import json
 import re
 from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from attrs import define, field, frozen
+from attrs import frozen
 from twisted.logger import Logger
 
 from nmos_ref.model.errors import InvalidResource, NotOwner, UnknownResource, VersionConflict
 from nmos_ref.model.jsontext import BadJSON, servable
 from nmos_ref.model.tai import TAI_TEXT, TAIStamps
-from nmos_ref.model.versions import TYPES
+from nmos_ref.model.versions import ALL_VERSIONS, TYPES
 
 log = Logger()
+
+_CANONICAL = {version: version for version in ALL_VERSIONS}
 
 # The schemas' id pattern ends in "$", which (as Python and the official schemas read it) lets a final newline
 # through; an id is a path segment in every API, so the store holds it to the exact form.
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[1-5][0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 
 
-@define(slots=True, eq=False)
 class Resource:
-    """One registered resource. A record is never changed once stored: an update stores a new record."""
+    """One registered resource. A record is never changed once stored: an update stores a new record.
 
-    kind: str
-    id: str
-    data: dict[str, Any]  # exactly as registered; never mutated
-    api_version: str  # the Registration API version it was registered at
-    created: int  # TAI ns, unique in the store
-    updated: int  # TAI ns, unique in the store
-    parent_id: str | None
-    node_id: str  # the Node that owns it (itself for a Node)
-    client_id: str | None = None  # BCP-003-02: the OAuth client that registered its Node
-    children: set[str] = field(factory=set)  # shared by every record of the same id
-    json: str = field(kw_only=True)  # `data` as every answer sends it, encoded before the record was stored
+    It keeps one form of the resource, the JSON text every answer sends (`json`, encoded before the record was
+    stored), and decodes `data` from it when something reads the data (filters, downgrades, indexes); the most
+    recently used decodings are kept (`DECODED`), so a record read several times in a row is decoded once. The text
+    is a third of the size of the decoded objects, and most records are only ever sent, never read.
+    """
+
+    __slots__ = ("kind", "id", "api_version", "created", "updated", "parent_id", "node_id", "client_id", "json")
+
+    def __init__(self, kind: str, rid: str, api_version: str, created: int, updated: int, parent_id: str | None,
+                 node_id: str, client_id: str | None, json: str) -> None:
+        self.kind = kind
+        self.id = rid
+        self.api_version = api_version  # the Registration API version it was registered at
+        self.created = created  # TAI ns, unique in the store
+        self.updated = updated  # TAI ns, unique in the store
+        self.parent_id = parent_id
+        self.node_id = node_id  # the Node that owns it (itself for a Node)
+        self.client_id = client_id  # BCP-003-02: the OAuth client that registered its Node
+        self.json = json  # the data as every answer sends it
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """The resource exactly as registered. Shared by every reader: never mutate it."""
+        return DECODED.get(self)
+
+    def __repr__(self) -> str:
+        return f"Resource({self.kind} {self.id} at {self.api_version}, updated {self.updated})"
+
+
+class DecodeCache:
+    """The decoded data of the most recently read records, at most `size` of them, oldest dropped first.
+
+    Keyed by the record object (records compare by identity), so a replaced record's entry is never served for its
+    successor; entries of removed records just age out."""
+
+    def __init__(self, size: int = 1024) -> None:
+        self.size = size
+        self._entries: dict[Resource, dict[str, Any]] = {}
+
+    def get(self, record: Resource) -> dict[str, Any]:
+        entries = self._entries
+        data = entries.get(record)
+        if data is None:
+            data = json.loads(record.json)  # text this process wrote: no need for the strict decoder
+            self.put(record, data)
+        return data
+
+    def put(self, record: Resource, data: dict[str, Any]) -> None:
+        entries = self._entries
+        entries[record] = data
+        if len(entries) > self.size:
+            del entries[next(iter(entries))]
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+DECODED = DecodeCache()  # one for the process: records are immutable, so every store can share it
 
 
 @frozen
@@ -187,18 +236,26 @@ class Registry:
         self.tai = TAIStamps()
         self.expiry = expiry
         self.feed = ChangeFeed()
-        self._by_id: dict[str, Resource] = {}
+        # One dict per type (ids are unique across types, so `find` looks in each): a second dict by id alone
+        # would cost as much memory as the Resource objects themselves.
         self._by_kind: dict[str, dict[str, Resource]] = {kind: {} for kind in TYPES}
-        lookup = self._by_id.get
-        self._updated = {kind: TimeIndex(lookup, "updated") for kind in TYPES}
-        self._created = {kind: TimeIndex(lookup, "created") for kind in TYPES}
+        self._stores = tuple(self._by_kind.values())
+        # Parent id -> ids of its children, for parents that have any. A list: a child is added once, and only a
+        # child deleted on its own is looked for (a set of 8 ids costs 728 bytes, a list 136).
+        self._children: dict[str, list[str]] = {}
+        self._updated = {kind: TimeIndex(self._by_kind[kind].get, "updated") for kind in TYPES}
+        self._created = {kind: TimeIndex(self._by_kind[kind].get, "created") for kind in TYPES}
         self._last_seen: dict[str, float] = {}  # Node id -> Unix time of its registration or last heartbeat
         self._deadlines: deque[tuple[float, str]] = deque()  # (expiry time, Node id), in time order
 
     # Reading
 
     def find(self, rid: str) -> Resource | None:
-        return self._by_id.get(rid)
+        for records in self._stores:
+            record = records.get(rid)
+            if record is not None:
+                return record
+        return None
 
     def get(self, kind: str, rid: str) -> Resource | None:
         return self._by_kind[kind].get(rid)
@@ -214,6 +271,10 @@ class Registry:
         """The paging index of one type: order "update" or "create"."""
         return (self._updated if order == "update" else self._created)[kind]
 
+    def children(self, rid: str) -> Sequence[str]:
+        """The ids of the resources whose parent is `rid`, oldest first (read it, never change it)."""
+        return self._children.get(rid, ())
+
     def last_seen(self, node_id: str) -> float | None:
         return self._last_seen.get(node_id)
 
@@ -224,10 +285,12 @@ class Registry:
         """Create or update a resource at Unix time `now`. `data` must already be valid for `api_version` and is
         kept as it is."""
         rid = data["id"]
+        api_version = _CANONICAL.get(api_version, api_version)  # the same string object in every record
         if not isinstance(rid, str) or _UUID.fullmatch(rid) is None:
             raise InvalidResource(f"{kind} id must be a lower-case UUID, not {rid!r}")
-        existing = self._by_id.get(rid)
+        existing = self.find(rid)
         if existing is not None:
+            rid = existing.id  # one copy of each id: the stored record's
             if existing.kind != kind:
                 # IS-04 v1.3 "Behaviour - Registration": an id MUST NOT be reused for a resource of another type.
                 raise InvalidResource(f"id {rid} is already registered as a {existing.kind}, not a {kind}")
@@ -237,26 +300,26 @@ class Registry:
         parent_id, parent_kind = parent_of(kind, data)
         node_id = rid
         if parent_kind is not None:
-            parent = self._by_id.get(parent_id) if isinstance(parent_id, str) else None
+            parent = self.find(parent_id) if isinstance(parent_id, str) else None
             if parent is None or parent.kind != parent_kind:
                 raise InvalidResource(f"{kind} {rid} names {parent_kind} {parent_id} as its parent, which is not "
                                       f"registered")
-            node_id = parent.node_id
+            parent_id, node_id = parent.id, parent.node_id  # the parent's own strings: one copy of each id
         self._check_owner(node_id if existing is None else existing.node_id, client_id)
         if existing is None:
-            owner = self._by_id[node_id].client_id if node_id != rid else client_id
-            changes = [self._create(kind, rid, data, api_version, parent_id, node_id, owner, now)]
-        elif data == existing.data:
-            # An identical re-POST changes nothing (nmos-cpp does the same); it still counts as a sign of life.
-            if kind == "node":
-                self._touch(rid, now)
-            return RegisterOutcome(False, existing)
+            owner = self._by_kind["node"][node_id].client_id if node_id != rid else client_id
+            change = self._create(kind, rid, data, api_version, parent_id, node_id, owner, now)
         else:
-            changes = [self._update(existing, data, parent_id, now)]
+            change = self._update(existing, data, parent_id, now)
+            if change is None:
+                # An identical re-POST changes nothing (nmos-cpp does the same); it still counts as a sign of life.
+                if kind == "node":
+                    self._touch(rid, now)
+                return RegisterOutcome(False, existing)
         if kind == "node":
             self._touch(rid, now)
-        self.feed.publish(changes)
-        post = changes[0].post
+        self.feed.publish([change])
+        post = change.post
         assert post is not None
         return RegisterOutcome(existing is None, post)
 
@@ -265,29 +328,39 @@ class Registry:
         _version_of(kind, data)
         text = _servable(kind, rid, data)
         stamp = self.tai.stamp(now)
-        record = Resource(kind, rid, data, api_version, stamp, stamp, parent_id, node_id, client_id, json=text)
-        self._by_id[rid] = record
+        record = Resource(kind, rid, api_version, stamp, stamp, parent_id, node_id, client_id, text)
+        DECODED.put(record, data)  # the change feed's readers (indexes, filtered subscriptions) read it next
         self._by_kind[kind][rid] = record
         self._created[kind].append(stamp, rid)
         self._updated[kind].append(stamp, rid)
         if parent_id is not None:
-            self._by_id[parent_id].children.add(rid)
+            siblings = self._children.get(parent_id)
+            if siblings is None:
+                self._children[parent_id] = [rid]
+            else:
+                siblings.append(rid)
         return Change(kind, rid, None, record, "register")
 
-    def _update(self, existing: Resource, data: dict[str, Any], parent_id: str | None, now: float) -> Change:
+    def _update(self, existing: Resource, data: dict[str, Any], parent_id: str | None, now: float) -> Change | None:
+        """The change that replaces `existing` by `data`, or None if `data` is the same resource."""
         kind, rid = existing.kind, existing.id
+        text = _servable(kind, rid, data)
+        if text == existing.json:
+            return None
+        held = existing.data
+        if data == held:  # the same members in another order
+            return None
         if parent_id != existing.parent_id:
             raise InvalidResource(f"the parent of {kind} {rid} cannot change (registered with {existing.parent_id}, "
                                   f"now {parent_id})")
-        if _version_of(kind, data) <= _version_of(kind, existing.data):
+        if _version_of(kind, data) <= _version_of(kind, held):
             # IS-04 v1.3 "Behaviour - Registration": the registry MAY reject an update whose version is earlier;
             # a change without a newer version is refused too, since id + version names one variant.
             raise InvalidResource(f"{kind} {rid} changed but its version {data.get('version')} is not later than "
-                                  f"the registered {existing.data.get('version')}")
-        text = _servable(kind, rid, data)
-        record = Resource(kind, rid, data, existing.api_version, existing.created, self.tai.stamp(now), parent_id,
-                          existing.node_id, existing.client_id, existing.children, json=text)
-        self._by_id[rid] = record
+                                  f"the registered {held.get('version')}")
+        record = Resource(kind, rid, existing.api_version, existing.created, self.tai.stamp(now), parent_id,
+                          existing.node_id, existing.client_id, text)
+        DECODED.put(record, data)
         self._by_kind[kind][rid] = record
         self._updated[kind].discard()
         self._updated[kind].append(record.updated, rid)
@@ -296,7 +369,7 @@ class Registry:
     def _check_owner(self, node_id: str, client_id: str | None) -> None:
         """BCP-003-02: "the Registration API SHOULD reject ... requests to modify or delete resources ... from a
         client other than the one which registered the Node" (the client_id or azp of its first token)."""
-        node = self._by_id.get(node_id)
+        node = self.find(node_id)
         if node is not None and node.client_id is not None and client_id != node.client_id:
             raise NotOwner(f"node {node_id} was registered by another client")
 
@@ -320,18 +393,20 @@ class Registry:
         while stack:
             record = stack.pop()
             order.append(record)
-            stack.extend(self._by_id[child] for child in record.children if child in self._by_id)
+            stack.extend(child for child in map(self.find, self._children.get(record.id, ())) if child is not None)
         changes = []
         for record in reversed(order):
-            del self._by_id[record.id]
             del self._by_kind[record.kind][record.id]
             self._created[record.kind].discard()
             self._updated[record.kind].discard()
             self._last_seen.pop(record.id, None)
+            self._children.pop(record.id, None)
             changes.append(Change(record.kind, record.id, record, None, cause if record is root else "cascade"))
-        parent = self._by_id.get(root.parent_id) if root.parent_id is not None else None
-        if parent is not None:
-            parent.children.discard(root.id)
+        siblings = self._children.get(root.parent_id) if root.parent_id is not None else None
+        if siblings is not None:
+            siblings.remove(root.id)
+            if not siblings:
+                del self._children[root.parent_id]
         return changes
 
     # Health and garbage collection
@@ -339,9 +414,9 @@ class Registry:
     def heartbeat(self, node_id: str, api_version: str, client_id: str | None = None, *, now: float) -> float:
         """Refresh a Node's health at Unix time `now`, which is returned. Never creates a Node (IS-04: 404 for an
         unknown one)."""
-        self._node(node_id, api_version)
+        node = self._node(node_id, api_version)
         self._check_owner(node_id, client_id)
-        return self._touch(node_id, now)
+        return self._touch(node.id, now)  # the stored id: the queue keeps no copy of the one in the URL
 
     def health(self, node_id: str, api_version: str) -> float:
         """When a Node was last seen, without refreshing it."""
@@ -376,7 +451,7 @@ class Registry:
             seen = self._last_seen.get(node_id)
             if seen is None or seen + self.expiry > now:
                 continue  # deleted since, or heard from again
-            node = self._by_id[node_id]
+            node = self._by_kind["node"][node_id]
             log.info("Node {node_id} expired: no heartbeat for {age:.1f} s (limit {expiry} s)", node_id=node_id,
                      age=now - seen, expiry=self.expiry)
             changes.extend(self._remove_tree(node, "expire"))

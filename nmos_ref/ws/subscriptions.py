@@ -416,14 +416,14 @@ class SubscriptionManager:
         """The record's JSON as `view` serves it, or None if it does not match. Only live records go through the
         shared translation cache: one that is gone would stay there for good."""
         if _minor_version(record.api_version) <= _minor_version(view.version):
-            data, text = record.data, None  # its own version, or a lower one asked for by query.downgrade: as is
-        elif live:
-            data, text = self.translations.data(record, view.version), None
-        else:
-            data = downgrade(record.kind, record.data, record.api_version, view.version)
-            text = record.json if data is record.data else compact(data)
+            # Its own version, or a lower one asked for by query.downgrade: as is (decoded only to be filtered).
+            return record.json if view.filter is None or view.filter.matches(record.data) else None
+        if live:
+            if view.filter is not None and not view.filter.matches(self.translations.data(record, view.version)):
+                return None
+            return self.translations.json(record, view.version)
+        data = downgrade(record.kind, record.data, record.api_version, view.version)
         if not view.matches(data):
             return None
-        if text is None:
-            text = record.json if data is record.data else self.translations.json(record, view.version)
+        text = record.json if data is record.data else compact(data)
         return text

@@ -7,7 +7,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nmos_ref.model.indexes import INDEXED, Indexes
+from nmos_ref.model.indexes import INDEXED, SMALL, Indexes
 from nmos_ref.model.matching import Equals, is_tags, text_keys
 from nmos_ref.model.store import Registry
 from tests.support.cases import UnitTest
@@ -62,7 +62,7 @@ class IndexesTests(UnitTest):
         for path in INDEXED:
             for kind in ("node", "device", "source", "flow", "sender", "receiver"):
                 assert not indexes._paths[kind].get(path), (kind, path)
-        assert not indexes._entries
+        assert not any(bucket for paths in indexes._paths.values() for bucket in paths.values())  # tags too
 
     def test_unindexed_paths_are_not_answered(self) -> None:
         indexes = Indexes(Registry())
@@ -79,6 +79,30 @@ class IndexesTests(UnitTest):
         assert indexes.children("source", family.source["id"]) == {child["id"]}
         registry.register("source", bump(child, parents=[]), "v1.3", now=NOW)
         assert indexes.children("source", family.source["id"]) == set()
+
+    def test_a_key_shared_by_one_a_few_and_many_resources(self) -> None:
+        # One id is held as itself, a few as a tuple, more than SMALL as a set: growing and shrinking through every
+        # form, by registration, update and deletion, the answer stays the scan's.
+        registry = Registry()
+        family = Family.build("v1.3").register(registry, now=NOW)
+        indexes = Indexes(registry)
+        flows = [flow(family.source["id"], family.device["id"], "v1.3", label="shared") for _ in range(SMALL + 3)]
+
+        def check() -> None:
+            for value in ("shared", "moved"):
+                assert lookup(indexes, "flow", ("label",), value) == scan(registry, "flow", ("label",), value)
+
+        for data in flows:
+            registry.register("flow", data, "v1.3", now=NOW)
+            check()
+        assert len(lookup(indexes, "flow", ("label",), "shared") or ()) == SMALL + 3
+        for data in flows[: SMALL + 1]:
+            registry.register("flow", bump(data, label="moved"), "v1.3", now=NOW)
+            check()
+        for data in flows:
+            registry.delete("flow", data["id"], "v1.3")
+            check()
+        assert not {"shared", "moved"} & indexes._paths["flow"][("label",)].keys()  # no key left with no ids
 
     @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(st.lists(st.fixed_dictionaries({}, optional={"label": LEAVES, "format": TREE, "parents": TREE,

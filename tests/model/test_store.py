@@ -200,7 +200,7 @@ class TestDelete(StoreTest):
         registry.delete("device", items["device"]["id"], "v1.3")
         assert registry.get("node", items["node"]["id"]) is not None
         assert all(registry.find(items[k]["id"]) is None for k in ("device", "source", "flow", "sender", "receiver"))
-        assert not registry.get("node", items["node"]["id"]).children
+        assert not registry.children(items["node"]["id"])
 
     def test_children_deleted_in_the_wrong_order(self, registry: Registry) -> None:
         items = family(registry, now=self.clock.seconds())
