@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from nmos_ref.api.versioned import VersionedAPI, add_common_routes
@@ -15,6 +14,7 @@ from nmos_ref.model.versions import SINGULARS, TYPES
 from nmos_ref.validation import Schemas
 from nmos_ref.web.errors import NmosError
 from nmos_ref.web.hot_routes import HotKlein
+from nmos_ref.web.logs import Logger
 from nmos_ref.web.responses import Encoded, empty_response, json_response, read_json, resource_location
 
 log = Logger()
