@@ -13,6 +13,7 @@ import copy
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 import fastjsonschema
 import jsonschema
@@ -279,24 +280,26 @@ class SchemasAndFormatsTests(UnitTest):
             with pytest.raises(KeyError):
                 schemas.check(version, name, {})
 
-    def test_each_schema_is_compiled_once(self, tmp_path: Path) -> None:
+    def test_each_schema_is_compiled_once_and_with_details_only_once_a_document_fails(self, tmp_path: Path) -> None:
         _write(tmp_path, "v1.0", "thing", {"type": "object", "properties": {"id": {"$ref": "parts.json#/definitions/id"}}})
         _write(tmp_path, "v1.0", "parts", {"definitions": {"id": {"type": "string", "pattern": "^[a-z]+\\n?\\Z"}}})
-        compiled: list[object] = []
+        compiled: list[bool] = []  # detailed_exceptions of each compilation
         real_compile = fastjsonschema.compile
 
-        def counting_compile(*args: object, **kwargs: object) -> object:
-            compiled.append(args[0])
+        def counting_compile(*args: object, **kwargs: Any) -> object:
+            compiled.append(kwargs.get("detailed_exceptions", True))
             return real_compile(*args, **kwargs)
 
         self.patch(validation.fastjsonschema, "compile", counting_compile)
         schemas = Schemas(tmp_path)
         for _ in range(3):
             schemas.check("v1.0", "thing", {"id": "abc"})
-        assert len(compiled) == 1
-        with pytest.raises(SchemaViolation):
-            schemas.check("v1.0", "thing", {"id": "ABC"})
-        assert len(compiled) == 1
+        assert compiled == [False]
+        for _ in range(2):
+            with pytest.raises(SchemaViolation) as caught:
+                schemas.check("v1.0", "thing", {"id": "ABC"})
+            assert caught.value.path == ("id",) and "$.id must match pattern ^[a-z]+$" in caught.value.message
+        assert compiled == [False, True]
 
     def test_violation_names_the_offending_key(self) -> None:
         if not support.AMWA.is_dir():

@@ -16,7 +16,6 @@ import jwt
 from attrs import frozen
 from jwt.exceptions import InvalidTokenError, PyJWTError
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 
@@ -24,6 +23,7 @@ from nmos_ref.auth.claims import (LEEWAY, Denial, audience_matches, check_access
                                   client_of, insufficient, invalid)
 from nmos_ref.auth.keys import ALGORITHMS, KeyCache
 from nmos_ref.web.errors import NmosError
+from nmos_ref.web.logs import Logger
 from nmos_ref.web.responses import render_error
 
 log = Logger()

@@ -1,2 +1,3 @@
 """The shared HTTP floor: the NMOS error and its JSON answers (`errors`, `responses`), the resources above the APIs
-(`root`), the HTTP/1.1 server edge (`server`), the client wrapper (`client`) and retry backoff (`backoff`)."""
+(`root`), the HTTP/1.1 server edge (`server`), the hot routes' dispatch (`hot_routes`), the client wrapper
+(`client`), retry backoff (`backoff`) and debug events that cost nothing when filtered out (`logs`)."""

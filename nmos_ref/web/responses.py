@@ -34,12 +34,16 @@ class Encoded(str):
     """JSON text that is already encoded (a stored resource), sent as it is."""
 
 
+_ALLOWED_HEADERS = ALLOWED_HEADERS.encode()
+_EXPOSED_HEADERS = EXPOSED_HEADERS.encode()
+
+
 def set_cors(request: IRequest) -> None:
     request.setHeader(b"access-control-allow-origin", b"*")
     request.setHeader(b"access-control-allow-methods", b"GET, PUT, POST, PATCH, HEAD, OPTIONS, DELETE")
     requested = request.getHeader(b"access-control-request-headers")
-    request.setHeader(b"access-control-allow-headers", requested or ALLOWED_HEADERS.encode())
-    request.setHeader(b"access-control-expose-headers", EXPOSED_HEADERS.encode())
+    request.setHeader(b"access-control-allow-headers", requested or _ALLOWED_HEADERS)
+    request.setHeader(b"access-control-expose-headers", _EXPOSED_HEADERS)
     request.setHeader(b"access-control-max-age", b"3600")
 
 

@@ -21,6 +21,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import (FilteringLogObserver, ILogObserver, Logger, LogLevel, LogLevelFilterPredicate,
                             globalLogPublisher)
 
+from nmos_ref.web import logs
+
 log = Logger()
 
 
@@ -49,7 +51,8 @@ class FreezeAfterFullCollection(TimerService):
 
 class LogLevelService(Service):
     """Filters the log below the configured level. twistd starts its observers after `makeService` and offers no
-    level setting, so on start each of them is wrapped in a filter (and unwrapped on stop)."""
+    level setting, so on start each of them is wrapped in a filter (and unwrapped on stop). It also tells the
+    project's `Logger` (nmos_ref.web.logs) whether debug events are wanted, so that those not wanted are not built."""
 
     def __init__(self, level: str) -> None:
         self.level = LogLevel.levelWithName(level)
@@ -63,10 +66,12 @@ class LogLevelService(Service):
             globalLogPublisher.removeObserver(observer)
             globalLogPublisher.addObserver(filtered)
             self._wrapped.append((observer, filtered))
+        logs.Logger.debug_wanted = self.level == LogLevel.debug  # (debug is the lowest level)
 
     def stopService(self) -> None:
         for observer, filtered in self._wrapped:
             globalLogPublisher.removeObserver(filtered)
             globalLogPublisher.addObserver(observer)
         self._wrapped.clear()
+        logs.Logger.debug_wanted = True
         super().stopService()

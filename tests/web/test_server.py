@@ -521,3 +521,23 @@ class ChannelInMemoryTests(UnitTest):
         assert_nmos_error(answer, 426)
         [answer], _ = parse(error_answer(NmosError(431, "too many")))
         assert answer.reason == "Request Header Fields Too Large"
+
+
+class ChannelAddressTests(UnitTest):
+    """The channel asks its transport once per connection for what cannot change while it lasts."""
+
+    def test_the_local_address_and_tls_are_read_once_per_connection(self) -> None:
+        channel, transport = _channel()
+        try:
+            calls = []
+            real_get_host = transport.getHost
+            self.patch(transport, "getHost", lambda: calls.append("host") or real_get_host())
+            inner = channel._channel
+            for _ in range(3):
+                channel.dataReceived(b"GET /x-nmos/ HTTP/1.1\r\nHost: a\r\n\r\n")
+            answers, _ = parse(transport.value())
+            assert [answer.status for answer in answers] == [200, 200, 200]
+            assert calls == ["host"]
+            assert inner.getHost() == real_get_host() and inner.isSecure() is False
+        finally:
+            _stop(channel)

@@ -7,7 +7,8 @@ from typing import Any
 
 from twisted.internet.task import Clock
 
-from nmos_ref.wiring.tuning import FreezeAfterFullCollection
+from nmos_ref.web.logs import Logger
+from nmos_ref.wiring.tuning import FreezeAfterFullCollection, LogLevelService
 from tests.support.cases import UnitTest
 
 
@@ -59,3 +60,18 @@ class FreezeAfterFullCollectionTests(UnitTest):
         finally:
             policy.stopService()
         assert gc.get_freeze_count() == 0
+
+
+class LogLevelServiceTests(UnitTest):
+    """The configured level also decides whether the project's Logger builds debug events at all."""
+
+    def test_debug_events_are_wanted_only_at_the_debug_level_and_again_once_stopped(self) -> None:
+        self.patch(Logger, "debug_wanted", True)
+        for level, wanted in (("info", False), ("warn", False), ("debug", True)):
+            service = LogLevelService(level)
+            service.startService()
+            try:
+                assert Logger.debug_wanted is wanted, level
+            finally:
+                service.stopService()
+            assert Logger.debug_wanted is True
