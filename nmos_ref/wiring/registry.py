@@ -14,8 +14,8 @@ from twisted.logger import Logger
 from twisted.web.server import Site
 
 from nmos_ref.api.query import QueryAPI
-from nmos_ref.api.subscription_service import SubscriptionService
 from nmos_ref.api.registration import RegistrationAPI
+from nmos_ref.api.subscription_service import SubscriptionService
 from nmos_ref.config import Settings
 from nmos_ref.discovery.registry_advert import RegistryAdvertiser
 from nmos_ref.model.downgrade import Translations
