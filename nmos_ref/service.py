@@ -1,4 +1,7 @@
-"""`twistd nmos-ref`: the command line and the service tree. The only module that touches the global reactor."""
+"""`twistd nmos-ref`: the command line and the service tree. The only module that touches the global reactor.
+
+It imports the rest of nmos-ref (and with it Twisted's TCP support) only once the settings are known, so that a
+process that needs no TLS can be started without pyOpenSSL (`nmos_ref.wiring.footprint`)."""
 
 from __future__ import annotations
 
@@ -11,8 +14,7 @@ from twisted.logger import (
 from twisted.python import usage
 
 from nmos_ref.config import ConfigError, Settings, apply, load_file
-from nmos_ref.wiring.checks import check_settings
-from nmos_ref.wiring.tree import build_all
+from nmos_ref.wiring.footprint import without_tls
 
 log = Logger()
 
@@ -193,10 +195,14 @@ def settings_from(options: Options) -> Settings:
         settings = apply(settings, flags, "command line")
     except ConfigError as exc:
         raise usage.UsageError(str(exc)) from None
+    node = options.subCommand != "registry"
+    without_tls(settings, node=node)  # before anything imports the reactor or Twisted's endpoints
     from twisted.internet import reactor
 
+    from nmos_ref.wiring.checks import check_settings
+
     try:
-        check_settings(settings, reactor, node=options.subCommand != "registry")
+        check_settings(settings, reactor, node=node)
     except ConfigError as exc:
         raise usage.UsageError(str(exc)) from None
     return settings
@@ -204,5 +210,7 @@ def settings_from(options: Options) -> Settings:
 
 def makeService(options: Options) -> MultiService:
     from twisted.internet import reactor
+
+    from nmos_ref.wiring.tree import build_all
 
     return build_all(options["settings"], reactor, parts=options["parts"])

@@ -1,5 +1,6 @@
 """The sockets of Query API subscriptions: one Autobahn protocol per WebSocket, all served by one `WebSocketResource`
-in the Query API's Klein tree (so on the API's own port and scheme), and the service that closes them at shutdown.
+in the Query API's Klein tree (so on the API's own port and scheme). `nmos_ref.api.subscription_service` imports this
+module (and Autobahn) when the first socket opens, and closes the sockets at shutdown.
 
 `ws_href` is `ws[s]://<host the client used>/x-nmos/query/<version>/ws/<subscription id>`. The Query API's route
 for that path checks the subscription and hands the request to the `WebSocketResource`, which takes the connection
@@ -11,11 +12,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
@@ -132,28 +131,4 @@ class SubscriptionFactory(WebSocketServerFactory):
         # (webStatus: no HTML status page for a handshake without Upgrade; failHandshake answers it instead)
         self.setProtocolOptions(maxFramePayloadSize=MAX_FRAME, autoPingInterval=PING_INTERVAL,
                                 autoPingTimeout=PING_TIMEOUT, webStatus=False)
-
-
-class SubscriptionService(Service):
-    """The WebSocket subscriptions of a Query API: the manager, the resource that takes sockets over (`resource`,
-    for the Query API's routes), and, when the service stops, every socket closed and the expiry timers stopped."""
-
-    def __init__(self, manager: SubscriptionManager, factory: SubscriptionFactory) -> None:
-        self.manager = manager
-        self.factory = factory
-        self.resource = WebSocketResource(factory)
-
-    def startService(self) -> None:
-        super().startService()
-        self.manager.start()
-
-    def stopService(self) -> Deferred[Any]:
-        super().stopService()
-        closed = [socket.when_closed() for socket in self.factory.sockets]
-        self.manager.stop()
-        for socket in list(self.factory.sockets):
-            if socket.connection is None:  # never attached, or already ending
-                socket.sendClose(1000, "the Query API is shutting down")
-        return gatherResults(closed)
-
 

@@ -13,6 +13,8 @@ domain first, mDNS only if that gives nothing), and `nmos_ref.discovery.setup` b
 from __future__ import annotations
 
 import ipaddress
+import re
+import socket
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -26,10 +28,18 @@ NODE = "_nmos-node._tcp"
 REGISTER = "_nmos-register._tcp"
 REGISTRATION = "_nmos-registration._tcp"
 QUERY = "_nmos-query._tcp"
+RESOLV_CONF = "/etc/resolv.conf"  # the resolver's name servers and search domain, for unicast DNS-SD
 
 # The peer-to-peer TXT records of a Node ("Discovery - Peer to Peer Operation") and the kind of resource each counts.
 PEER_TO_PEER_KEYS: dict[str, str] = {"node": "ver_slf", "source": "ver_src", "flow": "ver_flw", "device": "ver_dvc",
                                      "sender": "ver_snd", "receiver": "ver_rcv"}
+
+
+def host_label(name: str | None = None) -> str:
+    """This machine's name as one DNS label (the first label of the host name, other characters as "-")."""
+    label = (name or socket.gethostname()).split(".", 1)[0]
+    label = re.sub(r"[^A-Za-z0-9-]", "-", label).strip("-")[:63]
+    return label or "nmos-ref"
 
 
 def fits_rfc6763(service_type: str) -> bool:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import re
-import socket
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
@@ -24,19 +22,12 @@ from twisted.python.failure import Failure
 from zeroconf import ServiceInfo, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo
 
-from nmos_ref.discovery import Advert, Found, Instance, fits_rfc6763
+from nmos_ref.discovery import Advert, Found, Instance, fits_rfc6763, host_label
 
 log = Logger()
 
 SETTLE = 1.0  # seconds after a browse starts by which the answers already on the network are in
 RESOLVE_TIMEOUT_MS = 3000  # how long to ask for an instance's SRV, TXT and address records
-
-
-def host_label(name: str | None = None) -> str:
-    """This machine's name as one DNS label (the first label of the host name, other characters as "-")."""
-    label = (name or socket.gethostname()).split(".", 1)[0]
-    label = re.sub(r"[^A-Za-z0-9-]", "-", label).strip("-")[:63]
-    return label or "nmos-ref"
 
 
 def _settle(result: Deferred[Any], future: concurrent.futures.Future[Any]) -> None:

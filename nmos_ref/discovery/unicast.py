@@ -24,11 +24,17 @@ from twisted.logger import Logger
 from twisted.names import client, dns
 from twisted.names.error import DNSNameError
 
-from nmos_ref.discovery import Advert, Found, Instance, Unsupported, parse_txt
+from nmos_ref.discovery import (
+    RESOLV_CONF,
+    Advert,
+    Found,
+    Instance,
+    Unsupported,
+    parse_txt,
+)
 
 log = Logger()
 
-RESOLV_CONF = "/etc/resolv.conf"
 QUERY_TIMEOUT = (1, 2)  # seconds: a query is sent again after 1 s, and given up after 3 s in all
 REFRESH_MIN, REFRESH_MAX = 5.0, 60.0  # bounds on asking again after answers (their TTL)
 RETRY_MIN, RETRY_MAX = 1.0, 15.0  # asking again while there is no answer: 1 s, doubling up to 15 s

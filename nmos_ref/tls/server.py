@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from OpenSSL import SSL, crypto
 from twisted.application import strports
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.endpoints import SSL4ServerEndpoint
@@ -19,6 +18,9 @@ from twisted.internet.interfaces import IOpenSSLContextFactory, IStreamServerEnd
 from zope.interface import implementer
 
 from nmos_ref.config import ConfigError
+
+if TYPE_CHECKING:
+    from OpenSSL import SSL
 
 
 class Stapler(Protocol):
@@ -49,6 +51,10 @@ def server_context(pairs: Sequence[tuple[str, str]], dh_params: str | None = Non
     """A server context with every (certificate chain PEM, private key PEM) pair loaded and checked; ConfigError
     names the file when one is missing, unreadable or does not belong with its partner. With a `stapler`, each
     chain is handed to it and the context staples its OCSP responses (RFC 6066 status_request)."""
+    # pyOpenSSL is imported here, when a listener needs it: a process without TLS runs without it
+    # (nmos_ref.wiring.footprint).
+    from OpenSSL import SSL, crypto
+
     if not pairs:
         raise ConfigError("TLS needs at least one certificate and key (tls_certificates, or certKey= and "
                           "privateKey= in the ssl: description)")

@@ -10,10 +10,7 @@ from typing import Any
 from twisted.internet.endpoints import serverFromString
 
 from nmos_ref.config import ConfigError, Settings, read_initial_token
-from nmos_ref.discovery.unicast import parse_server
-from nmos_ref.node.description import build, load_description
 from nmos_ref.node.registries import parse_registry_url
-from nmos_ref.tls.server import ssl_endpoint
 
 DNS_SERVER_EXAMPLE = '"192.0.2.53" or "[2001:db8::53]:5353"'
 
@@ -26,6 +23,8 @@ def check_settings(settings: Settings, reactor: Any, *, node: bool) -> None:
             parse_registry_url(url, index)
         except ValueError as exc:
             raise ConfigError(f"registries: {exc}") from None
+    if settings.dns_servers:  # twisted.names only when unicast DNS-SD is configured (idle footprint, issue 13)
+        from nmos_ref.discovery.unicast import parse_server
     for server in settings.dns_servers or ():
         try:
             parse_server(server)
@@ -37,6 +36,9 @@ def check_settings(settings: Settings, reactor: Any, *, node: bool) -> None:
     if node and settings.auth_initial_token_file is not None:
         read_initial_token(settings.auth_initial_token_file)
     if node and settings.node_file is not None:
+        # the Node's stack only for a Node
+        from nmos_ref.node.description import build, load_description
+
         try:  # a broken Node description stops the start here, with the reason
             build(load_description(settings.node_file), seed="check", stamp="0:0", hostname=None, endpoints=[],
                   versions=settings.api_versions)
@@ -47,6 +49,9 @@ def check_settings(settings: Settings, reactor: Any, *, node: bool) -> None:
 def _check_listener(reactor: Any, flag: str, description: str, settings: Settings) -> None:
     try:
         if description.startswith("ssl:"):  # certificates and keys checked now, not at the first client
+            # pyOpenSSL only with an ssl: listener
+            from nmos_ref.tls.server import ssl_endpoint
+
             ssl_endpoint(reactor, description, settings.tls_certificates)
             return
         serverFromString(reactor, description)

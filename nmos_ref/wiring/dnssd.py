@@ -1,21 +1,26 @@
-"""The DNS-SD of one process, from the settings: mDNS on which interfaces, unicast DNS-SD in which domain."""
+"""The DNS-SD of one process, from the settings: mDNS on which interfaces, unicast DNS-SD in which domain.
+
+python-zeroconf and twisted.names are imported only when the settings use them (idle footprint, issue 13)."""
 
 from __future__ import annotations
 
 import ipaddress
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import ifaddr
 from attrs import define, field
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from nmos_ref.config import Settings
+from nmos_ref.discovery import RESOLV_CONF, host_label
 from nmos_ref.discovery.browse import UnicastFirst
-from nmos_ref.discovery.mdns import MulticastDiscovery, host_label
-from nmos_ref.discovery.unicast import RESOLV_CONF, UnicastDiscovery, make_resolver, parse_server, system_dns
+
+if TYPE_CHECKING:
+    from nmos_ref.discovery.mdns import MulticastDiscovery
+    from nmos_ref.discovery.unicast import UnicastDiscovery
+
 
 log = Logger()
 
@@ -50,6 +55,8 @@ def listen_host(description: str) -> str | None:
 
 def machine_interfaces(ipv6: bool) -> list[str]:
     """Every address of this machine for mDNS: IPv4 (link-local too), and IPv6 without link-local (zoned) ones."""
+    import ifaddr  # only for mDNS on a wildcard listener
+
     found: list[str] = []
     for adapter in ifaddr.get_adapters():
         for ip in adapter.ips:
@@ -100,11 +107,21 @@ def build_dns_sd(settings: Settings, reactor: Any, clock: IReactorTime, descript
     if settings.dns_sd in ("both", "multicast"):
         interfaces = list(settings.mdns_interfaces or interfaces_for(descriptions))
         if interfaces:
+            # python-zeroconf only with mDNS on
+            from nmos_ref.discovery.mdns import MulticastDiscovery
+
             found.multicast = MulticastDiscovery(reactor, interfaces, host)
             found.interfaces = interfaces
         else:
             log.warn("mDNS is off: no interface to use (set mdns_interfaces)")
     if browse and settings.dns_sd in ("both", "unicast"):
+        from nmos_ref.discovery.unicast import (
+            UnicastDiscovery,
+            make_resolver,
+            parse_server,
+            system_dns,
+        )
+
         servers, domain = system_dns(resolv_conf)
         if settings.dns_servers:
             servers = [parse_server(text) for text in settings.dns_servers]

@@ -4,18 +4,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from treq.client import HTTPClient
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.interfaces import IListeningPort, IReactorTime
-from twisted.web.client import Agent, HTTPConnectionPool
 
-from nmos_ref.tls.ocsp import FETCH_TIMEOUT, OCSPStapler
 from nmos_ref.tls.server import serves_tls
-from nmos_ref.tls.trust import tls_policy
+
+if TYPE_CHECKING:
+    from nmos_ref.tls.ocsp import OCSPStapler
 
 
 def listening(services: Sequence[StreamServerEndpointService]) -> Deferred[list[tuple[str, Any]]]:
@@ -45,6 +44,12 @@ def ocsp_stapler(reactor: Any, descriptions: Sequence[str], ca_file: str | None,
     None."""
     if not serves_tls(descriptions):
         return None
+    # cryptography's OCSP and an HTTP client only for ssl: listeners (idle footprint, issue 13)
+    from treq.client import HTTPClient
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    from nmos_ref.tls.ocsp import FETCH_TIMEOUT, OCSPStapler
+    from nmos_ref.tls.trust import tls_policy
 
     pool = HTTPConnectionPool(reactor, persistent=False)
     http = HTTPClient(Agent(reactor, contextFactory=tls_policy(ca_file), pool=pool, connectTimeout=FETCH_TIMEOUT))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from attrs import evolve
 from treq.client import HTTPClient
@@ -18,11 +18,7 @@ from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.resource import Resource
 
-from nmos_ref.api.jwks import JWKSResource
 from nmos_ref.api.node import ManifestAPI, NodeAPI
-from nmos_ref.auth.guard import guard_apis
-from nmos_ref.auth.keys import ANY_ISSUER
-from nmos_ref.auth.oauth_client import OAuthClient
 from nmos_ref.config import Settings, read_initial_token
 from nmos_ref.model.tai import TAIClock, format_tai
 from nmos_ref.node.addresses import endpoints_for, host_name, registry_candidates
@@ -34,15 +30,18 @@ from nmos_ref.node.registries import Candidate, parse_registry_url
 from nmos_ref.node.registry_browser import RegistryBrowser
 from nmos_ref.node.state import NodeModel
 from nmos_ref.node.target import ReceiverTargets
-from nmos_ref.tls.ocsp import OCSPStapler
 from nmos_ref.tls.server import listen_service, serves_tls
 from nmos_ref.tls.trust import tls_policy
 from nmos_ref.validation import Schemas
 from nmos_ref.web.root import root_resource
 from nmos_ref.web.server import make_site
-from nmos_ref.wiring.auth import Authorization, authorization as make_authorization
 from nmos_ref.wiring.dnssd import DnsSd, build_dns_sd
 from nmos_ref.wiring.listeners import listening, ocsp_stapler
+
+if TYPE_CHECKING:
+    from nmos_ref.auth.oauth_client import OAuthClient
+    from nmos_ref.tls.ocsp import OCSPStapler
+    from nmos_ref.wiring.auth import Authorization
 
 log = Logger()
 
@@ -132,6 +131,8 @@ def default_state_dir() -> str:
 
 def client_servers(settings: Settings) -> list[str]:
     """The configured authorization servers the Node gets tokens from (`auth_issuers`, "*" aside)."""
+    from nmos_ref.auth.keys import ANY_ISSUER
+
     return [url.rstrip("/") for url in settings.auth_issuers if url != ANY_ISSUER]
 
 
@@ -174,6 +175,12 @@ def build_node(settings: Settings, reactor: Any, clock: IReactorTime, *,
         dns_sd = build_dns_sd(settings, reactor, clock, settings.node_listen, browse=browse or authorization)
         own_discovery = dns_sd.multicast
     if authorization:
+        # IS-10's stack (pyjwt, cryptography for the Node's key) only with auth on (idle footprint, issue 13)
+        from nmos_ref.api.jwks import JWKSResource
+        from nmos_ref.auth.guard import guard_apis
+        from nmos_ref.auth.oauth_client import OAuthClient
+        from nmos_ref.wiring.auth import authorization as make_authorization
+
         if guard is None:  # a Node alone: its own resource server and browse for authorization servers
             guard = make_authorization(settings, reactor, clock, dns_sd)
             auth_services.append(guard.services)

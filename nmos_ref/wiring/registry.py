@@ -5,7 +5,7 @@ listeners, adverts, expiry sweep and process tuning, built from the settings.
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.internet import TimerService
 from twisted.application.service import IService, MultiService
@@ -14,25 +14,26 @@ from twisted.logger import Logger
 from twisted.web.server import Site
 
 from nmos_ref.api.query import QueryAPI
-from nmos_ref.api.query_sockets import SubscriptionFactory, SubscriptionService
 from nmos_ref.api.registration import RegistrationAPI
-from nmos_ref.auth.guard import guard_apis
-from nmos_ref.auth.keys import KeyCache
+from nmos_ref.api.subscription_service import SubscriptionService
 from nmos_ref.config import Settings
 from nmos_ref.discovery.registry_advert import RegistryAdvertiser
 from nmos_ref.model.downgrade import Translations
 from nmos_ref.model.store import Registry
-from nmos_ref.tls.ocsp import OCSPStapler
 from nmos_ref.tls.server import listen_service
 from nmos_ref.validation import Schemas
 from nmos_ref.web.root import root_resource
 from nmos_ref.web.server import make_site
-from nmos_ref.wiring.auth import Authorization, authorization
 from nmos_ref.wiring.dnssd import DnsSd, build_dns_sd
 from nmos_ref.wiring.listeners import listening, ocsp_stapler
 from nmos_ref.wiring.tuning import FreezeAfterFullCollection, LogLevelService
 from nmos_ref.ws.connection import SubscriptionLimits
 from nmos_ref.ws.subscriptions import SubscriptionManager
+
+if TYPE_CHECKING:
+    from nmos_ref.auth.keys import KeyCache
+    from nmos_ref.tls.ocsp import OCSPStapler
+    from nmos_ref.wiring.auth import Authorization
 
 log = Logger()
 
@@ -45,7 +46,7 @@ def subscription_service(registry: Registry, translations: Translations, clock: 
     closes the sockets on stop."""
     manager = SubscriptionManager(registry, clock, translations, scheduler=reactor, source_id=source_id,
                                   limits=limits)
-    return SubscriptionService(manager, SubscriptionFactory(manager, reactor))
+    return SubscriptionService(manager, reactor)  # Autobahn is imported when the first socket opens
 
 
 GC_PERIOD = 0.5  # seconds between garbage collection sweeps: Nodes go at most this long after their expiry
@@ -103,6 +104,10 @@ def build_registry(settings: Settings, reactor: Any, clock: IReactorTime, dns_sd
     apis = {"registration": registration.app.resource(), "query": query.app.resource()}
     keys = None
     if settings.auth:  # IS-10: every API behind the token check (docs/security.md)
+        # pyjwt and the key fetcher's HTTP client only with auth on (idle footprint, issue 13)
+        from nmos_ref.auth.guard import guard_apis
+        from nmos_ref.wiring.auth import authorization
+
         if guard is None:
             guard = authorization(settings, reactor, clock, dns_sd)
             services.append(guard.services)

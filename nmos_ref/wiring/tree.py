@@ -5,7 +5,7 @@ server of the process; the only place that decides the clock.
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
@@ -15,11 +15,12 @@ from twisted.logger import Logger
 
 from nmos_ref.config import Settings
 from nmos_ref.model.store import Registry
-from nmos_ref.wiring.auth import authorization
 from nmos_ref.wiring.dnssd import build_dns_sd
 from nmos_ref.wiring.listeners import listening, ocsp_stapler
-from nmos_ref.wiring.node import NodeService, build_node
 from nmos_ref.wiring.registry import build_registry
+
+if TYPE_CHECKING:
+    from nmos_ref.wiring.node import NodeService
 
 log = Logger()
 
@@ -69,6 +70,9 @@ def build_all(settings: Settings, reactor: Any, clock: IReactorTime | None = Non
         services.append(stapler)
     guard = None
     if settings.auth:  # one resource server (one key cache) for every API of the process
+        # IS-10's stack only with auth on (idle footprint, issue 13)
+        from nmos_ref.wiring.auth import authorization
+
         guard = authorization(settings, reactor, clock, dns_sd)
         services.append(guard.services)
     registry, local, node = None, None, None
@@ -78,6 +82,9 @@ def build_all(settings: Settings, reactor: Any, clock: IReactorTime | None = Non
         listeners = [child for child in registry if isinstance(child, StreamServerEndpointService)]
         local = partial(listening, listeners)
     if "node" in parts:
+        # the Node's APIs and HTTP client only with a Node
+        from nmos_ref.wiring.node import build_node
+
         node = build_node(settings, reactor, clock, local_registries=local, dns_sd=dns_sd, guard=guard,
                           stapler=stapler)
         services.append(node)

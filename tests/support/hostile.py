@@ -436,7 +436,7 @@ class LocalRegistry:
     def __init__(self, reactor: Any) -> None:
         from nmos_ref.config import Settings
         from nmos_ref.wiring.registry import build_registry
-        from nmos_ref.api.query_sockets import SubscriptionService
+        from nmos_ref.api.subscription_service import SubscriptionService
         from tests.support.websockets import track_channels
 
         self.reactor = reactor

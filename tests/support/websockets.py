@@ -20,7 +20,7 @@ from twisted.internet.task import Clock
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from nmos_ref.api.query import QueryAPI
-from nmos_ref.api.query_sockets import SubscriptionService
+from nmos_ref.api.subscription_service import SubscriptionService
 from nmos_ref.config import Settings
 from nmos_ref.model.downgrade import Translations
 from nmos_ref.model.store import Registry
