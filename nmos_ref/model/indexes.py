@@ -13,9 +13,11 @@ from nmos_ref.model.matching import Key, is_tags, leaf_key, leaves
 from nmos_ref.model.store import Change, Registry, Resource
 from nmos_ref.model.versions import TYPES
 
-# Paths indexed for every type; plus every `tags.<name>`, and `id`, which the store itself answers.
+# Paths indexed for every type; plus every `tags.<name>`, and `id`, which the store itself answers. Not
+# `description`: free text, unique to each resource, rarely queried, and its entries cost about 150 bytes of every
+# stored resource (docs/memory.md); a query on it is checked on each candidate.
 INDEXED: tuple[tuple[str, ...], ...] = tuple((name,) for name in (
-    "label", "description", "format", "transport", "node_id", "device_id", "source_id", "flow_id", "parents"))
+    "label", "format", "transport", "node_id", "device_id", "source_id", "flow_id", "parents"))
 
 ID_PATHS = frozenset((name,) for name in ("node_id", "device_id", "source_id", "flow_id", "parents"))
 
