@@ -11,8 +11,9 @@ from twisted.internet.task import Clock
 
 from nmos_ref.model.errors import BadQuery, UnsupportedQuery
 from nmos_ref.ws.connection import Connection, SubscriptionLimits
-from nmos_ref.ws.subscriptions import (BadSubscription, PersistenceRequired, Subscription, event_json, grain_json,
-                                       parse_subscription)
+from nmos_ref.ws.snapshot import Snapshot
+from nmos_ref.ws.subscriptions import (BadSubscription, PersistenceRequired, Subscription, event_json, grain_envelope,
+                                       grain_json, parse_subscription)
 from tests.support.cases import UnitTest, cases
 from tests.support.official import assert_official
 from tests.support.samples import VERSIONS, Family, bump, node, receiver, sender
@@ -141,15 +142,22 @@ class MessageTests(UnitTest):
 
 # --- one socket: rate limit, batching, initial state, backlog
 
+def make_grain(data: bytes) -> bytes:
+    head, tail = grain_envelope("a7f9a1b3-7f47-4a0e-9c38-6c1a1e6f7b11", "0c2b9e67-3b4e-4bb1-a05d-0b1b7a3a0d3e",
+                                "/nodes", "0:0")
+    return head.encode() + data + tail.encode()
+
+
 def connection(interval: float = 0.1, initial: list[str | None] | None = None,
-               limits: SubscriptionLimits = SubscriptionLimits()) -> tuple[Connection, FakeSocket, Clock, Clock]:
-    clock, scheduler, socket = Clock(), Clock(), FakeSocket()
-
-    def make_grain(events: list[str]) -> bytes:
-        return grain_json("a7f9a1b3-7f47-4a0e-9c38-6c1a1e6f7b11", "0c2b9e67-3b4e-4bb1-a05d-0b1b7a3a0d3e", "/nodes",
-                          "0:0", events).encode()
-
-    made = Connection("sub", socket, clock, scheduler, interval, make_grain, iter(initial or []), limits)
+               limits: SubscriptionLimits = SubscriptionLimits(), scheduler: Clock | None = None,
+               snapshot: Snapshot[str | None] | None = None) -> tuple[Connection, FakeSocket, Clock, Clock]:
+    """A Connection on a FakeSocket whose initial state is `initial` (events, None for a resource that does not
+    match) or `snapshot`."""
+    clock, socket = Clock(), FakeSocket()
+    scheduler = scheduler or Clock()
+    if snapshot is None:
+        snapshot = Snapshot(initial or [], lambda event: event, scheduler, limits)
+    made = Connection("sub", socket, clock, scheduler, interval, make_grain, snapshot, limits)
     made.start()
     return made, socket, clock, scheduler
 
