@@ -122,9 +122,13 @@ class Snapshot(Generic[T]):
     def _schedule(self) -> None:
         if self._turn is not None or self.done or not self._readers:
             return
-        if len(self._chunks) >= max(self._readers.values()) + AHEAD and not self._waiting:
-            return  # far enough ahead of every reader
+        if self._ahead():
+            return
         self._turn = self._scheduler.callLater(0, self._build)
+
+    def _ahead(self) -> bool:
+        """Far enough ahead of every reader for now."""
+        return not self._waiting and len(self._chunks) >= max(self._readers.values(), default=0) + AHEAD
 
     def _build(self) -> None:
         self._turn = None
@@ -145,6 +149,8 @@ class Snapshot(Generic[T]):
                 if len(events) >= limits.grain_events or self._size >= limits.grain_bytes:
                     self._close_chunk()
                     events = self._events
+                    if self._ahead():
+                        break
             if position % 32 == 0 and self._timer() > deadline:
                 break
         self.encoded += position - self._position
