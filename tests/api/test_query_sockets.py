@@ -250,7 +250,8 @@ class SubscriptionsOnAClockTests(SocketTest):
         clocked.clock.advance(0.1)  # the rate limit's interval since the initial state
         for kind, client in clients.items():
             assert [(kind_of(e), e["pre"]) for e in await client.events(1)] == [("removed", getattr(first, kind))]
-        clocked.clock.advance(13)  # no heartbeat for longer than the 12 s expiry: garbage collection
+        for _ in range(26):  # no heartbeat for longer than the 12 s expiry: garbage collection (in steps of the
+            clocked.clock.advance(0.5)  # sweep's period: a single jump would be a stall, which postpones expiry)
         for kind, client in clients.items():
             assert [(kind_of(e), e["pre"]) for e in await client.events(1)] == [("removed", getattr(second, kind))]
 
