@@ -93,8 +93,7 @@ class LongestTurn(Service):
     def _probe(self) -> None:
         now = self.clock.seconds()
         late = max(now - self._due, 0.0)
-        if late > self.longest:
-            self.longest = late
+        self.longest = max(self.longest, late)
         if late >= self.warn_after:
             log.warn("reactor: a turn took {ms:.1f} ms (warning above {limit:.0f} ms)", ms=late * 1000,
                      limit=self.warn_after * 1000)

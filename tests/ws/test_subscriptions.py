@@ -278,8 +278,8 @@ class SnapshotTests(UnitTest):
     def test_grains_are_bounded_in_bytes_too(self) -> None:
         initial = [event_json(rid, json.dumps(node(id=rid)), json.dumps(node(id=rid))) for rid in IDS]
         limit = 2 * len(initial[0])
-        link, socket, _, scheduler = connection(interval=0, initial=list(initial),
-                                                limits=SubscriptionLimits(grain_bytes=limit))
+        _, socket, _, scheduler = connection(interval=0, initial=list(initial),
+                                             limits=SubscriptionLimits(grain_bytes=limit))
         while scheduler.calls:
             turn(scheduler)
         assert [len(grain["grain"]["data"]) for grain in socket.sent] == [2] * 5
