@@ -65,7 +65,19 @@ class FreezeAfterFullCollectionTests(UnitTest):
         assert gc.get_freeze_count() == 0
 
 
-REPORT = re.compile(r"reactor: longest turn (\d+\.\d) ms in the last (\d+) s")
+REPORT = re.compile(r"reactor: longest turn (\d+\.\d) ms \(cpu (\d+\.\d) ms\) in the last (\d+) s")
+
+
+class FakeCPU:
+    """The process's CPU time: `spent` more at each reading."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.spent = 0.0
+
+    def __call__(self) -> float:
+        self.now += self.spent
+        return self.now
 
 
 class LongestTurnTests(UnitTest):
@@ -82,33 +94,36 @@ class LongestTurnTests(UnitTest):
         self.addCleanup(globalLogPublisher.removeObserver, observe)
 
     def test_the_longest_turn_is_reported_in_a_fixed_form(self) -> None:
-        clock = Clock()
-        probe = LongestTurn(clock, interval=0.02, warn_after=0.25, report_every=10)
+        clock, cpu = Clock(), FakeCPU()
+        probe = LongestTurn(clock, interval=0.02, warn_after=0.25, report_every=10, cpu=cpu)
         probe.startService()
         for _ in range(100):
             clock.advance(0.02)  # on time
-        clock.advance(0.02 + 0.0372)  # a turn of 37.2 ms held the probe back
+        cpu.spent = 0.0571
+        clock.advance(0.02 + 0.0372)  # a turn of 37.2 ms held the probe back, the process busy all along
+        cpu.spent = 0.001
         for _ in range(10):
             clock.advance(0.02)
         assert probe.longest == pytest.approx(0.0372) and self.logged == []
         while not self.logged:
             clock.advance(0.02)
-        assert self.logged == ["info reactor: longest turn 37.2 ms in the last 10 s"]
+        assert self.logged == ["info reactor: longest turn 37.2 ms (cpu 57.1 ms) in the last 10 s"]
         assert REPORT.fullmatch(self.logged[0][len("info "):])
         assert probe.longest == 0  # a new window
         probe.stopService()
         assert not clock.calls and REPORT.fullmatch(self.logged[-1][len("info "):])
 
     def test_a_long_turn_is_a_warning_at_once(self) -> None:
-        clock = Clock()
-        probe = LongestTurn(clock, interval=0.02, warn_after=0.25, report_every=60)
+        clock, cpu = Clock(), FakeCPU()
+        probe = LongestTurn(clock, interval=0.02, warn_after=0.25, report_every=60, cpu=cpu)
         probe.startService()
         clock.advance(0.02 + 0.2)
         assert self.logged == []
+        cpu.spent = 0.0201  # the host did not run the process for most of it
         clock.advance(0.02 + 0.3124)
-        assert self.logged == ["warn reactor: a turn took 312.4 ms (warning above 250 ms)"]
+        assert self.logged == ["warn reactor: a turn took 312.4 ms (cpu 20.1 ms; warning above 250 ms)"]
         probe.stopService()
-        assert self.logged[-1] == "info reactor: longest turn 312.4 ms in the last 1 s"
+        assert self.logged[-1] == "info reactor: longest turn 312.4 ms (cpu 20.1 ms) in the last 1 s"
         assert not clock.calls
 
     def test_it_probes_fifty_times_a_second(self) -> None:
