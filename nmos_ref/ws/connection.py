@@ -102,8 +102,15 @@ class Connection:
         self._paused = True
 
     def resume(self) -> None:
+        """The transport has written everything it held. The next grain goes at once if it may (the rate limit
+        allows it and it is ready), so that the transport can write it in this same reactor turn: on a busy
+        registry a turn can be long, and an initial state sent a grain every other turn would take twice as many."""
         self._paused = False
-        self._schedule()
+        if self._turn is None and self._window is None and not self._syncing and not self._closed and \
+                (self._last_sent is None or self._last_sent + self.interval <= self.clock.seconds()):
+            self._flush()
+        else:
+            self._schedule()
 
     def wake(self) -> None:
         """The snapshot has built the chunk this socket waited for."""
