@@ -109,7 +109,8 @@ class SubscriptionProtocol(WebSocketServerProtocol):
     # nmos_ref.ws.subscriptions.Socket, for the Connection
 
     def send(self, payload: bytes) -> None:
-        self.sendMessage(payload, isBinary=False)
+        if self.state == self.STATE_OPEN:  # not once the closing handshake has begun (onClose ends the Connection)
+            self.sendMessage(payload, isBinary=False)
 
     def close(self, code: int, reason: str) -> None:
         self.sendClose(code, reason)

@@ -457,3 +457,15 @@ class Registry:
             changes.extend(self._remove_tree(node, "expire"))
         self.feed.publish(changes)
         return changes
+
+    # After a stall (nmos_ref.wiring.registry.ExpirySweep)
+
+    def postpone_expiry(self, seconds: float, now: float) -> None:
+        """Count every Node as seen `seconds` later, but not after Unix time `now`: for that long the registry could
+        not read heartbeats (its reactor or its host stalled), so their absence says nothing about the Nodes."""
+        if seconds <= 0:
+            return
+        last_seen = self._last_seen
+        for node_id, seen in last_seen.items():
+            last_seen[node_id] = min(seen + seconds, now)
+        self._deadlines = deque(sorted((seen + self.expiry, node_id) for node_id, seen in last_seen.items()))

@@ -26,7 +26,7 @@ from nmos_ref.web.root import root_resource
 from nmos_ref.web.server import make_site
 from nmos_ref.wiring.dnssd import DnsSd, build_dns_sd
 from nmos_ref.wiring.listeners import listening, ocsp_stapler
-from nmos_ref.wiring.tuning import FreezeAfterFullCollection, LogLevelService
+from nmos_ref.wiring.tuning import FreezeAfterFullCollection, LogLevelService, LongestTurn
 from nmos_ref.ws.connection import SubscriptionLimits
 from nmos_ref.ws.subscriptions import SubscriptionManager
 
@@ -50,19 +50,44 @@ def subscription_service(registry: Registry, translations: Translations, clock: 
 
 
 GC_PERIOD = 0.5  # seconds between garbage collection sweeps: Nodes go at most this long after their expiry
+LATE_TOLERANCE = 1.0  # seconds a sweep may run late before the lateness is counted as a stall
 
 
 class ExpirySweep(TimerService):
-    """Removes expired Nodes (and everything below them) from the registry every GC_PERIOD seconds."""
+    """Removes expired Nodes (and everything below them) from the registry every GC_PERIOD seconds.
 
-    def __init__(self, registry: Registry, clock: IReactorTime, period: float = GC_PERIOD) -> None:
+    A sweep that runs much later than its period means the reactor (or the whole host) stalled: heartbeats that
+    arrived meanwhile are still unread in the sockets, and the timers run before the sockets are read. Expiring
+    Nodes then would remove a healthy facility because the registry stopped listening. So a sweep late by more than
+    `tolerance` seconds first postpones every Node's expiry by its lateness (the time the registry was deaf, said
+    in a warning), and then collects as usual: a Node silent for longer than the expiry while the registry was
+    listening still goes now, and one whose heartbeat is waiting is read before its new deadline. The same covers
+    the wall clock jumping forward (the reactor's time is the wall clock's).
+    """
+
+    def __init__(self, registry: Registry, clock: IReactorTime, period: float = GC_PERIOD,
+                 tolerance: float = LATE_TOLERANCE) -> None:
         super().__init__(period, self._sweep)
         self.clock = clock  # TimerService's LoopingCall reads it when the service starts
         self.registry = registry
+        self.tolerance = tolerance
+        self._last: float | None = None  # when the previous sweep ran
+
+    def startService(self) -> None:
+        self._last = None
+        super().startService()
 
     def _sweep(self) -> None:
+        now = self.clock.seconds()  # the time read once per tick
+        last, self._last = self._last, now
         try:
-            self.registry.collect_garbage(self.clock.seconds())  # the time read once per tick
+            late = now - last - self.step if last is not None else 0.0
+            if late > self.tolerance:
+                log.warn("Expiry sweep ran {late:.1f} s late (the reactor or its host stalled): every Node's expiry "
+                         "postponed by {late:.1f} s, since heartbeats sent meanwhile may still be unread",
+                         late=late)
+                self.registry.postpone_expiry(late, now)
+            self.registry.collect_garbage(now)
         except Exception:
             log.failure("Garbage collection failed; trying again in {period} s", period=self.step)
 
@@ -125,6 +150,7 @@ def build_registry(settings: Settings, reactor: Any, clock: IReactorTime, dns_sd
         services.append(RegistryAdvertiser(dns_sd.multicast, partial(listening, listeners), settings.api_versions,
                                            settings.pri, settings.auth, dns_sd.host, dns_sd.interfaces))
     services += [subscriptions, ExpirySweep(registry, clock), FreezeAfterFullCollection(clock),
+                 LongestTurn(reactor),  # the reactor's own turns, whatever clock drives the timers
                  LogLevelService(settings.log_level)]
     top = RegistryService(registry, site, keys)
     for service in services:

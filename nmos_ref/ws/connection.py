@@ -1,27 +1,22 @@
-"""One socket of a subscription without the socket itself: the initial state still to send, the events queued
-behind it, the rate limit between messages (`max_update_rate_ms`), and the backlog a client that stopped reading
-may build before it is dropped. A socket is anything with `send`, `close` and `drop`.
+"""One socket of a subscription without the socket itself: the initial state still to send (read from a shared
+`Snapshot` as the socket drains), the events queued behind it, the rate limit between messages
+(`max_update_rate_ms`), and the backlog a client that stopped reading may build before it is dropped. A socket is
+anything with `send`, `close` and `drop`.
 """
 
 from __future__ import annotations
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from typing import Protocol
-from attrs import frozen
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from nmos_ref.ws.limits import SubscriptionLimits
+from nmos_ref.ws.snapshot import Snapshot
+
+__all__ = ["Connection", "Socket", "SubscriptionLimits"]
+
 log = Logger()
-
-
-@frozen
-class SubscriptionLimits:
-    """The numbers that bound what subscriptions cost (docs/subscriptions.md explains each)."""
-
-    grace: float = 30.0  # seconds a non-persistent subscription outlives its last socket (or its creation)
-    sync_slice: int = 256  # resources examined per reactor turn while sending the initial state
-    grain_events: int = 1000  # most events in one grain of the initial state
-    backlog_bytes: int = 8 << 20  # events held for a socket whose client stopped reading; beyond this it is closed
 
 
 class Socket(Protocol):
@@ -44,26 +39,26 @@ class Connection:
     QueryAPI.raml: `max_update_rate_ms` "Sets the minimum interval (in milliseconds) between consecutive WebSocket
     messages". A message goes out as soon as the interval since the previous one has passed (the first at once);
     everything that happens meanwhile waits and goes out together in the next grain, nothing is dropped. The
-    initial state goes first, in grains of at most `grain_events` events, built `sync_slice` resources per reactor
-    turn so that a large registry never holds the reactor for long. A grain holds at most one event per resource
-    (the next event of a resource waits for the next grain), so no two of its events can be equal (the schema's
-    `uniqueItems`) and each resource's events stay in order. While the transport is paused (its buffers are full
-    because the client is not reading) nothing is sent; if the queue then grows beyond `backlog_bytes`, the socket is
-    dropped.
+    initial state goes first: one grain per chunk of the subscription's shared `Snapshot`, each written only once the
+    transport has drained the previous one, so a large initial state is sent at the pace the client reads and never
+    sits in the backlog. A grain of changes holds at most one event per resource (the next event of a resource waits
+    for the next grain), so no two of its events can be equal (the schema's `uniqueItems`) and each resource's
+    events stay in order. While the transport is paused (its buffers are full because the client is not reading)
+    nothing is sent; if the changes queued meanwhile then pass `backlog_bytes`, the socket is dropped.
     """
 
     def __init__(self, name: str, socket: Socket, clock: IReactorTime, scheduler: IReactorTime, interval: float,
-                 make_grain: Callable[[list[str]], bytes], initial: Iterator[str | None],
+                 make_grain: Callable[[bytes], bytes], snapshot: Snapshot[Any] | None,
                  limits: SubscriptionLimits) -> None:
         self.name = name  # for log lines: the subscription id
         self.socket = socket
         self.clock = clock
         self.scheduler = scheduler
         self.interval = interval
-        self.make_grain = make_grain
+        self.make_grain = make_grain  # a grain around the comma-joined encoded events of its `data`
         self.limits = limits
-        self._initial: Iterator[str | None] | None = initial  # an event, or None for a resource that does not match
-        self._ready: list[str] = []  # initial-state events built, not yet sent
+        self._snapshot = snapshot  # the initial state, until every chunk of it has been sent
+        self._syncing = False  # waiting for the snapshot to build the next chunk
         self._queue: deque[tuple[str, str]] = deque()  # (resource id, event) that happened since
         self.backlog = 0  # bytes in _queue
         self._last_sent: float | None = None
@@ -76,7 +71,14 @@ class Connection:
     def open(self) -> bool:
         return not self._closed
 
+    @property
+    def synced(self) -> bool:
+        """Whether the whole initial state has been sent."""
+        return self._snapshot is None
+
     def start(self) -> None:
+        if self._snapshot is not None:
+            self._snapshot.join(self)
         self._schedule()
 
     def push(self, events: Iterable[tuple[str, str]]) -> None:
@@ -100,7 +102,19 @@ class Connection:
         self._paused = True
 
     def resume(self) -> None:
+        """The transport has written everything it held. The next grain goes at once if it may (the rate limit
+        allows it and it is ready), so that the transport can write it in this same reactor turn: on a busy
+        registry a turn can be long, and an initial state sent a grain every other turn would take twice as many."""
         self._paused = False
+        if self._turn is None and self._window is None and not self._syncing and not self._closed and \
+                (self._last_sent is None or self._last_sent + self.interval <= self.clock.seconds()):
+            self._flush()
+        else:
+            self._schedule()
+
+    def wake(self) -> None:
+        """The snapshot has built the chunk this socket waited for."""
+        self._syncing = False
         self._schedule()
 
     def end(self, code: int, reason: str) -> None:
@@ -119,15 +133,16 @@ class Connection:
             if call is not None and call.active():
                 call.cancel()
         self._window = self._turn = None
-        self._initial = None
-        self._ready.clear()
+        if self._snapshot is not None:
+            self._snapshot.leave(self)
+            self._snapshot = None
         self._queue.clear()
         self.backlog = 0
 
     def _schedule(self) -> None:
-        if self._closed or self._paused or self._window is not None or self._turn is not None:
+        if self._closed or self._paused or self._syncing or self._window is not None or self._turn is not None:
             return
-        if self._initial is None and not self._ready and not self._queue:
+        if self._snapshot is None and not self._queue:
             return
         wait = 0.0 if self._last_sent is None else self._last_sent + self.interval - self.clock.seconds()
         if wait > 0:
@@ -143,34 +158,25 @@ class Connection:
 
     def _flush(self) -> None:
         self._turn = None
-        if self._closed or self._paused:
+        if self._closed or self._paused or self._syncing:
             return
-        if self._initial is not None:
-            self._build_initial()
-            if self._initial is not None and len(self._ready) < self.limits.grain_events:
-                self._turn = self.scheduler.callLater(0, self._flush)  # yield to the reactor, then build more
+        data = b""
+        if self._snapshot is not None:
+            chunk = self._snapshot.take(self)
+            if chunk is None:
+                self._snapshot = None  # every chunk sent: the changes queued since follow
+            elif not chunk:
+                self._syncing = True  # woken when it is built
                 return
-        if self._ready:
-            events = self._ready[:self.limits.grain_events]
-            del self._ready[:self.limits.grain_events]
-        else:
+            else:
+                data = chunk
+        if not data:
             events = self._take_queued()
-        if events:
+            data = ",".join(events).encode("utf-8") if events else b""
+        if data:
             self._last_sent = self.clock.seconds()
-            self.socket.send(self.make_grain(events))
+            self.socket.send(self.make_grain(data))
         self._schedule()
-
-    def _build_initial(self) -> None:
-        initial, ready = self._initial, self._ready
-        assert initial is not None
-        for _ in range(self.limits.sync_slice):
-            try:
-                event = next(initial)
-            except StopIteration:
-                self._initial = None
-                return
-            if event is not None:
-                ready.append(event)
 
     def _take_queued(self) -> list[str]:
         queue, events, seen = self._queue, [], set()

@@ -28,7 +28,9 @@ from nmos_ref.model.query_params import parse_query
 from nmos_ref.model.store import Change, Registry, Resource
 from nmos_ref.model.tai import format_tai
 from nmos_ref.model.versions import parse_version
-from nmos_ref.ws.connection import Connection, Socket, SubscriptionLimits
+from nmos_ref.ws.connection import Connection, Socket
+from nmos_ref.ws.limits import SubscriptionLimits
+from nmos_ref.ws.snapshot import Snapshot
 
 log = Logger()
 
@@ -162,10 +164,17 @@ def event_json(rid: str, pre: str | None, post: str | None) -> str:
 def grain_json(source_id: str, flow_id: str, topic: str, stamp: str, events: Sequence[str]) -> str:
     """A data Grain (`queryapi-subscriptions-websocket.json`, the same in every version) around encoded events.
     IS-04 "Behaviour - Querying": the three timestamps "MAY be identical"; here all are when the grain was made."""
+    head, tail = grain_envelope(source_id, flow_id, topic, stamp)
+    return f'{head}{",".join(events)}{tail}'
+
+
+def grain_envelope(source_id: str, flow_id: str, topic: str, stamp: str) -> tuple[str, str]:
+    """What goes before and after the comma-joined events of a grain (`grain_json`), so that encoded events can be
+    wrapped without being copied into a new list or decoded."""
     return (f'{{"grain_type":"event","source_id":"{source_id}","flow_id":"{flow_id}",'
             f'"origin_timestamp":"{stamp}","sync_timestamp":"{stamp}","creation_timestamp":"{stamp}",'
             f'"rate":{{"numerator":0,"denominator":1}},"duration":{{"numerator":0,"denominator":1}},'
-            f'"grain":{{"type":"urn:x-nmos:format:data.event","topic":"{topic}/","data":[{",".join(events)}]}}}}')
+            f'"grain":{{"type":"urn:x-nmos:format:data.event","topic":"{topic}/","data":['), "]}}"
 
 
 # --- subscriptions
@@ -181,6 +190,7 @@ class Subscription:
     created: int  # TAI ns from the registry's stamps, for paging (a subscription never changes: updated = created)
     connections: set[Connection] = field(factory=set)
     expiry: IDelayedCall | None = None
+    snapshot: Snapshot[Resource] | None = None  # the initial state new sockets may share, while it is current
     json: str = field(init=False)  # as /subscriptions serves it; BadJSON at creation if it cannot be
 
     def __attrs_post_init__(self) -> None:
@@ -318,17 +328,24 @@ class SubscriptionManager:
         if subscription is None:
             return None
         view, registry = subscription.view, self.registry
-        # The state now: records never change, so later changes are queued behind this snapshot in order.
-        snapshot = list(registry.resources(view.kind))
-        initial = (self._sync_event(view, record, registry.find(record.id) is record) for record in snapshot)
+        snapshot = subscription.snapshot
+        if snapshot is None or not snapshot.joinable:
+            # The state now: records never change, so later changes are queued behind this snapshot in order. Sockets
+            # that connect before the subscription's next change share it, and its encoding.
+            def encode(record: Resource) -> str | None:
+                return self._sync_event(view, record, registry.find(record.id) is record)
+
+            snapshot = subscription.snapshot = Snapshot(list(registry.resources(view.kind)), encode, self.scheduler,
+                                                        self.limits)
         topic = subscription.wanted.resource_path
         tai, source_id, clock = registry.tai, self.source_id, self.clock
 
-        def make_grain(events: list[str]) -> bytes:
-            return grain_json(source_id, sid, topic, format_tai(tai.now(clock.seconds())), events).encode("utf-8")
+        def make_grain(data: bytes) -> bytes:
+            head, tail = grain_envelope(source_id, sid, topic, format_tai(tai.now(clock.seconds())))
+            return b"".join((head.encode("utf-8"), data, tail.encode("utf-8")))
 
         connection = Connection(sid, socket, self.clock, self.scheduler, subscription.wanted.max_update_rate_ms / 1000,
-                                make_grain, initial, self.limits)
+                                make_grain, snapshot, self.limits)
         subscription.connections.add(connection)
         self._watching.setdefault(view.kind, {}).setdefault(view, set()).add(subscription)
         self._disarm(subscription)
@@ -391,6 +408,9 @@ class SubscriptionManager:
                     else:
                         batch.append(entry)
         for subscription, events in batches.items():
+            if subscription.snapshot is not None:  # no longer the state now: a socket that connects needs a new one
+                subscription.snapshot.stale()
+                subscription.snapshot = None
             for connection in list(subscription.connections):
                 connection.push(events)
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from autobahn.twisted.websocket import connectWS
 from twisted.internet import reactor
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.logger import globalLogPublisher
 
 from nmos_ref.ws.connection import SubscriptionLimits
@@ -32,6 +32,25 @@ def nothing_left_behind(test: SocketTest) -> None:
         assert pending_calls() - calls == set()
         assert open_selectables() - selectables == set()
     test.addCleanup(check)
+
+
+async def turns_until(condition: Any, limit: int = 5000) -> None:
+    """Let the reactor turn (no timer: each turn runs whatever I/O is ready) until `condition()` holds."""
+    for _ in range(limit):
+        if condition():
+            return
+        await deferLater(reactor, 0, lambda: None)
+    raise AssertionError("the condition never held")
+
+
+def small_buffers(served: Served, client: Client) -> Any:
+    """The server's side of `client`'s socket, both ends with small socket buffers, so that a few hundred KB fill
+    them instead of megabytes."""
+    (server_side,) = [p for p in served.service.factory.sockets
+                      if p.transport.getPeer().port == client.transport.getHost().port]
+    server_side.transport.getHandle().setsockopt(sockets.SOL_SOCKET, sockets.SO_SNDBUF, 4096)
+    client.transport.getHandle().setsockopt(sockets.SOL_SOCKET, sockets.SO_RCVBUF, 4096)
+    return server_side
 
 
 class SubscriptionsOnTheReactorTests(SocketTest):
@@ -118,11 +137,7 @@ class SubscriptionsOnTheReactorTests(SocketTest):
         subscription = await served.subscribe(max_update_rate_ms=0)
         healthy = await served.connect(subscription)
         slow = await served.connect(subscription)
-        (server_side,) = [p for p in served.service.factory.sockets
-                          if p.transport.getPeer().port == slow.transport.getHost().port]
-        # Small socket buffers, so that a few hundred KB fill them instead of megabytes.
-        server_side.transport.getHandle().setsockopt(sockets.SOL_SOCKET, sockets.SO_SNDBUF, 4096)
-        slow.transport.getHandle().setsockopt(sockets.SOL_SOCKET, sockets.SO_RCVBUF, 4096)
+        server_side = small_buffers(served, slow)
         slow.transport.pauseProducing()  # the client stops reading
         dropped = server_side.when_closed()
         logged: list[dict[str, Any]] = []
@@ -147,6 +162,33 @@ class SubscriptionsOnTheReactorTests(SocketTest):
         assert not was_clean
         await served.register("v1.3", "node", node(), 201)
         assert len(await healthy.events(1)) == 1
+
+    async def test_a_client_that_reads_slowly_is_sent_its_whole_initial_state(self, served: Served) -> None:
+        # An initial state 50 times the backlog limit, and a client that stops reading while it is being sent: it is
+        # sent as the client reads, never queued, so the client is not cut; changes meanwhile come after it. (Few,
+        # big resources: checking a grain against the official schema costs about 30 ms per event.)
+        served.manager.limits = SubscriptionLimits(backlog_bytes=32 * 1024, grain_bytes=32 * 1024)
+        registered = [node(description="x" * 40_000) for _ in range(40)]
+        for data in registered:
+            served.registry.register("node", data, "v1.3", now=served.clock.seconds())
+        client = await served.connect(await served.subscribe(max_update_rate_ms=0))
+        (server_side,) = served.service.factory.sockets
+        # A small send buffer (the client's stays as it is: a tiny receive window stalls TCP for seconds once the
+        # client reads again), so that the server's own buffers fill after a few hundred KB.
+        server_side.transport.getHandle().setsockopt(sockets.SOL_SOCKET, sockets.SO_SNDBUF, 4096)
+        client.transport.pauseProducing()  # the client stops reading
+        await turns_until(lambda: server_side.connection._paused)  # and the server's buffers fill up
+        assert not server_side.connection.synced
+        changes = [node() for _ in range(5)]
+        for data in changes:
+            served.registry.register("node", data, "v1.3", now=served.clock.seconds())
+        assert server_side.connection.backlog > 0 and server_side.connection.open
+        client.transport.resumeProducing()  # reading again
+        events = await client.events(len(registered) + len(changes))
+        assert [(kind_of(e), e["post"]) for e in events] == \
+               [("sync", data) for data in registered] + [("added", data) for data in changes]
+        assert [len(grain["grain"]["data"]) for grain in client.grains[:40]] == [1] * 40  # 40 KB each: one a grain
+        assert server_side.connection.open and server_side.connection.synced
 
     async def test_a_large_registry_is_sent_in_bounded_grains(self, served: Served) -> None:
         # Smaller numbers than the defaults (1000 events per grain), so that checking every event against the official
@@ -208,7 +250,8 @@ class SubscriptionsOnAClockTests(SocketTest):
         clocked.clock.advance(0.1)  # the rate limit's interval since the initial state
         for kind, client in clients.items():
             assert [(kind_of(e), e["pre"]) for e in await client.events(1)] == [("removed", getattr(first, kind))]
-        clocked.clock.advance(13)  # no heartbeat for longer than the 12 s expiry: garbage collection
+        for _ in range(26):  # no heartbeat for longer than the 12 s expiry: garbage collection (in steps of the
+            clocked.clock.advance(0.5)  # sweep's period: a single jump would be a stall, which postpones expiry)
         for kind, client in clients.items():
             assert [(kind_of(e), e["pre"]) for e in await client.events(1)] == [("removed", getattr(second, kind))]
 

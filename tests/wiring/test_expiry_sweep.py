@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
 
 from nmos_ref.model.store import Change, Registry
 from nmos_ref.wiring.registry import ExpirySweep
-from tests.model.test_store import StoreTest, family
+from tests.model.test_store import START, StoreTest, family
 
 
 def run_collector(registry: Registry, clock: Clock) -> ExpirySweep:
@@ -59,3 +62,68 @@ class ExpirySweepTests(StoreTest):
         assert len(calls) == 3 and collector.running
         collector.stopService()
         assert len(self.flushLoggedErrors(RuntimeError)) == 3
+
+
+class StallTests(StoreTest):
+    """A sweep that runs late (the reactor or its host stalled) postpones every expiry by its lateness first."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.logged: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.logged.append)
+
+    def test_heartbeats_unread_during_a_stall_do_not_expire_their_nodes(self, registry: Registry,
+                                                                       clock: Clock) -> None:
+        start = clock.seconds()
+        waiting = family(registry, now=start)["node"]["id"]  # heartbeats every 5 s, two unread during the stall
+        silent = family(registry, now=start)["node"]["id"]  # stops after its heartbeat at 5 s
+        collector = run_collector(registry, clock)
+        for _ in range(10):
+            clock.advance(0.5)
+        registry.heartbeat(waiting, "v1.3", now=clock.seconds())
+        registry.heartbeat(silent, "v1.3", now=clock.seconds())
+        for _ in range(10):
+            clock.advance(0.5)
+        registry.heartbeat(waiting, "v1.3", now=clock.seconds())
+        for _ in range(8):
+            clock.advance(0.5)
+        assert clock.seconds() == start + 14
+        clock.advance(10)  # a 10 s stall: both Nodes' deadlines (17 s and 22 s) passed meanwhile
+        assert registry.find(waiting) is not None and registry.find(silent) is not None
+        (warning,) = [event for event in self.logged if "late" in event.get("log_format", "")]
+        assert warning["late"] == 9.5 and "postponed by 9.5 s" in formatEvent(warning)
+        # the heartbeats that came during the stall, read now that the reactor is back
+        registry.heartbeat(waiting, "v1.3", now=clock.seconds())
+        for _ in range(4):  # (a Clock runs what is due at the time it is advanced to: one step per period)
+            clock.advance(0.5)
+        assert registry.find(silent) is not None  # 9 s unheard before the stall, 2 s after
+        clock.advance(0.5)
+        assert registry.find(silent) is None  # really stopped: 12 s counted (9 before, 0.5 of the stall, 2.5 after)
+        for second in range(1, 21):
+            clock.advance(1)
+            if second % 5 == 0:
+                registry.heartbeat(waiting, "v1.3", now=clock.seconds())
+        assert registry.find(waiting) is not None
+        assert len([event for event in self.logged if "late" in event.get("log_format", "")]) == 1
+        collector.stopService()
+
+    def test_a_sweep_a_little_late_changes_nothing(self, registry: Registry, clock: Clock) -> None:
+        node_id = family(registry, now=clock.seconds())["node"]["id"]
+        collector = run_collector(registry, clock)
+        for _ in range(8):
+            clock.advance(1.4)  # 0.9 s late each time: within the tolerance
+        assert registry.find(node_id) is not None and registry.last_seen(node_id) == START
+        clock.advance(1.4)
+        assert registry.find(node_id) is None  # 12.6 s
+        assert not [event for event in self.logged if "late" in event.get("log_format", "")]
+        collector.stopService()
+
+    def test_postponing_never_counts_a_node_as_seen_in_the_future(self, registry: Registry, clock: Clock) -> None:
+        old, recent = family(registry, now=START - 10)["node"]["id"], family(registry, now=START)["node"]["id"]
+        registry.postpone_expiry(5, now=START + 2)
+        assert (registry.last_seen(old), registry.last_seen(recent)) == (START - 5, START + 2)
+        assert registry.collect_garbage(START + 6.9) == []
+        assert {change.id for change in registry.collect_garbage(START + 7)} >= {old}
+        assert registry.find(recent) is not None and registry.collect_garbage(START + 14) != []
+

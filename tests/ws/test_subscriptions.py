@@ -11,8 +11,9 @@ from twisted.internet.task import Clock
 
 from nmos_ref.model.errors import BadQuery, UnsupportedQuery
 from nmos_ref.ws.connection import Connection, SubscriptionLimits
-from nmos_ref.ws.subscriptions import (BadSubscription, PersistenceRequired, Subscription, event_json, grain_json,
-                                       parse_subscription)
+from nmos_ref.ws.snapshot import Snapshot
+from nmos_ref.ws.subscriptions import (BadSubscription, PersistenceRequired, Subscription, event_json, grain_envelope,
+                                       grain_json, parse_subscription)
 from tests.support.cases import UnitTest, cases
 from tests.support.official import assert_official
 from tests.support.samples import VERSIONS, Family, bump, node, receiver, sender
@@ -141,15 +142,22 @@ class MessageTests(UnitTest):
 
 # --- one socket: rate limit, batching, initial state, backlog
 
+def make_grain(data: bytes) -> bytes:
+    head, tail = grain_envelope("a7f9a1b3-7f47-4a0e-9c38-6c1a1e6f7b11", "0c2b9e67-3b4e-4bb1-a05d-0b1b7a3a0d3e",
+                                "/nodes", "0:0")
+    return head.encode() + data + tail.encode()
+
+
 def connection(interval: float = 0.1, initial: list[str | None] | None = None,
-               limits: SubscriptionLimits = SubscriptionLimits()) -> tuple[Connection, FakeSocket, Clock, Clock]:
-    clock, scheduler, socket = Clock(), Clock(), FakeSocket()
-
-    def make_grain(events: list[str]) -> bytes:
-        return grain_json("a7f9a1b3-7f47-4a0e-9c38-6c1a1e6f7b11", "0c2b9e67-3b4e-4bb1-a05d-0b1b7a3a0d3e", "/nodes",
-                          "0:0", events).encode()
-
-    made = Connection("sub", socket, clock, scheduler, interval, make_grain, iter(initial or []), limits)
+               limits: SubscriptionLimits = SubscriptionLimits(), scheduler: Clock | None = None,
+               snapshot: Snapshot[str | None] | None = None) -> tuple[Connection, FakeSocket, Clock, Clock]:
+    """A Connection on a FakeSocket whose initial state is `initial` (events, None for a resource that does not
+    match) or `snapshot`."""
+    clock, socket = Clock(), FakeSocket()
+    scheduler = scheduler or Clock()
+    if snapshot is None:
+        snapshot = Snapshot(initial or [], lambda event: event, scheduler, limits)
+    made = Connection("sub", socket, clock, scheduler, interval, make_grain, snapshot, limits)
     made.start()
     return made, socket, clock, scheduler
 
@@ -219,9 +227,8 @@ class ConnectionTests(UnitTest):
         while scheduler.calls:
             turn(scheduler)
         assert socket.sent == [] and not scheduler.calls and not clock.calls
-        link.resume()
-        turn(scheduler)
-        assert len(socket.events()) == 2 and link.backlog == 0
+        link.resume()  # from the transport, which has room: at once, not a reactor turn later
+        assert len(socket.events()) == 2 and link.backlog == 0 and not scheduler.calls
 
     def test_a_client_that_stops_reading_is_dropped_once_its_backlog_is_too_big(self) -> None:
         link, socket, clock, scheduler = connection(interval=0, limits=SubscriptionLimits(backlog_bytes=3000))
@@ -244,6 +251,88 @@ class ConnectionTests(UnitTest):
         assert socket.closed == (1000, "subscription deleted") and not clock.calls
         clock.advance(5)
         assert len(socket.sent) == 1
+
+
+class SnapshotTests(UnitTest):
+    """The initial state a subscription's sockets share (nmos_ref/ws/snapshot.py)."""
+
+    def test_sockets_on_one_snapshot_share_its_encoding(self) -> None:
+        scheduler, encoded = Clock(), []
+        initial = [event_json(rid, "{}", "{}") for rid in IDS]
+
+        def encode(event: str) -> str:
+            encoded.append(event)
+            return event
+
+        shared: Snapshot[str] = Snapshot(initial, encode, scheduler, SubscriptionLimits(sync_slice=3, grain_events=4))
+        links = [connection(interval=0, scheduler=scheduler, snapshot=shared) for _ in range(3)]
+        while scheduler.calls:
+            turn(scheduler)
+        assert encoded == initial  # once, not once per socket
+        for _, socket, _, _ in links:
+            assert [len(grain["grain"]["data"]) for grain in socket.sent] == [4, 4, 2]
+            assert [event["path"] for event in socket.events()] == IDS
+        assert all(link.synced for link, _, _, _ in links) and shared.done and not shared.joinable
+
+    def test_grains_are_bounded_in_bytes_too(self) -> None:
+        initial = [event_json(rid, json.dumps(node(id=rid)), json.dumps(node(id=rid))) for rid in IDS]
+        limit = 2 * len(initial[0])
+        _, socket, _, scheduler = connection(interval=0, initial=list(initial),
+                                             limits=SubscriptionLimits(grain_bytes=limit))
+        while scheduler.calls:
+            turn(scheduler)
+        assert [len(grain["grain"]["data"]) for grain in socket.sent] == [2] * 5
+
+    def test_a_paused_socket_gets_nothing_and_only_a_little_is_built_ahead(self) -> None:
+        many = [f"{i:08x}-0000-4000-8000-000000000001" for i in range(100)]
+        limits = SubscriptionLimits(sync_slice=5, grain_events=5, backlog_bytes=10)
+        link, socket, _, scheduler = connection(interval=0, initial=[event_json(rid, "{}", "{}") for rid in many],
+                                                limits=limits)
+        turn(scheduler)  # the snapshot builds its first slice
+        turn(scheduler)  # the first grain
+        link.pause()  # the client reads slowly: its transport's buffers are full
+        while scheduler.calls:
+            turn(scheduler)
+        assert len(socket.sent) == 1 and link.open and link.backlog == 0  # never cut for the initial state
+        # built only a little ahead of the reader: its first chunk sent, two more ready
+        assert link._snapshot is not None and link._snapshot.encoded == 15
+        link.resume()
+        while scheduler.calls:
+            turn(scheduler)
+        assert [event["path"] for event in socket.events()] == many and link.synced
+
+    def test_building_stops_at_the_turn_budget(self) -> None:
+        scheduler, now = Clock(), [0.0]
+
+        def slow(event: str) -> str:
+            now[0] += 0.001  # a millisecond per resource
+            return event
+
+        limits = SubscriptionLimits(sync_slice=10_000, slice_seconds=0.05)
+        shared: Snapshot[str] = Snapshot([event_json(f"{i:08x}-0000-4000-8000-000000000002", "{}", "{}")
+                                          for i in range(500)], slow, scheduler, limits, timer=lambda: now[0])
+        connection(interval=0, scheduler=scheduler, snapshot=shared)
+        turn(scheduler)
+        assert 50 <= shared.encoded <= 64  # checked every 32 resources: at most 32 ms over
+
+    def test_a_stale_snapshot_releases_what_every_reader_has_passed(self) -> None:
+        scheduler = Clock()
+        shared: Snapshot[str] = Snapshot([event_json(rid, "{}", "{}") for rid in IDS], lambda event: event, scheduler,
+                                         SubscriptionLimits(grain_events=2))
+        fast, _, _, _ = connection(interval=0, scheduler=scheduler, snapshot=shared)
+        slow, _, _, _ = connection(interval=0, scheduler=scheduler, snapshot=shared)
+        slow.pause()
+        for _ in range(8):
+            turn(scheduler)
+        assert shared._released == 0  # still current: kept for sockets yet to connect
+        shared.stale()
+        slow.resume()
+        for _ in range(3):
+            turn(scheduler)
+        assert 0 < shared._released and all(chunk is None for chunk in shared._chunks[:shared._released])
+        fast.lost()
+        slow.lost()
+        assert shared._chunks == [] and shared.done
 
 
 # --- the manager: events from the registry's changes
@@ -384,6 +473,62 @@ class ManagerEventTests(UnitTest):
         assert [(kind_of(e), e["path"]) for e in events] == [("sync", first["id"]), ("sync", second["id"]),
                                                              ("modified", second["id"])]
         assert events[1]["post"] == second and events[2]["post"] == changed
+
+    def test_sockets_connecting_before_a_change_share_one_snapshot(self) -> None:
+        harness = SubscriptionHarness(limits=SubscriptionLimits(grain_events=2))
+        registered = [node() for _ in range(5)]
+        for data in registered:
+            harness.registry.register("node", data, "v1.3", now=harness.clock.seconds())
+        made, _ = subscribe(harness, max_update_rate_ms=0)
+        early = [FakeSocket() for _ in range(3)]
+        for socket in early:
+            harness.manager.connect(made.id, socket)
+        shared = made.snapshot
+        assert shared is not None
+        pump(harness, early)
+        assert shared.encoded == 5  # once for the three sockets
+        assert all([e["post"] for e in socket.events()] == registered for socket in early)
+        late = FakeSocket()
+        harness.manager.connect(made.id, late)  # after every early socket finished: a new snapshot
+        assert made.snapshot is not shared
+        pump(harness, [late])
+        assert [kind_of(e) for e in late.events()] == ["sync"] * 5
+
+    def test_a_socket_connecting_after_a_change_starts_from_the_new_state(self) -> None:
+        harness = SubscriptionHarness(limits=SubscriptionLimits(sync_slice=1, grain_events=1))
+        first, second = node(), node()
+        for data in (first, second):
+            harness.registry.register("node", data, "v1.3", now=harness.clock.seconds())
+        made, _ = subscribe(harness, max_update_rate_ms=0)
+        before = FakeSocket()
+        harness.manager.connect(made.id, before)
+        turn(harness.clock)  # the snapshot's first slice: one resource encoded
+        changed = bump(second, label="changed")
+        harness.registry.register("node", changed, "v1.3", now=harness.clock.seconds())
+        after = FakeSocket()
+        harness.manager.connect(made.id, after)
+        pump(harness, [before, after])
+        assert [(kind_of(e), e["post"]) for e in before.events()] == [("sync", first), ("sync", second),
+                                                                     ("modified", changed)]
+        assert [(kind_of(e), e["post"]) for e in after.events()] == [("sync", first), ("sync", changed)]
+
+    def test_a_client_that_stops_reading_during_the_initial_state_is_dropped_for_its_changes(self) -> None:
+        harness = SubscriptionHarness(limits=SubscriptionLimits(grain_events=1, backlog_bytes=4000))
+        for _ in range(3):
+            harness.registry.register("node", node(), "v1.3", now=harness.clock.seconds())
+        made, _ = subscribe(harness, max_update_rate_ms=0)
+        reading, stopped = FakeSocket(), FakeSocket()
+        harness.manager.connect(made.id, reading)
+        link = harness.manager.connect(made.id, stopped)
+        assert link is not None
+        link.pause()
+        harness.registry.register("node", node(), "v1.3", now=harness.clock.seconds())
+        assert link.open  # a little: it may yet read
+        for _ in range(5):
+            harness.registry.register("node", node(description="x" * 1000), "v1.3", now=harness.clock.seconds())
+        assert stopped.dropped and not link.open and stopped.sent == []
+        pump(harness, [reading])
+        assert [kind_of(e) for e in reading.events()] == ["sync"] * 3 + ["added"] * 6
 
     def test_every_socket_of_a_subscription_is_sent_everything(self) -> None:
         harness, (one,) = manager_with({})
