@@ -14,6 +14,7 @@ import resource
 import select
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .harness import HEARTBEAT_INTERVAL, Context, figures
@@ -28,6 +29,8 @@ from .ws_client import (
 )
 
 HEARTBEAT_WAIT_LIMIT_MS = 1000.0  # issue 4: at 3,000 Nodes x 50 subscribers "no heartbeat waits more than 1 s"
+CONNECTS_IN_FLIGHT = 32  # the heartbeat process's connects under way at once, before its first heartbeat
+PRECONNECT_LIMIT = 120.0  # seconds it may take to open them; the rest are opened at their first heartbeat
 HEARTBEAT_LATE_MS = 100.0  # a heartbeat sent this late by the heartbeat process makes its figures the client's
 
 
@@ -51,18 +54,18 @@ def heartbeat_child(pipe: Any, host: str, port: int, node_ids: list[str], interv
     node index), status -1 for a transport error or a timeout. A Node answered 404 (it expired) is heartbeated no
     more.
 
-    Like real Nodes, each Node has its own keep-alive connection (`connections` 0), opened at its first heartbeat,
-    so a heartbeat is sent when it is due even while the registry is slow to answer the others; with fewer
-    connections, Node i uses connection i % connections and waits behind it. One thread, epoll, nothing blocking:
-    a connect waits in epoll too (a blocking one, held up by a full accept queue, would hold every other heartbeat
-    back). A heartbeat's `sent` is when it was started, its connect included. Answers are timed by the kernel's
-    receipt (SO_TIMESTAMPNS). Monotonic times are the machine's, so the parent can compare them."""
-    parent, start = os.getppid(), time.monotonic()
-    to_monotonic = start - time.time()
+    Like real Nodes, each Node has its own keep-alive connection (`connections` 0), so a heartbeat is sent when it
+    is due even while the registry is slow to answer the others; with fewer connections, Node i uses connection
+    i % connections and waits behind it. The connections are opened before the first heartbeat, at most
+    CONNECTS_IN_FLIGHT at a time (`preconnect`); one lost later is opened again at its next heartbeat. One thread,
+    epoll, nothing blocking: a connect waits in epoll too (a blocking one, held up by a full accept queue, would hold
+    every other heartbeat back). A heartbeat's `sent` is when it was started, any connect included. Answers are
+    timed by the kernel's receipt (SO_TIMESTAMPNS). Monotonic times are the machine's, so the parent can compare
+    them."""
+    parent = os.getppid()
     nodes = len(node_ids)
     count = max(1, min(connections or nodes, nodes))
     requests = [build_request("POST", f"{API}/health/nodes/{nid}", f"{host}:{port}") for nid in node_ids]
-    due = [(start + interval * i / max(1, nodes), i) for i in range(nodes)]  # sorted, so a heap
     links = [_Link() for _ in range(count)]
     by_fd: dict[int, _Link] = {}
     poller = select.epoll()
@@ -91,23 +94,55 @@ def heartbeat_child(pipe: Any, host: str, port: int, node_ids: list[str], interv
             note(why)
             finish(link, -1, time.monotonic())
 
+    def open_link(link: _Link) -> bool:
+        """Starts the link's connect; whether it is under way (or done)."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        enable_timestamps(sock)
+        code = sock.connect_ex((host, port))
+        if code not in (0, errno.EINPROGRESS):
+            sock.close()
+            drop(link, f"connect: {os.strerror(code)}")
+            return False
+        link.sock, link.connecting = sock, code != 0
+        by_fd[sock.fileno()] = link
+        poller.register(sock, select.EPOLLIN | (select.EPOLLOUT if link.connecting else 0))
+        return True
+
+    def preconnect(limit: float) -> int:
+        """Opens every link, CONNECTS_IN_FLIGHT at a time, so that the first heartbeats do not all connect at once:
+        thousands of SYNs would overflow the registry's listen queue (Twisted's backlog is 50), and each connect
+        that met a full queue would wait for a SYN retransmit, 1 s or more. Returns the links left unconnected."""
+        waiting = collections.deque(links)
+        opening: set[int] = set()
+        while (waiting or opening) and time.monotonic() < limit:
+            while waiting and len(opening) < CONNECTS_IN_FLIGHT:
+                link = waiting.popleft()
+                if open_link(link) and link.connecting:
+                    opening.add(link.sock.fileno())
+            for fd, events in poller.poll(0.05):
+                link = by_fd.get(fd)
+                if link is None or not link.connecting:
+                    continue
+                opening.discard(fd)
+                if link.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                    drop(link, "")
+                else:
+                    link.connecting = False
+                    poller.modify(link.sock, select.EPOLLIN)
+        for link in links:
+            if link.connecting:
+                drop(link, "")
+        return sum(link.sock is None for link in links)
+
     def send_next(link: _Link) -> None:
         while link.inflight is None and link.queue:
             when, index = link.queue.popleft()
             link.inflight = (when, time.monotonic(), index)
             if link.sock is None:
-                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                sock.setblocking(False)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                enable_timestamps(sock)
-                code = sock.connect_ex((host, port))
-                if code not in (0, errno.EINPROGRESS):
-                    sock.close()
-                    drop(link, f"connect: {os.strerror(code)}")
+                if not open_link(link):
                     continue
-                link.sock, link.connecting = sock, code != 0
-                by_fd[sock.fileno()] = link
-                poller.register(sock, select.EPOLLIN | (select.EPOLLOUT if link.connecting else 0))
                 if link.connecting:
                     return  # sent once connected (`connected`)
             write(link)
@@ -165,6 +200,12 @@ def heartbeat_child(pipe: Any, host: str, port: int, node_ids: list[str], interv
             drop(link, "")
         send_next(link)
 
+    connect_start = time.monotonic()
+    unconnected = preconnect(connect_start + PRECONNECT_LIMIT)
+    start = time.monotonic()
+    connect_s = start - connect_start
+    to_monotonic = start - time.time()
+    due = [(start + interval * i / max(1, nodes), i) for i in range(nodes)]  # sorted, so a heap
     pipe.send(("started", start))
     next_check = start
     for _ in range(MAX_POLLS):
@@ -199,14 +240,19 @@ def heartbeat_child(pipe: Any, host: str, port: int, node_ids: list[str], interv
     poller.close()
     usage = resource.getrusage(resource.RUSAGE_SELF)
     pipe.send(("done", {"samples": samples, "errors": errors, "cpu_ms": (usage.ru_utime + usage.ru_stime) * 1000,
-                        "connections": count,
+                        "connections": count, "connect_s": connect_s, "unconnected_at_start": unconnected,
                         "unanswered": sum(link.inflight is not None for link in links)}))
 
 
 class Heartbeats:
-    """The child process that heartbeats the Nodes during the websocket phase (see `heartbeat_child`)."""
+    """The child process that heartbeats the Nodes during the websocket and storm phases (see `heartbeat_child`).
 
-    def __init__(self, ctx: Context, node_ids: list[str]) -> None:
+    Opening thousands of connections can take the child tens of seconds on a loaded machine (a connect that meets a
+    full listen queue waits for a SYN retransmit), longer than the registry's 12 s: meanwhile `keep_alive` (a sweep
+    that heartbeats every Node once over a few connections) runs back to back, so no Node expires before the child
+    takes over."""
+
+    def __init__(self, ctx: Context, node_ids: list[str], keep_alive: Callable[[], object] | None = None) -> None:
         self.ctx = ctx
         spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: nothing of this process's threads
         self.pipe, child_end = spawn.Pipe()
@@ -217,9 +263,16 @@ class Heartbeats:
         self.process.start()
         child_end.close()
         self.started: float | None = None
+        self.keepalive_sweeps = 0
+        limit = time.monotonic() + PRECONNECT_LIMIT + 30
         try:
-            if self.pipe.poll(30):
-                _, self.started = self.pipe.recv()
+            while time.monotonic() < limit and self.process.is_alive():
+                if self.pipe.poll(0.2 if keep_alive is None else 0.0):
+                    _, self.started = self.pipe.recv()
+                    break
+                if keep_alive is not None:
+                    keep_alive()
+                    self.keepalive_sweeps += 1
         except (OSError, EOFError):  # it died on the way (its error is on stderr)
             pass
 

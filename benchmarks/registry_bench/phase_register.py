@@ -136,9 +136,13 @@ def hold_nodes(ctx: Context, count: int, phase: str) -> tuple[list[str], dict]:
     if (missing := count - len(held)) > 0:
         print(f"registering {missing} nodes for the {phase} phase (not reported) ...", file=sys.stderr)
         recorders, wall, _, _, _, posts, accepted = register_nodes(ctx, new_nodes(ctx, missing), held)
-        held += accepted
+        registered = len(held) + len(accepted)
+        # Those that expired meanwhile (a registry too slow for the keep-alive heartbeats) are not held: the phase's
+        # own figures must not count them, but the setup's failures do, and the report says how many there were.
+        held, _ = sweep_alive(ctx, held + accepted)
         setup |= {"nodes_registered": len(accepted), "posts": posts, "wall_s": wall,
+                  "expired_during_setup": registered - len(held),
                   "failures": recorders["register"].unexpected + recorders["register"].errors
                   + recorders["keepalive"].unexpected + recorders["keepalive"].errors,
-                  "error_samples": recorders["register"].error_samples}
+                  "error_samples": recorders["register"].error_samples + recorders["keepalive"].error_samples}
     return held, setup

@@ -54,7 +54,7 @@ def phase_storm(ctx: Context) -> dict:
         held, details["setup"] = hold_nodes(ctx, opts.nodes, "storm")
         alive, _ = sweep_alive(ctx, held)
         details["nodes_held"] = len(held)
-        heartbeats = Heartbeats(ctx, alive)
+        heartbeats = Heartbeats(ctx, alive, lambda: sweep_alive(ctx, alive))
         if heartbeats.started is None:
             raise ProtocolError("the heartbeat process did not start")
         # The second heartbeat interval is the baseline: in the first one each Node's connection is opened.
@@ -129,6 +129,9 @@ def phase_storm(ctx: Context) -> dict:
         details["heartbeat_process_cpu_ms"] = measured_hb["cpu_ms"]
         details["heartbeat_errors"] = measured_hb["errors"]
         details["heartbeat_connections"] = measured_hb["connections"]
+        details["heartbeat_connect_s"] = measured_hb["connect_s"]
+        details["heartbeat_keepalive_sweeps"] = heartbeats.keepalive_sweeps
+        details["heartbeat_unconnected_at_start"] = measured_hb["unconnected_at_start"]
         if "baseline" in details:
             rows["storm-hb-base"] = heartbeat_row("storm-hb-base", samples, *details["baseline"],
                                                   details["baseline_server_cpu_ms"], False)

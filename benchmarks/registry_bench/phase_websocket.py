@@ -146,7 +146,7 @@ def phase_websocket(ctx: Context) -> dict:
         alive, _ = sweep_alive(ctx, [*held, latency_node])
         details["nodes_held"] = len(held)
         details["resources_held"] = sum(len(ids) for ids in state.known.values())
-        heartbeats = Heartbeats(ctx, alive)
+        heartbeats = Heartbeats(ctx, alive, lambda: sweep_alive(ctx, alive))
         if heartbeats.started is None:
             raise ProtocolError("the heartbeat process did not start")
         # 4. A quiet interval, heartbeats only, for their baseline and their server CPU: the second one, since in
@@ -190,6 +190,9 @@ def phase_websocket(ctx: Context) -> dict:
         details["heartbeat_process_cpu_ms"] = measured_hb["cpu_ms"]
         details["heartbeat_errors"] = measured_hb["errors"]
         details["heartbeat_connections"] = measured_hb["connections"]
+        details["heartbeat_connect_s"] = measured_hb["connect_s"]
+        details["heartbeat_keepalive_sweeps"] = heartbeats.keepalive_sweeps
+        details["heartbeat_unconnected_at_start"] = measured_hb["unconnected_at_start"]
         start, end = details["baseline"]
         windows = {"ws-hb-base": (start, end, details.get("baseline_server_cpu_ms"))}
         if "ws-load" in rows:

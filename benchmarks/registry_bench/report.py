@@ -3,6 +3,8 @@ and whether the run failed."""
 
 from __future__ import annotations
 
+import collections
+
 from .harness import HEARTBEAT_INTERVAL
 from .heartbeats import HEARTBEAT_LATE_MS, HEARTBEAT_WAIT_LIMIT_MS
 from .http import percentile
@@ -10,6 +12,7 @@ from .phase_register import RSS_TARGET_AT_RESOURCES
 from .phase_websocket import WS_P99_TARGET_MS
 from .query_api import QUERY
 
+INCOMPLETE_SHOWN = 5  # incomplete subscribers described one by one; the others are counted by why they closed
 IDLE_RSS_TARGET_MB = 45.0  # issue 13, goal 2: RSS of an empty registry (nmos-cpp: 25 MB)
 
 
@@ -104,6 +107,17 @@ def memory_report(meta: dict, results: dict[str, dict]) -> list[str]:
     return lines
 
 
+def setup_text(setup: dict, lead: str = "; ") -> str:
+    """The unreported registration a phase ran first, if it ran one: its size, its failures, and the Nodes that
+    expired during it (the registry did not keep up with the keep-alive heartbeats)."""
+    if not setup.get("nodes_registered"):
+        return ""
+    expired = setup.get("expired_during_setup")
+    return (f"{lead}{setup['nodes_registered']} of them registered for the phase first (not reported: "
+            f"{setup['posts']} POSTs in {setup['wall_s']:.1f} s, {setup['failures']} failed"
+            + (f"; {expired} Nodes EXPIRED during it, left out of the phase" if expired else "") + ")")
+
+
 def target_text(r: dict) -> str:
     """The row's target and whether it is met: the server's CPU per request, or a latency (p99 or max) in ms."""
     if (limit := r.get("target_latency_ms")) is not None:
@@ -127,9 +141,7 @@ def query_report(q: dict) -> list[str]:
     """What the query phase's rows measured, and the figures the table has no room for."""
     rows_, setup, cold = q["rows"], q["setup"], q.get("v1.0_cold", {})
     lines = ["", f"query: {q['resources_held']} resources held by {q['nodes_held']} nodes"
-             + (f"; {setup['nodes_registered']} of them registered for the phase first (not reported: "
-                f"{setup['posts']} POSTs in {setup['wall_s']:.1f} s, {setup['failures']} failed)"
-                if setup.get("nodes_registered") else ""),
+             + setup_text(setup),
              f"  one connection, one request at a time, nothing else sent meanwhile; between blocks of requests "
              f"{q['keepalive_sweeps']} keep-alive sweeps, {q['keepalive_heartbeats']} heartbeats "
              f"({q['keepalive_non_2xx'] + q['keepalive_transport_errors']} failed)"]
@@ -196,9 +208,7 @@ def websocket_report(w: dict, cores: int | None = None) -> list[str]:
     rows_, opts = w.get("rows", {}), w.get("options", {})
     setup = w.get("setup", {})
     lines = ["", f"websocket: {fmt(w.get('nodes_held'), 'd')} Nodes held ({fmt(w.get('resources_held'), 'd')} "
-                 f"resources)" + (f", {setup['nodes_registered']} of them registered for the phase first (not "
-                                  f"reported: {setup['posts']} POSTs in {setup['wall_s']:.1f} s, "
-                                  f"{setup['failures']} failed)" if setup.get("nodes_registered") else "")
+                 f"resources)" + setup_text(setup, ", ")
              + f"; each heartbeated every {HEARTBEAT_INTERVAL:g} s by a separate process over "
                f"{fmt(w.get('heartbeat_connections'), 'd')} keep-alive connections; subscriptions at v1.3, "
                + ("each with a filter of its own that every resource matches (--ws-distinct), " if opts.get("distinct")
@@ -248,7 +258,12 @@ def websocket_report(w: dict, cores: int | None = None) -> list[str]:
             *[f"  {'':<10} INCOMPLETE: subscriber {i['subscriber']} (/{i['collection']}, {i['state']}"
               + (f", {i['closed']}" if i["closed"] else "") + f"): {i['missing']} of {i['expected_sync']} missing "
               f"(e.g. {', '.join(i['missing_sample'])}), {i['grains']} grains, {i['bytes']} bytes, the last "
-              f"{fmt(i['last_grain_s'], '.2f')} s after the first connect" for i in r.get("incomplete", [])],
+              f"{fmt(i['last_grain_s'], '.2f')} s after the first connect"
+              for i in r.get("incomplete", [])[:INCOMPLETE_SHOWN]],
+            *([f"  {'':<10} ... and {len(r['incomplete']) - INCOMPLETE_SHOWN} more incomplete subscribers (JSON: "
+               f"`incomplete`); closed: " + "; ".join(f"{n} {why}" for why, n in collections.Counter(
+                   i["closed"] or "still open" for i in r["incomplete"]).most_common())]
+              if len(r.get("incomplete", [])) > INCOMPLETE_SHOWN else []),
             f"  {'':<10} changes from {fmt(r['first_change_s'], '.2f')} s after the first connect for "
             f"{fmt(r['changes_s'], '.1f')} s: {r['requests']} requests at {fmt(r['requests_per_s'], '.0f')}/s "
             f"({r['nodes_created']} Nodes registered, {r['modifications']} modifications, {r['nodes_deleted']} "
@@ -285,15 +300,13 @@ def websocket_report(w: dict, cores: int | None = None) -> list[str]:
         if (r := rows_.get(name)) is not None:
             what = "before any subscriber (heartbeats only)" if name == "ws-hb-base" else "during ws-load"
             lines.append(heartbeat_text(name, what, r))
-    late = [(name, r["send_late_max_ms"]) for name, r in rows_.items()
-            if "-hb" in name and (r.get("send_late_max_ms") or 0) > HEARTBEAT_LATE_MS]
-    if late:
-        lines.append("  WARNING: the heartbeat process itself sent heartbeats late (" + ", ".join(
-            f"{name} up to {value:.0f} ms" for name, value in late) + "): those waits are partly this client's, "
-            "and Nodes may have expired because of it; the heartbeat figures of this run do not judge the registry")
+    lines += late_warning(rows_)
     if w.get("heartbeat_server_cpu_ms") is not None:
         lines.append(f"  server CPU per heartbeat (ws-hb-base) {w['heartbeat_server_cpu_ms']:.3f} ms; heartbeat "
-                     f"process {w.get('heartbeat_process_cpu_ms', 0) / 1000:.1f} s CPU in all; connections refused "
+                     f"process {w.get('heartbeat_process_cpu_ms', 0) / 1000:.1f} s CPU in all, its connections "
+                     f"opened in {fmt(w.get('heartbeat_connect_s'), '.1f')} s before the first heartbeat "
+                     f"({fmt(w.get('heartbeat_unconnected_at_start'), 'd')} failed; {fmt(w.get('heartbeat_keepalive_sweeps'), 'd')} "
+                     f"keep-alive sweeps meanwhile); connections refused "
                      f"by a full listen queue during the phase (TcpExt ListenOverflows, whole machine): "
                      f"{fmt(w.get('listen_overflows'), 'd')}")
     # The issue's targets.
@@ -344,9 +357,7 @@ def storm_report(st: dict) -> list[str]:
     rows_, setup = st.get("rows", {}), st.get("setup", {})
     lines = ["", f"storm: {fmt(st.get('nodes_held'), 'd')} Nodes held, each heartbeated every {HEARTBEAT_INTERVAL:g} s "
                  f"by a separate process over {fmt(st.get('heartbeat_connections'), 'd')} keep-alive connections"
-             + (f"; {setup['nodes_registered']} of them registered for the phase first (not reported: "
-                f"{setup['posts']} POSTs in {setup['wall_s']:.1f} s, {setup['failures']} failed)"
-                if setup.get("nodes_registered") else "")]
+             + setup_text(setup)]
     if st.get("error"):
         lines.append(f"  phase stopped by an error: {st['error']}")
     if (r := rows_.get("storm")) is not None:
@@ -362,6 +373,12 @@ def storm_report(st: dict) -> list[str]:
         if (r := rows_.get(name)) is not None:
             what = "in the interval before the storm" if name == "storm-hb-base" else "while the big Node registered"
             lines.append(heartbeat_text(name, what, r))
+    lines += late_warning(rows_)
+    if st.get("heartbeat_process_cpu_ms") is not None:
+        lines.append(f"  heartbeat process {st['heartbeat_process_cpu_ms'] / 1000:.1f} s CPU in all, its connections "
+                     f"opened in {fmt(st.get('heartbeat_connect_s'), '.1f')} s before the first heartbeat "
+                     f"({fmt(st.get('heartbeat_unconnected_at_start'), 'd')} failed; "
+                     f"{fmt(st.get('heartbeat_keepalive_sweeps'), 'd')} keep-alive sweeps meanwhile)")
     if st.get("big_node_delete_ms") is not None:
         lines.append(f"  the big Node's DELETE (every resource at once) answered {st['big_node_delete_status']} in "
                      f"{st['big_node_delete_ms']:.0f} ms, after the heartbeats stopped")
@@ -380,6 +397,17 @@ def storm_report(st: dict) -> list[str]:
                            else "yes" if turn <= r["target_reactor_turn_ms"] else "NO"))
     lines.append("  targets (issue 13, goal 5): " + "; ".join(verdicts))
     return lines
+
+
+def late_warning(rows_: dict[str, dict]) -> list[str]:
+    """A warning when the heartbeat process itself sent heartbeats late: then its rows measure this machine."""
+    late = [(name, r["send_late_max_ms"]) for name, r in rows_.items()
+            if "-hb" in name and (r.get("send_late_max_ms") or 0) > HEARTBEAT_LATE_MS]
+    if not late:
+        return []
+    return ["  WARNING: the heartbeat process itself sent heartbeats late (" + ", ".join(
+        f"{name} up to {value:.0f} ms" for name, value in late) + "): those waits are partly this client's, and "
+        "Nodes may have expired because of it; the heartbeat figures of this run do not judge the registry"]
 
 
 def heartbeat_text(name: str, what: str, r: dict) -> str:

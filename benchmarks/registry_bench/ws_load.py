@@ -164,13 +164,14 @@ def ws_load(ctx: Context, state: WsState, http: TimedConnection, helper_pid: int
     paths = []
     collections_ = [opts.paths[i % len(opts.paths)] for i in range(opts.subscribers)]
     statuses: collections.Counter = collections.Counter()
+    # What each subscriber's initial state must hold: what the Query API lists now (nothing changes until the
+    # subscribers are connected), checked against what this phase registered. Read before the subscriptions are
+    # made: a subscription without a WebSocket for 30 s is removed, and a busy registry lists slowly.
+    expect = {collection: listed_ids(ctx, http, collection) for collection in set(collections_)}
     for collection in collections_:
         status, path = subscribe(http, ctx, collection)
         statuses[status] += 1
         paths.append(path)
-    # What each subscriber's initial state must hold: what the Query API lists now (nothing changes until the
-    # subscribers are connected), checked against what this phase registered.
-    expect = {collection: listed_ids(ctx, http, collection) for collection in set(collections_)}
     mismatch = {c: {"listed_not_registered": len(ids - state.known[KIND[c]]),
                     "registered_not_listed": len(state.known[KIND[c]] - ids)}
                 for c, ids in expect.items() if ids != state.known[KIND[c]]}
