@@ -7,6 +7,8 @@ from __future__ import annotations
 import collections
 import errno
 import heapq
+import itertools
+import math
 import multiprocessing
 import os
 import re
@@ -56,8 +58,12 @@ def heartbeat_child(pipe: Any, host: str, port: int, node_ids: list[str], interv
 
     Like real Nodes, each Node has its own keep-alive connection (`connections` 0), so a heartbeat is sent when it
     is due even while the registry is slow to answer the others; with fewer connections, Node i uses connection
-    i % connections and waits behind it. The connections are opened before the first heartbeat, at most
-    CONNECTS_IN_FLIGHT at a time (`preconnect`); one lost later is opened again at its next heartbeat. One thread,
+    i % connections and waits behind it. The connections are opened first, at most CONNECTS_IN_FLIGHT at a time
+    (thousands of SYNs at once would overflow the registry's listen queue, Twisted's backlog of 50, and each
+    connect that met a full queue would wait for a SYN retransmit, 1 s or more). A Node is heartbeated as soon as
+    its connection is open, then at its slots: Node i at i/N of the interval. Once every connection is open (or
+    PRECONNECT_LIMIT has passed; the rest open at their Nodes' first slot) the process says "started": from then
+    on it alone keeps the Nodes alive. A connection lost later is opened again at its Node's next heartbeat. One thread,
     epoll, nothing blocking: a connect waits in epoll too (a blocking one, held up by a full accept queue, would hold
     every other heartbeat back). A heartbeat's `sent` is when it was started, any connect included. Answers are
     timed by the kernel's receipt (SO_TIMESTAMPNS). Monotonic times are the machine's, so the parent can compare
@@ -82,7 +88,7 @@ def heartbeat_child(pipe: Any, host: str, port: int, node_ids: list[str], interv
         link.inflight = None
         samples.append((when, sent, answered, status, index))
         if status != 404:
-            heapq.heappush(due, (when + interval, index))
+            heapq.heappush(due, (slot(index, when + 1e-6), index))
 
     def drop(link: _Link, why: str) -> None:
         if link.sock is not None:
@@ -93,6 +99,12 @@ def heartbeat_child(pipe: Any, host: str, port: int, node_ids: list[str], interv
         if link.inflight is not None:
             note(why)
             finish(link, -1, time.monotonic())
+
+    def slot(index: int, after: float) -> float:
+        """Node `index`'s first heartbeat time at or after `after`: its slots are i/N of the interval apart from
+        the next Node's, so that the heartbeats go out at a fixed rate."""
+        offset = base + interval * index / max(1, nodes)
+        return offset + interval * max(0, math.ceil((after - offset) / interval))
 
     def open_link(link: _Link) -> bool:
         """Starts the link's connect; whether it is under way (or done)."""
@@ -109,32 +121,6 @@ def heartbeat_child(pipe: Any, host: str, port: int, node_ids: list[str], interv
         by_fd[sock.fileno()] = link
         poller.register(sock, select.EPOLLIN | (select.EPOLLOUT if link.connecting else 0))
         return True
-
-    def preconnect(limit: float) -> int:
-        """Opens every link, CONNECTS_IN_FLIGHT at a time, so that the first heartbeats do not all connect at once:
-        thousands of SYNs would overflow the registry's listen queue (Twisted's backlog is 50), and each connect
-        that met a full queue would wait for a SYN retransmit, 1 s or more. Returns the links left unconnected."""
-        waiting = collections.deque(links)
-        opening: set[int] = set()
-        while (waiting or opening) and time.monotonic() < limit:
-            while waiting and len(opening) < CONNECTS_IN_FLIGHT:
-                link = waiting.popleft()
-                if open_link(link) and link.connecting:
-                    opening.add(link.sock.fileno())
-            for fd, events in poller.poll(0.05):
-                link = by_fd.get(fd)
-                if link is None or not link.connecting:
-                    continue
-                opening.discard(fd)
-                if link.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
-                    drop(link, "")
-                else:
-                    link.connecting = False
-                    poller.modify(link.sock, select.EPOLLIN)
-        for link in links:
-            if link.connecting:
-                drop(link, "")
-        return sum(link.sock is None for link in links)
 
     def send_next(link: _Link) -> None:
         while link.inflight is None and link.queue:
@@ -166,6 +152,14 @@ def heartbeat_child(pipe: Any, host: str, port: int, node_ids: list[str], interv
         poller.modify(link.sock, select.EPOLLIN)
         if link.inflight is not None:
             write(link)
+        elif id(link) in opening:  # opened ahead: its Nodes' first heartbeats now, then on their slots
+            opening.discard(id(link))
+            take_over(link)
+
+    def take_over(link: _Link) -> None:
+        now = time.monotonic()
+        for index in range(link_index[id(link)], nodes, count):
+            heapq.heappush(due, (now, index))
 
     def read(link: _Link) -> None:
         assert link.sock is not None
@@ -200,18 +194,36 @@ def heartbeat_child(pipe: Any, host: str, port: int, node_ids: list[str], interv
             drop(link, "")
         send_next(link)
 
-    connect_start = time.monotonic()
-    unconnected = preconnect(connect_start + PRECONNECT_LIMIT)
-    start = time.monotonic()
-    connect_s = start - connect_start
-    to_monotonic = start - time.time()
-    due = [(start + interval * i / max(1, nodes), i) for i in range(nodes)]  # sorted, so a heap
-    pipe.send(("started", start))
-    next_check = start
+    base = time.monotonic()
+    to_monotonic = base - time.time()
+    link_index = {id(link): i for i, link in enumerate(links)}
+    waiting = collections.deque(links)  # links not opened yet
+    opening: set[int] = set()  # links being opened ahead of their Nodes' heartbeats (by id)
+    due: list[tuple[float, int]] = []  # (due, node index), a heap: a Node joins once its connection is open
+    start = connect_s = None
+    unconnected = 0
+    next_check = base
     for _ in range(MAX_POLLS):
         now = time.monotonic()
         if now > deadline:
             break
+        if start is None:  # opening the connections, CONNECTS_IN_FLIGHT at a time
+            while waiting and len(opening) < CONNECTS_IN_FLIGHT and now < base + PRECONNECT_LIMIT:
+                link = waiting.popleft()
+                if open_link(link):
+                    if link.connecting:
+                        opening.add(id(link))
+                    else:
+                        take_over(link)
+            if not opening and (not waiting or now >= base + PRECONNECT_LIMIT):
+                # Every connection is open (or the time is up: the rest open at their Nodes' first heartbeats).
+                unconnected = len(waiting) + sum(link.sock is None for link in links)
+                for link in waiting:
+                    for index in range(link_index[id(link)], nodes, count):
+                        heapq.heappush(due, (slot(index, now), index))
+                waiting.clear()
+                start, connect_s = now, now - base
+                pipe.send(("started", start))
         if now >= next_check:  # the parent's word, the parent's life, and answers that never came
             next_check = now + 0.2
             if os.getppid() != parent or (pipe.poll() and pipe.recv() == "stop"):
@@ -304,7 +316,7 @@ def heartbeat_window(samples: list[tuple], start: float, end: float) -> dict:
     silence = 0.0
     for times in answered.values():
         times.sort()
-        silence = max([silence, *(b - a for a, b in zip(times, times[1:]) if start <= b < end + DRAIN_LIMIT)])
+        silence = max([silence, *(b - a for a, b in itertools.pairwise(times) if start <= b < end + DRAIN_LIMIT)])
     statuses = collections.Counter(s[3] for s in inside)
     worst = max(inside, key=lambda s: s[2] - s[0], default=None)
     return {"heartbeats": len(inside), "waits": waits, "statuses": statuses,

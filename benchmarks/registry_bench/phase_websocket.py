@@ -63,7 +63,8 @@ def ws_latency(ctx: Context, state: WsState, http: TimedConnection, name: str, c
                 continue
             answered, key = http.arrived, (rid, version)
             state.known["sender"].add(rid)
-            hub.wait(lambda: all(key in s.changes or s.closed for s in subscribers), time.monotonic() + GRAIN_WAIT)
+            hub.wait(lambda key=key: all(key in s.changes or s.closed for s in subscribers),
+                     time.monotonic() + GRAIN_WAIT)
             for s in subscribers:
                 if key in s.changes:
                     latencies.append(s.changes[key] - answered)
@@ -147,6 +148,7 @@ def phase_websocket(ctx: Context) -> dict:
         details["nodes_held"] = len(held)
         details["resources_held"] = sum(len(ids) for ids in state.known.values())
         heartbeats = Heartbeats(ctx, alive, lambda: sweep_alive(ctx, alive))
+        http.close()  # idle while the connections opened: the registry closes an idle one after 60 s
         if heartbeats.started is None:
             raise ProtocolError("the heartbeat process did not start")
         # 4. A quiet interval, heartbeats only, for their baseline and their server CPU: the second one, since in

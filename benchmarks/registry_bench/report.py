@@ -32,8 +32,8 @@ def report(meta: dict, results: dict[str, dict]) -> str:
         f"load average {meta['load_average_start'][0]:.2f} at start, {meta.get('load_average_end', [0])[0]:.2f} at end",
         f"  registry: {meta['registry']} " + (f"(pid {meta['server_pid']})" if meta["server_pid"] else "(pid unknown)"),
         "",
-        f"{'phase':<13} {'requests':>8} {'wall s':>7} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} "
-        f"{'srv CPU ms/req':>14} {'target':>14} {'srv busy':>8} {'cli CPU ms/req':>14} {'non-2xx':>7} {'errors':>6}",
+        (f"{'phase':<13} {'requests':>8} {'wall s':>7} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'srv CPU ms/req':>14} {'target':>14} {'srv busy':>8} {'cli CPU ms/req':>14} {'non-2xx':>7} {'errors':>6}"),
     ]
     for name, r in rows(results):
         if "skipped" in r:
@@ -142,9 +142,9 @@ def query_report(q: dict) -> list[str]:
     rows_, setup, cold = q["rows"], q["setup"], q.get("v1.0_cold", {})
     lines = ["", f"query: {q['resources_held']} resources held by {q['nodes_held']} nodes"
              + setup_text(setup),
-             f"  one connection, one request at a time, nothing else sent meanwhile; between blocks of requests "
+             (f"  one connection, one request at a time, nothing else sent meanwhile; between blocks of requests "
              f"{q['keepalive_sweeps']} keep-alive sweeps, {q['keepalive_heartbeats']} heartbeats "
-             f"({q['keepalive_non_2xx'] + q['keepalive_transport_errors']} failed)"]
+             f"({q['keepalive_non_2xx'] + q['keepalive_transport_errors']} failed)")]
 
     def walk_text(name: str, limit: int) -> str:
         walks = q.get("walks", {}).get(name, [])
@@ -176,7 +176,7 @@ def query_report(q: dict) -> list[str]:
             f"{fmt(v['server_cpu_ms'], '.0f')} ms CPU" for c, v in cold.items()),
         "q-all-warm": "every v1.0 collection again, one after the other",
     }
-    for name, r in rows_.items():
+    for name in rows_:
         lines.append(f"  {name:<10} {meaning.get(name, '')}")
     if cold:
         total_bytes = sum(v["bytes"] for v in cold.values())
@@ -243,8 +243,8 @@ def websocket_report(w: dict, cores: int | None = None) -> list[str]:
             f"  ws-load    {r['subscribers']} subscribers connecting at once ({mix}; {r['subscriptions_created']} "
             f"subscriptions created, {r['subscriptions_reused']} reused); initial state per subscriber: "
             + ", ".join(f"/{c} {n}" for c, n in r["expected_sync_per_collection"].items()) + " resources",
-            f"  {'':<10} TCP connects and handshake requests sent in {r['connects_s'] * 1000:.0f} ms; every "
-            f"handshake answered {r['handshakes_s'] * 1000:.0f} ms after the first connect",
+            (f"  {'':<10} TCP connects and handshake requests sent in {r['connects_s'] * 1000:.0f} ms; every "
+            f"handshake answered {r['handshakes_s'] * 1000:.0f} ms after the first connect"),
             f"  {'':<10} initial sync, first connect to the last subscriber's full initial state: "
             + (f"{sync:.2f} s" if sync is not None else
                f"NOT COMPLETE ({r['sync_complete']} of {r['subscribers']} subscribers)")
@@ -264,28 +264,28 @@ def websocket_report(w: dict, cores: int | None = None) -> list[str]:
                f"`incomplete`); closed: " + "; ".join(f"{n} {why}" for why, n in collections.Counter(
                    i["closed"] or "still open" for i in r["incomplete"]).most_common())]
               if len(r.get("incomplete", [])) > INCOMPLETE_SHOWN else []),
-            f"  {'':<10} changes from {fmt(r['first_change_s'], '.2f')} s after the first connect for "
+            (f"  {'':<10} changes from {fmt(r['first_change_s'], '.2f')} s after the first connect for "
             f"{fmt(r['changes_s'], '.1f')} s: {r['requests']} requests at {fmt(r['requests_per_s'], '.0f')}/s "
             f"({r['nodes_created']} Nodes registered, {r['modifications']} modifications, {r['nodes_deleted']} "
             f"Nodes deleted) = {r['changes']} changes; the change thread was at most "
-            f"{r['changer_behind_max_s'] * 1000:.0f} ms behind its schedule",
-            f"  {'':<10} notifications: {r['notifications_expected']} expected (each change, to every subscriber "
+            f"{r['changer_behind_max_s'] * 1000:.0f} ms behind its schedule"),
+            (f"  {'':<10} notifications: {r['notifications_expected']} expected (each change, to every subscriber "
             f"of its type), {r['notifications_received']} received, {r['lost_notifications']} lost; latency from "
             f"the change's answer p50 {fmt(r['latency_p50_ms'], '.1f')}, p99 {fmt(r['latency_p99_ms'], '.1f')}, "
             f"max {fmt(r['latency_max_ms'], '.1f')} ms; {r['duplicates']} duplicates, {r['extra_events']} events "
-            f"for no change of ours ({r['population_nodes_removed_events']} removals of held Nodes)",
-            f"  {'':<10} of these, to subscribers that had their initial state when the change was answered: "
+            f"for no change of ours ({r['population_nodes_removed_events']} removals of held Nodes)"),
+            (f"  {'':<10} of these, to subscribers that had their initial state when the change was answered: "
             f"{r['synced_notifications']}, p50 {fmt(r['synced_p50_ms'], '.1f')}, p99 {fmt(r['synced_p99_ms'], '.1f')}, "
             f"max {fmt(r['synced_max_ms'], '.1f')} ms; to subscribers still receiving it (they come after it, by "
             f"design): {r['syncing_notifications']}, p50 {fmt(r['syncing_p50_ms'], '.0f')}, "
-            f"p99 {fmt(r['syncing_p99_ms'], '.0f')}, max {fmt(r['syncing_max_ms'], '.0f')} ms",
-            f"  {'':<10} server: {fmt(r['server_cpu_ms'] and r['server_cpu_ms'] / 1000, '.1f')} s CPU over "
+            f"p99 {fmt(r['syncing_p99_ms'], '.0f')}, max {fmt(r['syncing_max_ms'], '.0f')} ms"),
+            (f"  {'':<10} server: {fmt(r['server_cpu_ms'] and r['server_cpu_ms'] / 1000, '.1f')} s CPU over "
             f"{r['wall_s']:.1f} s ({fmt(r['server_busy'] and r['server_busy'] * 100, '.0f%')} of a core); RSS "
             f"{fmt(r['server_rss_kib_before'] and r['server_rss_kib_before'] / 1024, '.0f')} MiB before, "
             f"{fmt(r['server_rss_kib_peak'] and r['server_rss_kib_peak'] / 1024, '.0f')} MiB at most, "
             f"{fmt(r['server_rss_kib_end'] and r['server_rss_kib_end'] / 1024, '.0f')} MiB after; this client "
             f"{r['client_cpu_ms'] / 1000:.1f} s CPU ({r['client_cpu_ms'] / 1000 / r['wall_s'] * 100:.0f}% of a "
-            f"core), longest wait of a received grain to be parsed {r['client_read_lag_max_ms']:.0f} ms",
+            f"core), longest wait of a received grain to be parsed {r['client_read_lag_max_ms']:.0f} ms"),
         ]
         if (shares := r.get("sync_machine_shares")) is not None:
             lines.append(

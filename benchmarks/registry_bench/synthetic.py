@@ -32,7 +32,7 @@ def synthetic_node(index: int, now: float,
     base = f"http://127.0.0.1:{port}"
     name = f"{index:06d}"
     tags = {"bench": ["nmos-ref"], "group": [f"g{index % 10}"]}
-    mac = "02-00-%02x-%02x-%02x-01" % ((index >> 16) & 0xFF, (index >> 8) & 0xFF, index & 0xFF)
+    mac = f"02-00-{(index >> 16) & 0xFF:02x}-{(index >> 8) & 0xFF:02x}-{index & 0xFF:02x}-01"
 
     def core(kind: str, rid: str, role: str = "") -> dict:
         # Every label is unique in the registry (the query phase's label query must find exactly one resource).

@@ -73,8 +73,9 @@ class Changer:
         try:
             for cycle in range(self.cycles):
                 actions: list[Callable[[], int]] = [self.register_node]
-                actions += [lambda k=MODIFIED_KINDS[(cycle * CYCLE_MODIFICATIONS + i) % len(MODIFIED_KINDS)]:
-                            self.modify(k) for i in range(CYCLE_MODIFICATIONS)]
+                kinds = [MODIFIED_KINDS[(cycle * CYCLE_MODIFICATIONS + i) % len(MODIFIED_KINDS)]
+                         for i in range(CYCLE_MODIFICATIONS)]
+                actions += [lambda k=kind: self.modify(k) for kind in kinds]
                 if len(self.alive) >= SCENARIO_NODE_LIFETIME:
                     actions.append(self.delete_oldest)
                 for action in actions:
