@@ -32,7 +32,7 @@ from .ws_client import (
 
 HEARTBEAT_WAIT_LIMIT_MS = 1000.0  # issue 4: at 3,000 Nodes x 50 subscribers "no heartbeat waits more than 1 s"
 CONNECTS_IN_FLIGHT = 32  # the heartbeat process's connects under way at once, before its first heartbeat
-PRECONNECT_LIMIT = 120.0  # seconds it may take to open them; the rest are opened at their first heartbeat
+PRECONNECT_LIMIT = 240.0  # seconds it may take to open them; the rest are opened at their first heartbeat
 HEARTBEAT_LATE_MS = 100.0  # a heartbeat sent this late by the heartbeat process makes its figures the client's
 
 
