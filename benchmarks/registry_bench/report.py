@@ -11,6 +11,7 @@ from .http import percentile
 from .phase_register import RSS_TARGET_AT_RESOURCES
 from .phase_websocket import WS_P99_TARGET_MS
 from .query_api import QUERY
+from .ws_load import SCENARIO_NODE_LIFETIME
 
 INCOMPLETE_SHOWN = 5  # incomplete subscribers described one by one; the others are counted by why they closed
 IDLE_RSS_TARGET_MB = 45.0  # issue 13, goal 2: RSS of an empty registry (nmos-cpp: 25 MB)
@@ -268,7 +269,10 @@ def websocket_report(w: dict, cores: int | None = None) -> list[str]:
             f"{fmt(r['changes_s'], '.1f')} s: {r['requests']} requests at {fmt(r['requests_per_s'], '.0f')}/s "
             f"({r['nodes_created']} Nodes registered, {r['modifications']} modifications, {r['nodes_deleted']} "
             f"Nodes deleted) = {r['changes']} changes; the change thread was at most "
-            f"{r['changer_behind_max_s'] * 1000:.0f} ms behind its schedule"),
+            f"{r['changer_behind_max_s'] * 1000:.0f} ms behind its schedule"
+            + (f"; {r['scenario_nodes_gone']} of the scenario's own Nodes (never heartbeated: each should live "
+               f"{SCENARIO_NODE_LIFETIME} cycles) expired before their DELETE, their removals are among the events "
+               "for no change of ours" if r.get("scenario_nodes_gone") else "")),
             (f"  {'':<10} notifications: {r['notifications_expected']} expected (each change, to every subscriber "
             f"of its type), {r['notifications_received']} received, {r['lost_notifications']} lost; latency from "
             f"the change's answer p50 {fmt(r['latency_p50_ms'], '.1f')}, p99 {fmt(r['latency_p99_ms'], '.1f')}, "
