@@ -54,7 +54,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pid", type=int, help="with --url: the registry's PID, so its CPU and RSS can be read")
     p.add_argument("--registry-cmd", default=DEFAULT_REGISTRY_CMD,
                    help="command that starts the registry; {port} is replaced by a free loopback port")
-    p.add_argument("--registry-log", type=Path, help="keep the started registry's output in this file; with --url, the running registry's log, "
+    p.add_argument("--registry-log", type=Path,
+                   help="keep the started registry's output in this file; with --url, the running registry's log, "
                         "read for its longest reactor turn")
     p.add_argument("--startup-timeout", type=float, default=60.0, help="seconds to wait for the registry to answer")
     p.add_argument("--timeout", type=float, default=900.0, help="overall limit in seconds for all phases")

@@ -182,7 +182,8 @@ def phase_query(ctx: Context) -> dict:
         estimate = 3.0
         for first in range(0, len(paths), LABEL_CHUNK):
             requests = [build_request("GET", path, host) for path in paths[first:first + LABEL_CHUNK]]
-            answers, cost = quiet.block(estimate, lambda conn, requests=requests: [tally.recorder.call(conn, r, 200) for r in requests])
+            answers, cost = quiet.block(estimate, lambda conn, requests=requests: [
+                tally.recorder.call(conn, r, 200) for r in requests])
             tally.add(cost)
             estimate = 2 * cost.wall_s + 0.5
             for answer, rid, path in zip(answers, want[first:], paths[first:]):
@@ -283,7 +284,8 @@ def phase_query(ctx: Context) -> dict:
         estimate = 2 * sum(tally.wall for tally in cold.values()) + 0.5
         for _ in range(repeats):
             requests = [build_request("GET", f"{QUERY}/v1.0/{c}", host) for c in V10_COLLECTIONS]
-            answers, cost = quiet.block(estimate, lambda conn, requests=requests: [sweeps.recorder.call(conn, r, 200) for r in requests])
+            answers, cost = quiet.block(estimate, lambda conn, requests=requests: [
+                sweeps.recorder.call(conn, r, 200) for r in requests])
             # One block per sweep: its CPU is the sweep's; the row still counts HTTP requests.
             sweeps.add(cost)
             estimate = 2 * cost.wall_s + 0.5

@@ -296,7 +296,8 @@ def websocket_report(w: dict, cores: int | None = None) -> list[str]:
                 f"  {'':<10} the machine during the initial sync ({shares['wall_s']:.1f} s"
                 + ("" if sync is not None else ", incomplete") + f", in cores of {cores}): registry "
                 f"{fmt(shares['registry_cores'], '.2f')}, this client (subscribers, changes) "
-                f"{fmt(shares['client_cores'], '.2f')}, heartbeat process {fmt(shares['heartbeat_process_cores'], '.2f')}"
+                f"{fmt(shares['client_cores'], '.2f')}, heartbeat process "
+                f"{fmt(shares['heartbeat_process_cores'], '.2f')}"
                 f", other processes {fmt(shares['other_cores'], '.2f')}; all {fmt(shares['machine_cores'], '.2f')}")
         lines.append(f"  {'':<10} changes made {fmt(r.get('changes_per_s'), '.1f')}/s; registry peak RSS (VmHWM, "
                      f"whole run so far) {mib_mb(r.get('server_vmhwm_kib_end'))}")
@@ -309,7 +310,8 @@ def websocket_report(w: dict, cores: int | None = None) -> list[str]:
         lines.append(f"  server CPU per heartbeat (ws-hb-base) {w['heartbeat_server_cpu_ms']:.3f} ms; heartbeat "
                      f"process {w.get('heartbeat_process_cpu_ms', 0) / 1000:.1f} s CPU in all, its connections "
                      f"opened in {fmt(w.get('heartbeat_connect_s'), '.1f')} s before the first heartbeat "
-                     f"({fmt(w.get('heartbeat_unconnected_at_start'), 'd')} failed; {fmt(w.get('heartbeat_keepalive_sweeps'), 'd')} "
+                     f"({fmt(w.get('heartbeat_unconnected_at_start'), 'd')} failed; "
+                     f"{fmt(w.get('heartbeat_keepalive_sweeps'), 'd')} "
                      f"keep-alive sweeps meanwhile); connections refused "
                      f"by a full listen queue during the phase (TcpExt ListenOverflows, whole machine): "
                      f"{fmt(w.get('listen_overflows'), 'd')}")
@@ -366,7 +368,8 @@ def storm_report(st: dict) -> list[str]:
         lines.append(f"  phase stopped by an error: {st['error']}")
     if (r := rows_.get("storm")) is not None:
         lines.append(
-            f"  storm      one Node registers {r['resources']} resources (stages of {', '.join(map(str, r['stages']))}: "
+            f"  storm      one Node registers {r['resources']} resources (stages of "
+            f"{', '.join(map(str, r['stages']))}: "
             f"the Node, its Devices, the rest) over {r['connections']} connections: {r['resources_stored']} stored in "
             f"{r['registration_s']:.2f} s ({fmt(r['requests_per_s'], '.0f')}/s), POST p50 "
             f"{fmt(r['latency_p50_ms'], '.1f')}, p99 {fmt(r['latency_p99_ms'], '.1f')}, max "

@@ -107,15 +107,18 @@ def check_schemas(schema_dir: Path, nodes: int) -> int:
     by_type = {kind: validator(f"{kind}.json") for kind in set(NODE_LAYOUT)}
     failures = checked = 0
     now = time.time()
-    for index in range(nodes):
-        for kind, data in synthetic_node(index, now):
-            checked += 1
-            # The per-type schema gives readable messages; the request envelope (a oneOf) only says "not valid".
-            errors = [*by_type[kind].iter_errors(data)] or [*envelope.iter_errors({"type": kind, "data": data})]
-            for error in errors[:3]:
-                print(f"node {index} {kind}: {error.message[:200]} at /{'/'.join(map(str, error.absolute_path))}")
-            failures += bool(errors)
-    print(f"checked {checked} payloads of {nodes} synthetic nodes against {schema_dir}: {failures} invalid")
+    # the synthetic Nodes, then a small big Node of the storm phase (built from the same resources)
+    payloads = [(f"node {index}", kind, data) for index in range(nodes) for kind, data in synthetic_node(index, now)]
+    payloads += [("big node", kind, data) for stage in big_node(nodes, now, 60) for kind, data in stage]
+    for where, kind, data in payloads:
+        checked += 1
+        # The per-type schema gives readable messages; the request envelope (a oneOf) only says "not valid".
+        errors = [*by_type[kind].iter_errors(data)] or [*envelope.iter_errors({"type": kind, "data": data})]
+        for error in errors[:3]:
+            print(f"{where} {kind}: {error.message[:200]} at /{'/'.join(map(str, error.absolute_path))}")
+        failures += bool(errors)
+    print(f"checked {checked} payloads of {nodes} synthetic nodes and a big node against {schema_dir}: "
+          f"{failures} invalid")
     return 1 if failures else 0
 
 
