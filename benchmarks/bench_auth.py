@@ -21,8 +21,9 @@ import statistics
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -135,8 +136,8 @@ def main() -> int:
     for kid, alg in (("rsa", "RS512"), ("ec", "ES256")):
         seen = token(private, kid)
         queue = iter([token(private, kid) for _ in range(args.rounds * 5)])  # each one new to the server
-        rows.append({"case": f"verify, first sight ({alg})", **timed(lambda: server.verify(next(queue)), args.rounds)})
-        rows.append({"case": f"verify, seen before ({alg})", **timed(lambda: server.verify(seen), args.rounds)})
+        rows.append({"case": f"verify, first sight ({alg})", **timed(lambda queue=queue: server.verify(next(queue)), args.rounds)})
+        rows.append({"case": f"verify, seen before ({alg})", **timed(lambda seen=seen: server.verify(seen), args.rounds)})
     plain = Heartbeat(False, private, cache, clock)
     guarded = Heartbeat(True, private, cache, clock)
     rows.append({"case": "heartbeat, no authorization", **timed(plain, args.rounds)})

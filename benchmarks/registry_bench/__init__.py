@@ -15,10 +15,17 @@ one request at a time, with nothing else sent to the registry meanwhile.
 
 The websocket phase measures Query API subscriptions: the time from a registration's answer to its grain at 1 and at
 50 subscribers, then 50 subscribers connecting at once to 3,000 Nodes that keep heartbeating (from a child process,
-one connection per Node) while changes flow: initial sync time, heartbeat waits, expired Nodes, lost notifications.
+one connection per Node) while changes flow: initial sync time, heartbeat waits, expired Nodes, lost notifications,
+the registry's peak RSS and each side's share of the machine during the syncs.
+
+The storm phase registers one big Node (2,500 resources) as fast as the registry takes them while 3,000 others
+heartbeat: its registration time, the others' worst heartbeat wait, expiries, the longest reactor turn the registry
+logged. The register phase also gives the registry's RSS growth per registered resource, and every run its idle RSS
+at start and its peak RSS (issue 13's goals 1-5; benchmarks/README.md has one command per goal).
 
 The modules, one job each: `synthetic` (the synthetic Nodes), `http` (the keep-alive HTTP client), `server` (the
 registry under test), `harness` (what every phase runs on), `query_api` (reading the Query API's answers),
 `phase_register` (register, heartbeat), `phase_query`, `ws_client` (the WebSocket subscribers), `heartbeats` (the
-websocket phase's heartbeat process), `ws_load` (its load scenario), `phase_websocket`, `report`, `cli`.
+heartbeat process of the websocket and storm phases), `ws_load` (the websocket load scenario), `phase_websocket`,
+`phase_storm`, `report`, `cli`.
 """

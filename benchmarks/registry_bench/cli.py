@@ -15,9 +15,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __doc__ as OVERVIEW
-from .harness import HEARTBEAT_INTERVAL, Context, WsOptions
+from .harness import HEARTBEAT_INTERVAL, Context, StormOptions, WsOptions
 from .phase_query import phase_query
 from .phase_register import phase_heartbeat, phase_register
+from .phase_storm import phase_storm
 from .phase_websocket import phase_websocket
 from .query_api import V10_COLLECTIONS
 from .report import failed, report
@@ -25,6 +26,7 @@ from .server import (
     CLEAN_EXIT,
     DEFAULT_REGISTRY_CMD,
     Server,
+    longest_reactor_turn_ms,
     machine_busy_ms,
     start_registry,
     stop_registry,
@@ -33,9 +35,10 @@ from .server import (
 from .synthetic import DEFAULT_SCHEMAS, check_schemas
 
 PHASES: dict[str, Callable[[Context], dict]] = {"register": phase_register, "heartbeat": phase_heartbeat,
-                                                 "query": phase_query, "websocket": phase_websocket}
+                                                 "query": phase_query, "websocket": phase_websocket,
+                                                 "storm": phase_storm}
 # Phases that register the population first (unreported) if `register` is not asked. The query and websocket phases
-# register what they need themselves.
+# register what they need themselves, and so does the storm phase.
 NEEDS_REGISTERED = {"heartbeat"}
 
 
@@ -51,7 +54,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pid", type=int, help="with --url: the registry's PID, so its CPU and RSS can be read")
     p.add_argument("--registry-cmd", default=DEFAULT_REGISTRY_CMD,
                    help="command that starts the registry; {port} is replaced by a free loopback port")
-    p.add_argument("--registry-log", type=Path, help="keep the started registry's output in this file")
+    p.add_argument("--registry-log", type=Path,
+                   help="keep the started registry's output in this file; with --url, the running registry's log, "
+                        "read for its longest reactor turn")
     p.add_argument("--startup-timeout", type=float, default=60.0, help="seconds to wait for the registry to answer")
     p.add_argument("--timeout", type=float, default=900.0, help="overall limit in seconds for all phases")
     p.add_argument("--request-timeout", type=float, default=30.0, help="socket timeout in seconds per request")
@@ -83,6 +88,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ws-distinct", action="store_true",
                    help="websocket phase: give each subscriber a subscription of its own (an RQL filter every "
                         "resource matches) instead of identical POSTs, which the registry answers with one subscription")
+    p.add_argument("--ws-no-latency", action="store_true",
+                   help="websocket phase: leave out the latency rows (ws-1, ws-S): only the load scenario")
+    p.add_argument("--storm-nodes", type=int, default=3000,
+                   help="storm phase: Nodes heartbeating every 5 s while the big Node registers")
+    p.add_argument("--storm-resources", type=int, default=2500,
+                   help="storm phase: resources of the big Node, itself included (1 Device per 100)")
+    p.add_argument("--storm-connections", type=int, default=8,
+                   help="storm phase: connections the big Node registers over")
     p.add_argument("--keepalive", type=float, default=HEARTBEAT_INTERVAL,
                    help="heartbeat each registered Node this often during registration (0: never)")
     p.add_argument("--check-schemas", action="store_true",
@@ -104,9 +117,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             or args.ws_rate_ms < 0 or args.ws_change_rate <= 0 or args.ws_after < 0 or args.ws_sync_timeout <= 0:
         p.error("the --ws-* counts, rates and times must be positive (--ws-nodes, --ws-rate-ms and --ws-after may "
                 "be 0)")
+    if args.storm_nodes < 0 or args.storm_resources < 3 or args.storm_connections < 1:
+        p.error("--storm-nodes must be at least 0, --storm-resources at least 3, --storm-connections at least 1")
+    args.storm = StormOptions(args.storm_nodes, args.storm_resources, args.storm_connections)
     args.ws = WsOptions(args.ws_subscribers, args.ws_registrations, args.ws_nodes, args.ws_rate_ms,
                         args.ws_change_rate, args.ws_after, args.ws_sync_timeout, paths,
-                        args.ws_heartbeat_connections, args.ws_distinct)
+                        args.ws_heartbeat_connections, args.ws_distinct, not args.ws_no_latency)
     return args
 
 
@@ -129,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.url:
         host, port = target_from_url(args.url)
-        server = Server(host, port, pid=args.pid)
+        server = Server(host, port, pid=args.pid, log_path=args.registry_log)  # a log to read, if given
         if problem := wait_until_up(server, time.monotonic() + args.startup_timeout):
             print(f"{args.url}: {problem}", file=sys.stderr)
             return 2
@@ -142,16 +158,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         registry = f"{args.registry_cmd.format(port=server.port)}"
 
+    # Goal 2's figure: the empty registry's RSS once it answers and has stopped using CPU (imports done, caches
+    # warmed by the first answer), not at its first answer.
+    settled = server.settle(limit=5.0)
+    idle_rss = server.rss_kib()
     meta = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "nodes": args.nodes, "concurrency": args.concurrency,
         "rounds": args.rounds, "phases": args.phases, "registry": registry, "url": server.url,
         "server_pid": server.pid, "cpus": os.cpu_count(), "python": platform.python_version(),
-        "clock_ticks_per_s": os.sysconf("SC_CLK_TCK"), "server_rss_kib_start": server.rss_kib(),
+        "clock_ticks_per_s": os.sysconf("SC_CLK_TCK"), "server_rss_kib_start": idle_rss,
+        "server_rss_mb_start": idle_rss * 1024 / 1e6 if idle_rss is not None else None,
+        "server_idle_settle_s": settled,
         "load_average_start": os.getloadavg(),  # other load on the 2 cores shows in wall time, not in CPU per request
     }
     ctx = Context(server, args.nodes, args.concurrency, args.rounds, args.keepalive,
                   time.monotonic() + args.timeout, args.request_timeout,
-                  args.query_resources, args.query_requests, args.query_repeats, args.ws)
+                  args.query_resources, args.query_requests, args.query_repeats, args.ws, args.storm)
     results: dict[str, dict] = {}
     exit_status = None
     try:
@@ -175,9 +197,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
     finally:
         meta["load_average_end"] = os.getloadavg()
+        meta["server_peak_rss_kib"] = server.peak_rss_kib()
         if server.process is not None:
             exit_status = stop_registry(server)
             meta["server_exit_status"] = exit_status
+        # Over the whole run, the shutdown included (a registry may log its longest turn only then).
+        meta["reactor_longest_turn_ms"] = longest_reactor_turn_ms(server.log_text() or "")
     text = report(meta, results)
     if exit_status is not None:
         # Popen shows "ended by SIGTERM" as -15; a shell shows the same as 143.

@@ -32,6 +32,16 @@ class WsOptions:
     paths: tuple[str, ...] = ("nodes", "devices", "sources", "flows", "senders", "receivers")
     heartbeat_connections: int = 0  # 0: one per Node
     distinct: bool = False  # each subscriber its own subscription (a filter of its own that every resource matches)
+    latency_rows: bool = True  # ws-1 and ws-S before the load scenario (--ws-no-latency: only the load scenario)
+
+
+@dataclass
+class StormOptions:
+    """The storm phase's options (--storm-*)."""
+
+    nodes: int = 3000
+    resources: int = 2500
+    connections: int = 8
 
 
 @dataclass
@@ -49,6 +59,7 @@ class Context:
     query_requests: int = 1000
     query_repeats: int = 10
     ws: WsOptions = field(default_factory=lambda: WsOptions())
+    storm: StormOptions = field(default_factory=lambda: StormOptions())
     population: list[list[tuple[str, dict]]] = field(default_factory=list)  # every Node built so far, in order
     registered: list[str] = field(default_factory=list)  # node ids the registry accepted
 

@@ -16,7 +16,7 @@ from .harness import Context, figures, run_pool
 from .http import Connection, ProtocolError, Recorder, build_request
 from .phase_register import new_nodes, register_nodes
 from .query_api import QUERY, V10_COLLECTIONS, json_ids, link_path
-from .server import API, Server
+from .server import API
 from .synthetic import NODE_LAYOUT
 
 # The query phase. Its figures are taken on one connection, one request at a time, with nothing else sent to the
@@ -133,19 +133,6 @@ class Quiet:
         return result, Cost(server, (client_after - client_before) * 1000, wall)
 
 
-def settle(server: Server, limit: float = 2.0) -> float:
-    """Waits, at most `limit` s, until the server has used no CPU for 0.5 s; returns the seconds waited."""
-    start = time.monotonic()
-    if server.pid is None:
-        return 0.0
-    last, still_since = server.cpu_ms(), start
-    while (now := time.monotonic()) - start < limit and now - still_since < 0.5:
-        time.sleep(0.1)
-        if (cpu := server.cpu_ms()) != last:
-            last, still_since = cpu, time.monotonic()
-    return time.monotonic() - start
-
-
 def spread(items: Sequence[Any], count: int) -> list[Any]:
     """Up to `count` items taken evenly across `items`."""
     count = min(count, len(items))
@@ -181,7 +168,7 @@ def phase_query(ctx: Context) -> dict:
     expected = {f"{kind}s": count * len(held) for kind, count in collections.Counter(NODE_LAYOUT).items()}
     senders = [data for node in held for kind, data in node if kind == "sender"]
     server, host, repeats = ctx.server, ctx.host_header, max(1, ctx.query_repeats)
-    settled = settle(server)
+    settled = server.settle()
     quiet = Quiet(ctx, ctx.registered)
     rows: dict[str, Tally] = {}
     details: dict[str, Any] = {}
@@ -195,7 +182,8 @@ def phase_query(ctx: Context) -> dict:
         estimate = 3.0
         for first in range(0, len(paths), LABEL_CHUNK):
             requests = [build_request("GET", path, host) for path in paths[first:first + LABEL_CHUNK]]
-            answers, cost = quiet.block(estimate, lambda conn: [tally.recorder.call(conn, r, 200) for r in requests])
+            answers, cost = quiet.block(estimate, lambda conn, requests=requests: [
+                tally.recorder.call(conn, r, 200) for r in requests])
             tally.add(cost)
             estimate = 2 * cost.wall_s + 0.5
             for answer, rid, path in zip(answers, want[first:], paths[first:]):
@@ -296,7 +284,8 @@ def phase_query(ctx: Context) -> dict:
         estimate = 2 * sum(tally.wall for tally in cold.values()) + 0.5
         for _ in range(repeats):
             requests = [build_request("GET", f"{QUERY}/v1.0/{c}", host) for c in V10_COLLECTIONS]
-            answers, cost = quiet.block(estimate, lambda conn: [sweeps.recorder.call(conn, r, 200) for r in requests])
+            answers, cost = quiet.block(estimate, lambda conn, requests=requests: [
+                sweeps.recorder.call(conn, r, 200) for r in requests])
             # One block per sweep: its CPU is the sweep's; the row still counts HTTP requests.
             sweeps.add(cost)
             estimate = 2 * cost.wall_s + 0.5

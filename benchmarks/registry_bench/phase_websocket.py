@@ -8,13 +8,12 @@ import json
 import sys
 import time
 import uuid
-from collections.abc import Sequence
 from typing import Any
 
-from .harness import HEARTBEAT_INTERVAL, Context, figures, ms, run_pool
-from .heartbeats import HEARTBEAT_WAIT_LIMIT_MS, Heartbeats, heartbeat_window
-from .http import Connection, ProtocolError, Recorder, build_request, percentile
-from .phase_register import new_nodes, register_nodes
+from .harness import HEARTBEAT_INTERVAL, Context, figures, ms
+from .heartbeats import Heartbeats, heartbeat_row
+from .http import ProtocolError, Recorder, build_request, percentile
+from .phase_register import hold_nodes, sweep_alive
 from .query_api import count_nodes
 from .server import API, listen_overflows
 from .synthetic import synthetic_node, tai_version
@@ -64,7 +63,8 @@ def ws_latency(ctx: Context, state: WsState, http: TimedConnection, name: str, c
                 continue
             answered, key = http.arrived, (rid, version)
             state.known["sender"].add(rid)
-            hub.wait(lambda: all(key in s.changes or s.closed for s in subscribers), time.monotonic() + GRAIN_WAIT)
+            hub.wait(lambda key=key: all(key in s.changes or s.closed for s in subscribers),
+                     time.monotonic() + GRAIN_WAIT)
             for s in subscribers:
                 if key in s.changes:
                     latencies.append(s.changes[key] - answered)
@@ -103,20 +103,6 @@ def ws_latency(ctx: Context, state: WsState, http: TimedConnection, name: str, c
     return result
 
 
-def sweep_alive(ctx: Context, node_ids: Sequence[str]) -> tuple[list[str], Recorder]:
-    """Heartbeats every Node once over the pool; the ones still registered (not answered 404)."""
-    gone: set[str] = set()
-    units = [(nid, build_request("POST", f"{API}/health/nodes/{nid}", ctx.host_header)) for nid in node_ids]
-
-    def beat(conn: Connection, unit: tuple[str, bytes], rec: dict[str, Recorder]) -> None:
-        answer = rec["keepalive"].call(conn, unit[1], 200)
-        if answer is not None and answer[0] == 404:
-            gone.add(unit[0])
-
-    recorders, _, _ = run_pool(ctx, units, beat, ("keepalive",))
-    return [nid for nid in node_ids if nid not in gone], recorders["keepalive"]
-
-
 def phase_websocket(ctx: Context) -> dict:
     """Grain latency at 1 and at S subscribers (ws-1, ws-S), then S subscribers connecting at once at --ws-nodes
     Nodes heartbeating every 5 s while changes flow (ws-load), with the heartbeats' figures (ws-hb-*)."""
@@ -130,18 +116,7 @@ def phase_websocket(ctx: Context) -> dict:
     overflows = listen_overflows()
     try:
         # 1. The population: the Nodes of earlier phases still registered, plus new ones up to --ws-nodes.
-        held, sweep = sweep_alive(ctx, ctx.registered) if ctx.registered else ([], Recorder())
-        setup: dict[str, Any] = {"earlier_nodes": len(ctx.registered), "earlier_nodes_gone": len(ctx.registered)
-                                 - len(held), "sweep_failures": sweep.unexpected + sweep.errors}
-        if (missing := opts.nodes - len(held)) > 0:
-            print(f"registering {missing} nodes for the websocket phase (not reported) ...", file=sys.stderr)
-            recorders, wall, _, _, _, posts, accepted = register_nodes(ctx, new_nodes(ctx, missing), held)
-            held += accepted
-            setup |= {"nodes_registered": len(accepted), "posts": posts, "wall_s": wall,
-                      "failures": recorders["register"].unexpected + recorders["register"].errors
-                      + recorders["keepalive"].unexpected + recorders["keepalive"].errors,
-                      "error_samples": recorders["register"].error_samples}
-        details["setup"] = setup
+        held, details["setup"] = hold_nodes(ctx, opts.nodes, "websocket")
         by_id = {node[0][1]["id"]: node for node in ctx.population}
         state = WsState({kind: set() for kind in KIND.values()}, {}, {kind: [] for kind in KIND.values()})
         for nid in held:
@@ -172,7 +147,8 @@ def phase_websocket(ctx: Context) -> dict:
         alive, _ = sweep_alive(ctx, [*held, latency_node])
         details["nodes_held"] = len(held)
         details["resources_held"] = sum(len(ids) for ids in state.known.values())
-        heartbeats = Heartbeats(ctx, alive)
+        heartbeats = Heartbeats(ctx, alive, lambda: sweep_alive(ctx, alive))
+        http.close()  # idle while the connections opened: the registry closes an idle one after 60 s
         if heartbeats.started is None:
             raise ProtocolError("the heartbeat process did not start")
         # 4. A quiet interval, heartbeats only, for their baseline and their server CPU: the second one, since in
@@ -185,15 +161,16 @@ def phase_websocket(ctx: Context) -> dict:
         details["baseline"] = (base, base + HEARTBEAT_INTERVAL)
         details["baseline_server_cpu_ms"] = base_cpu1 - base_cpu0 if None not in (base_cpu0, base_cpu1) else None
         # 5. Latency at 1, then at S subscribers; 6. the load scenario.
-        print("websocket: latency with 1 subscriber ...", file=sys.stderr)
-        rows["ws-1"] = ws_latency(ctx, state, http, "ws-1", 1, posts[:opts.registrations], None)
-        print(f"websocket: latency with {opts.subscribers} subscribers ...", file=sys.stderr)
-        rows[f"ws-{opts.subscribers}"] = ws_latency(ctx, state, http, f"ws-{opts.subscribers}", opts.subscribers,
-                                                    posts[opts.registrations:], WS_P99_TARGET_MS)
+        if opts.latency_rows:
+            print("websocket: latency with 1 subscriber ...", file=sys.stderr)
+            rows["ws-1"] = ws_latency(ctx, state, http, "ws-1", 1, posts[:opts.registrations], None)
+            print(f"websocket: latency with {opts.subscribers} subscribers ...", file=sys.stderr)
+            rows[f"ws-{opts.subscribers}"] = ws_latency(ctx, state, http, f"ws-{opts.subscribers}",
+                                                        opts.subscribers, posts[opts.registrations:], WS_P99_TARGET_MS)
         if held:
             print(f"websocket: {opts.subscribers} subscribers connecting at once to {len(held)} nodes ...",
                   file=sys.stderr)
-            rows["ws-load"] = ws_load(ctx, state, http)
+            rows["ws-load"] = ws_load(ctx, state, http, heartbeats.process.pid)
             details["nodes_listed_after"] = count_nodes(ctx, http)
             details["nodes_expected_after"] = len(held) + 1
     except (OSError, ProtocolError) as e:
@@ -215,6 +192,9 @@ def phase_websocket(ctx: Context) -> dict:
         details["heartbeat_process_cpu_ms"] = measured_hb["cpu_ms"]
         details["heartbeat_errors"] = measured_hb["errors"]
         details["heartbeat_connections"] = measured_hb["connections"]
+        details["heartbeat_connect_s"] = measured_hb["connect_s"]
+        details["heartbeat_keepalive_sweeps"] = heartbeats.keepalive_sweeps
+        details["heartbeat_unconnected_at_start"] = measured_hb["unconnected_at_start"]
         start, end = details["baseline"]
         windows = {"ws-hb-base": (start, end, details.get("baseline_server_cpu_ms"))}
         if "ws-load" in rows:
@@ -222,18 +202,9 @@ def phase_websocket(ctx: Context) -> dict:
             windows["ws-hb-load"] = (load_start, load_end, None)
         per_beat = None
         for name, (start, end, cpu) in windows.items():
-            seen = heartbeat_window(samples, start, end)
-            rec = Recorder(latencies=seen["waits"], statuses=collections.Counter(
-                {k: v for k, v in seen["statuses"].items() if k >= 0}), errors=seen["statuses"].get(-1, 0))
-            rows[name] = figures(name, rec, end - start, cpu, 0.0, False, None,
-                                 target_latency_ms=HEARTBEAT_WAIT_LIMIT_MS if name == "ws-hb-load" else None,
-                                 target_metric="max", over_limit=seen["over_limit"],
-                                 longest_silence_s=seen["longest_silence_s"], expired_nodes=seen["expired_nodes"],
-                                 send_late_max_ms=seen["send_late_max_ms"],
-                                 round_trip_max_ms=seen["round_trip_max_ms"], worst_due_s=seen["worst_due_s"])
-            rows[name]["client_cpu_ms_per_request"] = None
-            if name == "ws-hb-base" and cpu is not None and seen["heartbeats"]:
-                per_beat = cpu / seen["heartbeats"]
+            rows[name] = heartbeat_row(name, samples, start, end, cpu, name == "ws-hb-load")
+            if name == "ws-hb-base" and cpu is not None and rows[name]["requests"]:
+                per_beat = cpu / rows[name]["requests"]
         details["expired_nodes"] = len({s[4] for s in samples if s[3] == 404})
         # Server CPU per registration without the background heartbeats, at the baseline's rate.
         for name, r in rows.items():

@@ -3,11 +3,18 @@ and whether the run failed."""
 
 from __future__ import annotations
 
+import collections
+
 from .harness import HEARTBEAT_INTERVAL
 from .heartbeats import HEARTBEAT_LATE_MS, HEARTBEAT_WAIT_LIMIT_MS
 from .http import percentile
+from .phase_register import RSS_TARGET_AT_RESOURCES
 from .phase_websocket import WS_P99_TARGET_MS
 from .query_api import QUERY
+from .ws_load import SCENARIO_NODE_LIFETIME
+
+INCOMPLETE_SHOWN = 5  # incomplete subscribers described one by one; the others are counted by why they closed
+IDLE_RSS_TARGET_MB = 45.0  # issue 13, goal 2: RSS of an empty registry (nmos-cpp: 25 MB)
 
 
 def fmt(value: float | None, spec: str) -> str:
@@ -26,16 +33,16 @@ def report(meta: dict, results: dict[str, dict]) -> str:
         f"load average {meta['load_average_start'][0]:.2f} at start, {meta.get('load_average_end', [0])[0]:.2f} at end",
         f"  registry: {meta['registry']} " + (f"(pid {meta['server_pid']})" if meta["server_pid"] else "(pid unknown)"),
         "",
-        f"{'phase':<10} {'requests':>8} {'wall s':>7} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} "
-        f"{'srv CPU ms/req':>14} {'target':>14} {'srv busy':>8} {'cli CPU ms/req':>14} {'non-2xx':>7} {'errors':>6}",
+        (f"{'phase':<13} {'requests':>8} {'wall s':>7} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'srv CPU ms/req':>14} {'target':>14} {'srv busy':>8} {'cli CPU ms/req':>14} {'non-2xx':>7} {'errors':>6}"),
     ]
     for name, r in rows(results):
         if "skipped" in r:
-            lines.append(f"{name:<10} skipped: {r['skipped']}")
+            lines.append(f"{name:<13} skipped: {r['skipped']}")
             continue
         cpu = r["server_cpu_ms_per_request"]
         lines.append(
-            f"{name:<10} {r['requests']:>8} {r['wall_s']:>7.2f} {fmt(r['requests_per_s'], '.0f'):>7} "
+            f"{name:<13} {r['requests']:>8} {r['wall_s']:>7.2f} {fmt(r['requests_per_s'], '.0f'):>7} "
             f"{fmt(r['latency_p50_ms'], '.2f'):>7} {fmt(r['latency_p99_ms'], '.2f'):>7} "
             f"{fmt(cpu, '.3f'):>14} {target_text(r):>14} "
             f"{fmt(r['server_busy'] and r['server_busy'] * 100, '.0f%'):>8} "
@@ -51,16 +58,17 @@ def report(meta: dict, results: dict[str, dict]) -> str:
         if r["server_cpu_ms"] is not None and hb is not None and r["requests"]:
             net = (r["server_cpu_ms"] - r["keepalive_heartbeats"] * hb) / r["requests"]
             lines.append(f"  server CPU per registration without the keep-alive heartbeats: {net:.3f} ms")
-    rss0, rss1 = meta.get("server_rss_kib_start"), results.get("register", {}).get("server_rss_kib_after")
-    if rss1 is not None:
-        stored = results["register"]["statuses"].get("201", 0)
-        grown = f", +{(rss1 - rss0) / stored:.2f} KiB per stored resource" if rss0 and stored else ""
-        lines.append(f"server RSS: {fmt(rss0 and rss0 / 1024, '.1f')} MiB at start, {rss1 / 1024:.1f} MiB after "
-                     f"registration{grown}")
+    lines += memory_report(meta, results)
     if (q := results.get("query")) and "skipped" not in q:
         lines += query_report(q)
     if (w := results.get("websocket")) is not None:
-        lines += websocket_report(w)
+        lines += websocket_report(w, meta.get("cpus"))
+    if (st := results.get("storm")) is not None:
+        lines += storm_report(st)
+    if "reactor_longest_turn_ms" in meta:
+        turn = meta["reactor_longest_turn_ms"]
+        lines.append("registry's longest reactor turn over the run, as its log reports it: "
+                     + ("n/a (no such line in its log)" if turn is None else f"{turn:.1f} ms"))
     loads = [f"{name} {r['other_cpu_cores']:.2f} cores, load average {r['load_average_after'][0]:.2f} after"
              for name, r in results.items() if r.get("other_cpu_cores") is not None]
     if loads:
@@ -71,6 +79,44 @@ def report(meta: dict, results: dict[str, dict]) -> str:
         if r.get("statuses") and set(r["statuses"]) - {"200", "201", "204"}:
             lines.append(f"  {name} statuses: {r['statuses']}")
     return "\n".join(lines)
+
+
+def mib_mb(kib: float | None) -> str:
+    """A kB figure of /proc as MiB and MB (10^6 bytes; the issue's targets are in MB)."""
+    return "n/a" if kib is None else f"{kib / 1024:.1f} MiB = {kib * 1024 / 1e6:.1f} MB"
+
+
+def memory_report(meta: dict, results: dict[str, dict]) -> list[str]:
+    """The registry's RSS: idle at start (goal 2), its growth per registered resource (goal 1), its peak."""
+    start = meta.get("server_rss_kib_start")
+    verdict = "" if start is None else (" ok" if start * 1024 <= IDLE_RSS_TARGET_MB * 1e6 else " MISS")
+    lines = [(f"server RSS at start, empty and idle ({fmt(meta.get('server_idle_settle_s'), '.1f')} s after its "
+              f"first answer): {mib_mb(start)}; target <= {IDLE_RSS_TARGET_MB:g} MB:{verdict or ' n/a'}")]
+    if (r := results.get("register")) is not None and "skipped" not in r:
+        per = r.get("server_rss_bytes_per_resource")
+        held, target = r.get("resources_held", 0), r.get("target_rss_bytes_per_resource")
+        verdict = "n/a" if per is None or target is None else ("ok" if per <= target else "MISS")
+        if held < RSS_TARGET_AT_RESOURCES:
+            verdict += f" (the target is for {RSS_TARGET_AT_RESOURCES:,} resources: --nodes 10000)"
+        lines.append(f"server RSS over the register phase: {mib_mb(r.get('server_rss_kib_before'))} before, "
+                     f"{mib_mb(r.get('server_rss_kib_registered'))} after; {fmt(per, ',.0f')} bytes of RSS per "
+                     f"registered resource ({r.get('resources_stored', 0):,} stored, {held:,} held); target <= "
+                     f"{fmt(target, ',d')} bytes: {verdict}")
+    peak = meta.get("server_peak_rss_kib")
+    if peak is not None:
+        lines.append(f"server peak RSS over the run (VmHWM): {mib_mb(peak)}")
+    return lines
+
+
+def setup_text(setup: dict, lead: str = "; ") -> str:
+    """The unreported registration a phase ran first, if it ran one: its size, its failures, and the Nodes that
+    expired during it (the registry did not keep up with the keep-alive heartbeats)."""
+    if not setup.get("nodes_registered"):
+        return ""
+    expired = setup.get("expired_during_setup")
+    return (f"{lead}{setup['nodes_registered']} of them registered for the phase first (not reported: "
+            f"{setup['posts']} POSTs in {setup['wall_s']:.1f} s, {setup['failures']} failed"
+            + (f"; {expired} Nodes EXPIRED during it, left out of the phase" if expired else "") + ")")
 
 
 def target_text(r: dict) -> str:
@@ -96,12 +142,10 @@ def query_report(q: dict) -> list[str]:
     """What the query phase's rows measured, and the figures the table has no room for."""
     rows_, setup, cold = q["rows"], q["setup"], q.get("v1.0_cold", {})
     lines = ["", f"query: {q['resources_held']} resources held by {q['nodes_held']} nodes"
-             + (f"; {setup['nodes_registered']} of them registered for the phase first (not reported: "
-                f"{setup['posts']} POSTs in {setup['wall_s']:.1f} s, {setup['failures']} failed)"
-                if setup.get("nodes_registered") else ""),
-             f"  one connection, one request at a time, nothing else sent meanwhile; between blocks of requests "
+             + setup_text(setup),
+             (f"  one connection, one request at a time, nothing else sent meanwhile; between blocks of requests "
              f"{q['keepalive_sweeps']} keep-alive sweeps, {q['keepalive_heartbeats']} heartbeats "
-             f"({q['keepalive_non_2xx'] + q['keepalive_transport_errors']} failed)"]
+             f"({q['keepalive_non_2xx'] + q['keepalive_transport_errors']} failed)")]
 
     def walk_text(name: str, limit: int) -> str:
         walks = q.get("walks", {}).get(name, [])
@@ -133,7 +177,7 @@ def query_report(q: dict) -> list[str]:
             f"{fmt(v['server_cpu_ms'], '.0f')} ms CPU" for c, v in cold.items()),
         "q-all-warm": "every v1.0 collection again, one after the other",
     }
-    for name, r in rows_.items():
+    for name in rows_:
         lines.append(f"  {name:<10} {meaning.get(name, '')}")
     if cold:
         total_bytes = sum(v["bytes"] for v in cold.values())
@@ -160,14 +204,12 @@ def query_report(q: dict) -> list[str]:
     return lines
 
 
-def websocket_report(w: dict) -> list[str]:
+def websocket_report(w: dict, cores: int | None = None) -> list[str]:
     """What the websocket phase's rows measured, the load scenario's figures and the issue's targets, judged."""
     rows_, opts = w.get("rows", {}), w.get("options", {})
     setup = w.get("setup", {})
     lines = ["", f"websocket: {fmt(w.get('nodes_held'), 'd')} Nodes held ({fmt(w.get('resources_held'), 'd')} "
-                 f"resources)" + (f", {setup['nodes_registered']} of them registered for the phase first (not "
-                                  f"reported: {setup['posts']} POSTs in {setup['wall_s']:.1f} s, "
-                                  f"{setup['failures']} failed)" if setup.get("nodes_registered") else "")
+                 f"resources)" + setup_text(setup, ", ")
              + f"; each heartbeated every {HEARTBEAT_INTERVAL:g} s by a separate process over "
                f"{fmt(w.get('heartbeat_connections'), 'd')} keep-alive connections; subscriptions at v1.3, "
                + ("each with a filter of its own that every resource matches (--ws-distinct), " if opts.get("distinct")
@@ -202,8 +244,8 @@ def websocket_report(w: dict) -> list[str]:
             f"  ws-load    {r['subscribers']} subscribers connecting at once ({mix}; {r['subscriptions_created']} "
             f"subscriptions created, {r['subscriptions_reused']} reused); initial state per subscriber: "
             + ", ".join(f"/{c} {n}" for c, n in r["expected_sync_per_collection"].items()) + " resources",
-            f"  {'':<10} TCP connects and handshake requests sent in {r['connects_s'] * 1000:.0f} ms; every "
-            f"handshake answered {r['handshakes_s'] * 1000:.0f} ms after the first connect",
+            (f"  {'':<10} TCP connects and handshake requests sent in {r['connects_s'] * 1000:.0f} ms; every "
+            f"handshake answered {r['handshakes_s'] * 1000:.0f} ms after the first connect"),
             f"  {'':<10} initial sync, first connect to the last subscriber's full initial state: "
             + (f"{sync:.2f} s" if sync is not None else
                f"NOT COMPLETE ({r['sync_complete']} of {r['subscribers']} subscribers)")
@@ -217,50 +259,60 @@ def websocket_report(w: dict) -> list[str]:
             *[f"  {'':<10} INCOMPLETE: subscriber {i['subscriber']} (/{i['collection']}, {i['state']}"
               + (f", {i['closed']}" if i["closed"] else "") + f"): {i['missing']} of {i['expected_sync']} missing "
               f"(e.g. {', '.join(i['missing_sample'])}), {i['grains']} grains, {i['bytes']} bytes, the last "
-              f"{fmt(i['last_grain_s'], '.2f')} s after the first connect" for i in r.get("incomplete", [])],
-            f"  {'':<10} changes from {fmt(r['first_change_s'], '.2f')} s after the first connect for "
+              f"{fmt(i['last_grain_s'], '.2f')} s after the first connect"
+              for i in r.get("incomplete", [])[:INCOMPLETE_SHOWN]],
+            *([f"  {'':<10} ... and {len(r['incomplete']) - INCOMPLETE_SHOWN} more incomplete subscribers (JSON: "
+               f"`incomplete`); closed: " + "; ".join(f"{n} {why}" for why, n in collections.Counter(
+                   i["closed"] or "still open" for i in r["incomplete"]).most_common())]
+              if len(r.get("incomplete", [])) > INCOMPLETE_SHOWN else []),
+            (f"  {'':<10} changes from {fmt(r['first_change_s'], '.2f')} s after the first connect for "
             f"{fmt(r['changes_s'], '.1f')} s: {r['requests']} requests at {fmt(r['requests_per_s'], '.0f')}/s "
             f"({r['nodes_created']} Nodes registered, {r['modifications']} modifications, {r['nodes_deleted']} "
             f"Nodes deleted) = {r['changes']} changes; the change thread was at most "
-            f"{r['changer_behind_max_s'] * 1000:.0f} ms behind its schedule",
-            f"  {'':<10} notifications: {r['notifications_expected']} expected (each change, to every subscriber "
+            f"{r['changer_behind_max_s'] * 1000:.0f} ms behind its schedule"
+            + (f"; {r['scenario_nodes_gone']} of the scenario's own Nodes (never heartbeated: each should live "
+               f"{SCENARIO_NODE_LIFETIME} cycles) expired before their DELETE, their removals are among the events "
+               "for no change of ours" if r.get("scenario_nodes_gone") else "")),
+            (f"  {'':<10} notifications: {r['notifications_expected']} expected (each change, to every subscriber "
             f"of its type), {r['notifications_received']} received, {r['lost_notifications']} lost; latency from "
             f"the change's answer p50 {fmt(r['latency_p50_ms'], '.1f')}, p99 {fmt(r['latency_p99_ms'], '.1f')}, "
             f"max {fmt(r['latency_max_ms'], '.1f')} ms; {r['duplicates']} duplicates, {r['extra_events']} events "
-            f"for no change of ours ({r['population_nodes_removed_events']} removals of held Nodes)",
-            f"  {'':<10} of these, to subscribers that had their initial state when the change was answered: "
+            f"for no change of ours ({r['population_nodes_removed_events']} removals of held Nodes)"),
+            (f"  {'':<10} of these, to subscribers that had their initial state when the change was answered: "
             f"{r['synced_notifications']}, p50 {fmt(r['synced_p50_ms'], '.1f')}, p99 {fmt(r['synced_p99_ms'], '.1f')}, "
             f"max {fmt(r['synced_max_ms'], '.1f')} ms; to subscribers still receiving it (they come after it, by "
             f"design): {r['syncing_notifications']}, p50 {fmt(r['syncing_p50_ms'], '.0f')}, "
-            f"p99 {fmt(r['syncing_p99_ms'], '.0f')}, max {fmt(r['syncing_max_ms'], '.0f')} ms",
-            f"  {'':<10} server: {fmt(r['server_cpu_ms'] and r['server_cpu_ms'] / 1000, '.1f')} s CPU over "
+            f"p99 {fmt(r['syncing_p99_ms'], '.0f')}, max {fmt(r['syncing_max_ms'], '.0f')} ms"),
+            (f"  {'':<10} server: {fmt(r['server_cpu_ms'] and r['server_cpu_ms'] / 1000, '.1f')} s CPU over "
             f"{r['wall_s']:.1f} s ({fmt(r['server_busy'] and r['server_busy'] * 100, '.0f%')} of a core); RSS "
             f"{fmt(r['server_rss_kib_before'] and r['server_rss_kib_before'] / 1024, '.0f')} MiB before, "
             f"{fmt(r['server_rss_kib_peak'] and r['server_rss_kib_peak'] / 1024, '.0f')} MiB at most, "
             f"{fmt(r['server_rss_kib_end'] and r['server_rss_kib_end'] / 1024, '.0f')} MiB after; this client "
             f"{r['client_cpu_ms'] / 1000:.1f} s CPU ({r['client_cpu_ms'] / 1000 / r['wall_s'] * 100:.0f}% of a "
-            f"core), longest wait of a received grain to be parsed {r['client_read_lag_max_ms']:.0f} ms",
+            f"core), longest wait of a received grain to be parsed {r['client_read_lag_max_ms']:.0f} ms"),
         ]
+        if (shares := r.get("sync_machine_shares")) is not None:
+            lines.append(
+                f"  {'':<10} the machine during the initial sync ({shares['wall_s']:.1f} s"
+                + ("" if sync is not None else ", incomplete") + f", in cores of {cores}): registry "
+                f"{fmt(shares['registry_cores'], '.2f')}, this client (subscribers, changes) "
+                f"{fmt(shares['client_cores'], '.2f')}, heartbeat process "
+                f"{fmt(shares['heartbeat_process_cores'], '.2f')}"
+                f", other processes {fmt(shares['other_cores'], '.2f')}; all {fmt(shares['machine_cores'], '.2f')}")
+        lines.append(f"  {'':<10} changes made {fmt(r.get('changes_per_s'), '.1f')}/s; registry peak RSS (VmHWM, "
+                     f"whole run so far) {mib_mb(r.get('server_vmhwm_kib_end'))}")
     for name in ("ws-hb-base", "ws-hb-load"):
         if (r := rows_.get(name)) is not None:
             what = "before any subscriber (heartbeats only)" if name == "ws-hb-base" else "during ws-load"
-            lines.append(
-                f"  {name:<10} heartbeats due {what}: {r['requests']}, wait from due to answer p50 "
-                f"{fmt(r['latency_p50_ms'], '.2f')}, p99 {fmt(r['latency_p99_ms'], '.2f')}, max "
-                f"{fmt(r['latency_max_ms'], '.2f')} ms (the longest due {fmt(r['worst_due_s'], '.2f')} s into the "
-                f"window; longest wait to be sent {r['send_late_max_ms']:.0f} ms, longest round trip "
-                f"{r['round_trip_max_ms']:.0f} ms); {r['over_limit']} over {HEARTBEAT_WAIT_LIMIT_MS:.0f} ms; "
-                f"longest a Node went without an answered heartbeat {r['longest_silence_s']:.2f} s; "
-                f"{r['expired_nodes']} answered 404")
-    late = [(name, r["send_late_max_ms"]) for name, r in rows_.items()
-            if name.startswith("ws-hb") and (r.get("send_late_max_ms") or 0) > HEARTBEAT_LATE_MS]
-    if late:
-        lines.append("  WARNING: the heartbeat process itself sent heartbeats late (" + ", ".join(
-            f"{name} up to {value:.0f} ms" for name, value in late) + "): those waits are partly this client's, "
-            "and Nodes may have expired because of it; the heartbeat figures of this run do not judge the registry")
+            lines.append(heartbeat_text(name, what, r))
+    lines += late_warning(rows_)
     if w.get("heartbeat_server_cpu_ms") is not None:
         lines.append(f"  server CPU per heartbeat (ws-hb-base) {w['heartbeat_server_cpu_ms']:.3f} ms; heartbeat "
-                     f"process {w.get('heartbeat_process_cpu_ms', 0) / 1000:.1f} s CPU in all; connections refused "
+                     f"process {w.get('heartbeat_process_cpu_ms', 0) / 1000:.1f} s CPU in all, its connections "
+                     f"opened in {fmt(w.get('heartbeat_connect_s'), '.1f')} s before the first heartbeat "
+                     f"({fmt(w.get('heartbeat_unconnected_at_start'), 'd')} failed; "
+                     f"{fmt(w.get('heartbeat_keepalive_sweeps'), 'd')} "
+                     f"keep-alive sweeps meanwhile); connections refused "
                      f"by a full listen queue during the phase (TcpExt ListenOverflows, whole machine): "
                      f"{fmt(w.get('listen_overflows'), 'd')}")
     # The issue's targets.
@@ -283,8 +335,18 @@ def websocket_report(w: dict) -> list[str]:
         if (hb := rows_.get("ws-hb-load")) is not None:
             verdicts.append(f"longest heartbeat wait {fmt(hb['latency_max_ms'], '.0f')} ms <= "
                             f"{HEARTBEAT_WAIT_LIMIT_MS:.0f}: " + ("yes" if hb["over_limit"] == 0 else "NO"))
+        p99, limit = load.get("synced_p99_ms"), load.get("synced_target_p99_ms")
+        verdicts.append(f"grain p99 once in sync {fmt(p99, '.1f')} ms <= {fmt(limit, 'g')}: "
+                        + ("n/a" if p99 is None or limit is None else "yes" if p99 <= limit else "NO"))
+        sync = load.get("sync_s")
+        verdicts.append(f"all {load['subscribers']} initial syncs " + (f"in {sync:.1f} s" if sync is not None
+                                                                       else "NOT complete") + ": "
+                        + ("yes" if sync is not None else "NO"))
+        peak, limit = load.get("server_vmhwm_kib_end"), load.get("target_peak_rss_mb")
+        verdicts.append(f"peak RSS {fmt(peak and peak * 1024 / 1e6, '.0f')} MB <= {fmt(limit, 'g')}: "
+                        + ("n/a" if peak is None or limit is None else "yes" if peak * 1024 / 1e6 <= limit else "NO"))
     if verdicts:
-        lines.append("  targets (issue 4): " + "; ".join(verdicts))
+        lines.append("  targets (issue 13, goal 4 at 10,000 Nodes x 100 subscribers): " + "; ".join(verdicts))
     return lines
 
 
@@ -294,3 +356,74 @@ def failed(results: dict[str, dict]) -> bool:
                or r.get("keepalive_non_2xx") or r.get("keepalive_transport_errors") or r.get("wrong_results")
                or (r.get("setup") or {}).get("failures") or r.get("error") or r.get("expired_nodes")
                for r in everything)
+
+
+def storm_report(st: dict) -> list[str]:
+    """The storm phase: the big Node's registration, the other Nodes' heartbeats meanwhile, the issue's targets."""
+    rows_, setup = st.get("rows", {}), st.get("setup", {})
+    lines = ["", f"storm: {fmt(st.get('nodes_held'), 'd')} Nodes held, each heartbeated every {HEARTBEAT_INTERVAL:g} s "
+                 f"by a separate process over {fmt(st.get('heartbeat_connections'), 'd')} keep-alive connections"
+             + setup_text(setup)]
+    if st.get("error"):
+        lines.append(f"  phase stopped by an error: {st['error']}")
+    if (r := rows_.get("storm")) is not None:
+        lines.append(
+            f"  storm      one Node registers {r['resources']} resources (stages of "
+            f"{', '.join(map(str, r['stages']))}: "
+            f"the Node, its Devices, the rest) over {r['connections']} connections: {r['resources_stored']} stored in "
+            f"{r['registration_s']:.2f} s ({fmt(r['requests_per_s'], '.0f')}/s), POST p50 "
+            f"{fmt(r['latency_p50_ms'], '.1f')}, p99 {fmt(r['latency_p99_ms'], '.1f')}, max "
+            f"{fmt(r['latency_max_ms'], '.1f')} ms; server CPU {fmt(r['server_cpu_ms_per_request'], '.3f')} ms per "
+            f"registration; longest reactor turn the registry logged meanwhile: "
+            + ("n/a" if r["reactor_longest_turn_ms"] is None else f"{r['reactor_longest_turn_ms']:.1f} ms"))
+    for name in ("storm-hb-base", "storm-hb"):
+        if (r := rows_.get(name)) is not None:
+            what = "in the interval before the storm" if name == "storm-hb-base" else "while the big Node registered"
+            lines.append(heartbeat_text(name, what, r))
+    lines += late_warning(rows_)
+    if st.get("heartbeat_process_cpu_ms") is not None:
+        lines.append(f"  heartbeat process {st['heartbeat_process_cpu_ms'] / 1000:.1f} s CPU in all, its connections "
+                     f"opened in {fmt(st.get('heartbeat_connect_s'), '.1f')} s before the first heartbeat "
+                     f"({fmt(st.get('heartbeat_unconnected_at_start'), 'd')} failed; "
+                     f"{fmt(st.get('heartbeat_keepalive_sweeps'), 'd')} keep-alive sweeps meanwhile)")
+    if st.get("big_node_delete_ms") is not None:
+        lines.append(f"  the big Node's DELETE (every resource at once) answered {st['big_node_delete_status']} in "
+                     f"{st['big_node_delete_ms']:.0f} ms, after the heartbeats stopped")
+    verdicts = []
+    if (hb := rows_.get("storm-hb")) is not None:
+        verdicts.append(f"worst heartbeat wait {fmt(hb['latency_max_ms'], '.0f')} ms <= {HEARTBEAT_WAIT_LIMIT_MS:.0f}: "
+                        + ("yes" if hb["requests"] and hb["over_limit"] == 0 else "NO"))
+    listed, held = st.get("nodes_listed_after"), st.get("nodes_expected_after")
+    verdicts.append(f"Nodes expired {fmt(st.get('expired_nodes'), 'd')} (404 heartbeats), Query API lists "
+                    f"{fmt(listed, 'd')} of {fmt(held, 'd')} Nodes after: "
+                    + ("yes" if not st.get("expired_nodes") and listed == held else "NO"))
+    if (r := rows_.get("storm")) is not None:
+        turn = r["reactor_longest_turn_ms"]
+        verdicts.append(f"longest reactor turn {fmt(turn, '.1f')} ms <= {r['target_reactor_turn_ms']:g} ms: "
+                        + ("n/a (no such line in the registry's log)" if turn is None
+                           else "yes" if turn <= r["target_reactor_turn_ms"] else "NO"))
+    lines.append("  targets (issue 13, goal 5): " + "; ".join(verdicts))
+    return lines
+
+
+def late_warning(rows_: dict[str, dict]) -> list[str]:
+    """A warning when the heartbeat process itself sent heartbeats late: then its rows measure this machine."""
+    late = [(name, r["send_late_max_ms"]) for name, r in rows_.items()
+            if "-hb" in name and (r.get("send_late_max_ms") or 0) > HEARTBEAT_LATE_MS]
+    if not late:
+        return []
+    return ["  WARNING: the heartbeat process itself sent heartbeats late (" + ", ".join(
+        f"{name} up to {value:.0f} ms" for name, value in late) + "): those waits are partly this client's, and "
+        "Nodes may have expired because of it; the heartbeat figures of this run do not judge the registry"]
+
+
+def heartbeat_text(name: str, what: str, r: dict) -> str:
+    """A heartbeat row (ws-hb-*, storm-hb*) in words: the waits, who was late, whether the process kept up."""
+    return (f"  {name:<13} heartbeats due {what}: {r['requests']} ({fmt(r.get('due_per_s'), '.0f')}/s due, "
+            f"{fmt(r.get('answered_per_s'), '.0f')}/s answered 200), wait from due to answer p50 "
+            f"{fmt(r['latency_p50_ms'], '.2f')}, p99 {fmt(r['latency_p99_ms'], '.2f')}, max "
+            f"{fmt(r['latency_max_ms'], '.2f')} ms (the longest due {fmt(r['worst_due_s'], '.2f')} s into the "
+            f"window; longest wait to be sent {r['send_late_max_ms']:.0f} ms, longest round trip "
+            f"{r['round_trip_max_ms']:.0f} ms); {r['over_limit']} over {HEARTBEAT_WAIT_LIMIT_MS:.0f} ms; "
+            f"longest a Node went without an answered heartbeat {r['longest_silence_s']:.2f} s; "
+            f"{r['expired_nodes']} answered 404")

@@ -4,6 +4,7 @@ and its CPU and RSS (and the machine's CPU and listen-queue overflows) read from
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import signal
 import socket
@@ -19,6 +20,14 @@ from .http import Connection, ProtocolError, build_request
 API = "/x-nmos/registration/v1.3"
 DEFAULT_REGISTRY_CMD = "twistd -n --pidfile= nmos-ref registry --listen tcp:{port}:interface=127.0.0.1"
 CLEAN_EXIT = {0, 143, -signal.SIGTERM}  # twistd answers SIGTERM with exit status 143: a clean stop
+# The registry logs the longest reactor turn it has seen (issue 13, goal 5). Only `longest_reactor_turn_ms` knows the
+# line's format: adapt it there.
+REACTOR_TURN = re.compile(r"reactor: longest turn ([0-9.]+) ms")
+
+
+def longest_reactor_turn_ms(log_text: str) -> float | None:
+    """The longest reactor turn in ms that the registry's log lines in `log_text` report, or None if none does."""
+    return max((float(value) for value in REACTOR_TURN.findall(log_text)), default=None)
 
 
 @dataclass
@@ -37,25 +46,66 @@ class Server:
 
     def cpu_ms(self) -> float | None:
         """utime + stime of the whole server process (all threads) in milliseconds, or None without a PID."""
-        if self.pid is None:
+        return None if self.pid is None else process_cpu_ms(self.pid)
+
+    def log_size(self) -> int:
+        """Where the registry's log ends now (0 without a log), to read what it writes from here on."""
+        try:
+            return self.log_path.stat().st_size if self.log_path is not None else 0
+        except OSError:
+            return 0
+
+    def log_text(self, since: int = 0) -> str | None:
+        """The registry's log from byte `since` on, or None without a log file."""
+        if self.log_path is None:
             return None
         try:
-            stat = Path(f"/proc/{self.pid}/stat").read_text()
+            with open(self.log_path, "rb") as log:
+                log.seek(since)
+                return log.read().decode(errors="replace")
         except OSError:
             return None
-        fields = stat.rpartition(")")[2].split()  # comm may contain spaces; fields after it start at "state" (3)
-        return (int(fields[11]) + int(fields[12])) * 1000.0 / os.sysconf("SC_CLK_TCK")
 
-    def rss_kib(self) -> int | None:
+    def status_kib(self, name: str) -> int | None:
+        """A kB figure of `/proc/<pid>/status` (VmRSS, VmHWM, ...), or None without a PID."""
         if self.pid is None:
             return None
         try:
             for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
+                if line.startswith(name + ":"):
                     return int(line.split()[1])
         except OSError:
             pass
         return None
+
+    def rss_kib(self) -> int | None:
+        return self.status_kib("VmRSS")
+
+    def peak_rss_kib(self) -> int | None:
+        """VmHWM: the most RSS the registry has had since it started (the kernel keeps it; no sampling misses it)."""
+        return self.status_kib("VmHWM")
+
+    def settle(self, limit: float = 2.0, quiet: float = 0.5) -> float:
+        """Waits, at most `limit` s, until the server has used no CPU for `quiet` s; returns the seconds waited."""
+        start = time.monotonic()
+        if self.pid is None:
+            return 0.0
+        last, still_since = self.cpu_ms(), start
+        while (now := time.monotonic()) - start < limit and now - still_since < quiet:
+            time.sleep(0.1)
+            if (cpu := self.cpu_ms()) != last:
+                last, still_since = cpu, time.monotonic()
+        return time.monotonic() - start
+
+
+def process_cpu_ms(pid: int) -> float | None:
+    """utime + stime of a process (all threads) in milliseconds, or None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()  # comm may contain spaces; fields after it start at "state" (3)
+    return (int(fields[11]) + int(fields[12])) * 1000.0 / os.sysconf("SC_CLK_TCK")
 
 
 def machine_busy_ms() -> float | None:

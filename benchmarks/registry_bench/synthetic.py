@@ -32,7 +32,7 @@ def synthetic_node(index: int, now: float,
     base = f"http://127.0.0.1:{port}"
     name = f"{index:06d}"
     tags = {"bench": ["nmos-ref"], "group": [f"g{index % 10}"]}
-    mac = "02-00-%02x-%02x-%02x-01" % ((index >> 16) & 0xFF, (index >> 8) & 0xFF, index & 0xFF)
+    mac = f"02-00-{(index >> 16) & 0xFF:02x}-{(index >> 8) & 0xFF:02x}-{index & 0xFF:02x}-01"
 
     def core(kind: str, rid: str, role: str = "") -> dict:
         # Every label is unique in the registry (the query phase's label query must find exactly one resource).
@@ -107,13 +107,47 @@ def check_schemas(schema_dir: Path, nodes: int) -> int:
     by_type = {kind: validator(f"{kind}.json") for kind in set(NODE_LAYOUT)}
     failures = checked = 0
     now = time.time()
-    for index in range(nodes):
-        for kind, data in synthetic_node(index, now):
-            checked += 1
-            # The per-type schema gives readable messages; the request envelope (a oneOf) only says "not valid".
-            errors = [*by_type[kind].iter_errors(data)] or [*envelope.iter_errors({"type": kind, "data": data})]
-            for error in errors[:3]:
-                print(f"node {index} {kind}: {error.message[:200]} at /{'/'.join(map(str, error.absolute_path))}")
-            failures += bool(errors)
-    print(f"checked {checked} payloads of {nodes} synthetic nodes against {schema_dir}: {failures} invalid")
+    # the synthetic Nodes, then a small big Node of the storm phase (built from the same resources)
+    payloads = [(f"node {index}", kind, data) for index in range(nodes) for kind, data in synthetic_node(index, now)]
+    payloads += [("big node", kind, data) for stage in big_node(nodes, now, 60) for kind, data in stage]
+    for where, kind, data in payloads:
+        checked += 1
+        # The per-type schema gives readable messages; the request envelope (a oneOf) only says "not valid".
+        errors = [*by_type[kind].iter_errors(data)] or [*envelope.iter_errors({"type": kind, "data": data})]
+        for error in errors[:3]:
+            print(f"{where} {kind}: {error.message[:200]} at /{'/'.join(map(str, error.absolute_path))}")
+        failures += bool(errors)
+    print(f"checked {checked} payloads of {nodes} synthetic nodes and a big node against {schema_dir}: "
+          f"{failures} invalid")
     return 1 if failures else 0
+
+
+def big_node(index: int, now: float, resources: int,
+             new_id: Callable[[], str] = lambda: str(uuid.uuid4())) -> list[list[tuple[str, dict]]]:
+    """One Node with `resources` resources in all (itself included, at least 3), as (type, data) in three stages
+    that may each be posted in any order, but after the stage before: the Node; its Devices (one per 100
+    resources); then Sources, Flows, Senders and Receivers in turn, spread over the Devices (the registry checks a
+    Device's Node and the others' Device, so nothing in the last stage waits for anything else in it).
+
+    Built from `synthetic_node`'s resources, with ids and labels of their own (`bench-big-<kind>-<n>`)."""
+    template = {kind: data for kind, data in reversed(synthetic_node(index, now, new_id))}  # the video ones
+    node = template["node"]
+    name = f"{index:06d}"
+    devices = [template["device"] | {"id": new_id(), "label": f"bench-big-device-{name}-{d:04d}", "senders": [],
+                                     "receivers": [], "node_id": node["id"]}
+               for d in range(max(1, min(resources // 100, resources - 2)))]
+    rest: list[tuple[str, dict]] = []
+    source_id = flow_id = None
+    for n in range(resources - 1 - len(devices)):
+        kind = ("source", "flow", "sender", "receiver")[n % 4]
+        device = devices[n // 4 % len(devices)]["id"]
+        data = template[kind] | {"id": new_id(), "label": f"bench-big-{kind}-{name}-{n:05d}", "device_id": device}
+        if kind == "source":
+            source_id = data["id"]
+        elif kind == "flow":
+            data["source_id"], flow_id = source_id, data["id"]
+        elif kind == "sender":
+            data["flow_id"] = flow_id
+            data["manifest_href"] = data["manifest_href"].replace(template["sender"]["id"], data["id"])
+        rest.append((kind, data))
+    return [[("node", node)], [("device", d) for d in devices], rest]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from .harness import Context, figures, ms
 from .http import Recorder, build_request, percentile
 from .query_api import listed_ids
-from .server import API
+from .server import API, machine_busy_ms, process_cpu_ms
 from .synthetic import synthetic_node, tai_version
 from .ws_client import (
     DRAIN_LIMIT,
@@ -25,6 +25,8 @@ from .ws_client import (
     subscribe,
 )
 
+SYNCED_P99_TARGET_MS = 25.0  # issue 13, goal 4: grain p99 after the change, once the subscribers are in sync
+PEAK_RSS_TARGET_MB = 400.0  # issue 13, goal 4: the registry's peak RSS at 10,000 Nodes x 100 subscribers
 OPEN_WAIT = 30.0  # seconds for every handshake of a batch of subscribers to be answered
 MODIFIED_KINDS = ("sender", "receiver", "flow", "source", "device", "node")  # round-robin order of modifications
 CYCLE_MODIFICATIONS = 38  # per change cycle, with one Node registered (10 POSTs) and one deleted: 49 requests
@@ -71,8 +73,9 @@ class Changer:
         try:
             for cycle in range(self.cycles):
                 actions: list[Callable[[], int]] = [self.register_node]
-                actions += [lambda k=MODIFIED_KINDS[(cycle * CYCLE_MODIFICATIONS + i) % len(MODIFIED_KINDS)]:
-                            self.modify(k) for i in range(CYCLE_MODIFICATIONS)]
+                kinds = [MODIFIED_KINDS[(cycle * CYCLE_MODIFICATIONS + i) % len(MODIFIED_KINDS)]
+                         for i in range(CYCLE_MODIFICATIONS)]
+                actions += [lambda k=kind: self.modify(k) for kind in kinds]
                 if len(self.alive) >= SCENARIO_NODE_LIFETIME:
                     actions.append(self.delete_oldest)
                 for action in actions:
@@ -138,21 +141,38 @@ class Changer:
         return 1
 
 
-def ws_load(ctx: Context, state: WsState, http: TimedConnection) -> dict:
+def cpu_marks(ctx: Context, helper_pid: int | None) -> tuple[float | None, ...]:
+    """Now, in CPU ms: the whole machine, the registry, this process, the heartbeat process; and the monotonic time."""
+    return (machine_busy_ms(), ctx.server.cpu_ms(), time.process_time() * 1000,
+            process_cpu_ms(helper_pid) if helper_pid else None, time.monotonic())
+
+
+def machine_shares(before: tuple[float | None, ...], after: tuple[float | None, ...]) -> dict:
+    """How much of the machine (in cores) each side used between two `cpu_marks`: the registry, this client (the
+    subscribers and the change thread), the heartbeat process, and every other process."""
+    wall = after[4] - before[4]
+    used = [None if None in (a, b) or wall <= 0 else (b - a) / (wall * 1000) for a, b in zip(before[:4], after[:4])]
+    others = None if None in used[:3] else max(0.0, used[0] - sum(u or 0.0 for u in used[1:]))
+    return {"wall_s": wall, "machine_cores": used[0], "registry_cores": used[1], "client_cores": used[2],
+            "heartbeat_process_cores": used[3], "other_cores": others}
+
+
+def ws_load(ctx: Context, state: WsState, http: TimedConnection, helper_pid: int | None = None) -> dict:
     """S subscribers, spread over `--ws-paths`, connect at once; changes flow from when every handshake is answered
     until `--ws-after` s after the last subscriber has its initial state; then every subscriber must get every
-    change of its type (DRAIN_LIMIT s at most)."""
+    change of its type (DRAIN_LIMIT s at most). `helper_pid`: the heartbeat process, whose CPU is reported too."""
     opts = ctx.ws
     paths = []
     collections_ = [opts.paths[i % len(opts.paths)] for i in range(opts.subscribers)]
     statuses: collections.Counter = collections.Counter()
+    # What each subscriber's initial state must hold: what the Query API lists now (nothing changes until the
+    # subscribers are connected), checked against what this phase registered. Read before the subscriptions are
+    # made: a subscription without a WebSocket for 30 s is removed, and a busy registry lists slowly.
+    expect = {collection: listed_ids(ctx, http, collection) for collection in set(collections_)}
     for collection in collections_:
         status, path = subscribe(http, ctx, collection)
         statuses[status] += 1
         paths.append(path)
-    # What each subscriber's initial state must hold: what the Query API lists now (nothing changes until the
-    # subscribers are connected), checked against what this phase registered.
-    expect = {collection: listed_ids(ctx, http, collection) for collection in set(collections_)}
     mismatch = {c: {"listed_not_registered": len(ids - state.known[KIND[c]]),
                     "registered_not_listed": len(state.known[KIND[c]] - ids)}
                 for c, ids in expect.items() if ids != state.known[KIND[c]]}
@@ -164,6 +184,7 @@ def ws_load(ctx: Context, state: WsState, http: TimedConnection) -> dict:
     synced_at = changes_end = None
     server_before, client_before = ctx.server.cpu_ms(), time.process_time()
     first, window_start = time.time(), time.monotonic()
+    marks_before, marks_sync = cpu_marks(ctx, helper_pid), None
     try:
         for index, (collection, path) in enumerate(zip(collections_, paths)):
             subscribers.append(Subscriber(index, collection, path, ctx.server, expect[collection],
@@ -184,6 +205,7 @@ def ws_load(ctx: Context, state: WsState, http: TimedConnection) -> dict:
             if synced_at is None and all(s.sync_done is not None or s.closed for s in subscribers):
                 synced_at = now
                 sync_cpu = ctx.server.cpu_ms(), time.process_time()
+                marks_sync = cpu_marks(ctx, helper_pid)
             if synced_at is not None and now >= synced_at + opts.after:
                 break
             if synced_at is None and now > sync_limit:
@@ -192,6 +214,8 @@ def ws_load(ctx: Context, state: WsState, http: TimedConnection) -> dict:
             if not changer.thread.is_alive():
                 break
             hub.poll(0.05)
+        if marks_sync is None:  # no complete sync: the shares up to when the scenario gave up
+            marks_sync = cpu_marks(ctx, helper_pid)
         changer.stop.set()
         hub.wait(lambda: not changer.thread.is_alive(), time.monotonic() + 2 * ctx.request_timeout)
         changes_end = time.monotonic()
@@ -287,6 +311,12 @@ def ws_load(ctx: Context, state: WsState, http: TimedConnection) -> dict:
         "duplicates": sum(s.duplicates for s in subscribers), "malformed": sum(s.malformed for s in subscribers),
         "other_sync_events": sum(s.other_sync for s in subscribers),
         "client_read_lag_max_ms": max((s.read_lag for s in subscribers), default=0.0) * 1000,
+        # during the initial sync (until the last subscriber had its state, or the scenario gave up), in cores
+        "sync_machine_shares": machine_shares(marks_before, marks_sync) if marks_sync else None,
+        "changes_per_s": len(changer.changes) / (changes_end - changer.started) if changer.started and changes_end
+        else None,
+        "synced_target_p99_ms": SYNCED_P99_TARGET_MS,
+        "server_vmhwm_kib_end": ctx.server.peak_rss_kib(), "target_peak_rss_mb": PEAK_RSS_TARGET_MB,
         "server_rss_kib_before": rss[0], "server_rss_kib_peak": max((r for r in rss if r), default=None),
         "server_rss_kib_end": rss[-1], "closed_early": closed, "window": (window_start, window_end),
         "wrong_results": lost + len(closed) + changer.scenario_nodes_gone + len(incomplete) + len(mismatch),
