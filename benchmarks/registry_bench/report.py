@@ -283,6 +283,9 @@ def websocket_report(w: dict, cores: int | None = None) -> list[str]:
             f"max {fmt(r['synced_max_ms'], '.1f')} ms; to subscribers still receiving it (they come after it, by "
             f"design): {r['syncing_notifications']}, p50 {fmt(r['syncing_p50_ms'], '.0f')}, "
             f"p99 {fmt(r['syncing_p99_ms'], '.0f')}, max {fmt(r['syncing_max_ms'], '.0f')} ms"),
+            (f"  {'':<10} of all, for changes answered once every subscriber had its initial state (the steady "
+            f"state): {r.get('steady_notifications')}, p50 {fmt(r.get('steady_p50_ms'), '.1f')}, "
+            f"p99 {fmt(r.get('steady_p99_ms'), '.1f')}, max {fmt(r.get('steady_max_ms'), '.1f')} ms"),
             (f"  {'':<10} server: {fmt(r['server_cpu_ms'] and r['server_cpu_ms'] / 1000, '.1f')} s CPU over "
             f"{r['wall_s']:.1f} s ({fmt(r['server_busy'] and r['server_busy'] * 100, '.0f%')} of a core); RSS "
             f"{fmt(r['server_rss_kib_before'] and r['server_rss_kib_before'] / 1024, '.0f')} MiB before, "
@@ -335,9 +338,10 @@ def websocket_report(w: dict, cores: int | None = None) -> list[str]:
         if (hb := rows_.get("ws-hb-load")) is not None:
             verdicts.append(f"longest heartbeat wait {fmt(hb['latency_max_ms'], '.0f')} ms <= "
                             f"{HEARTBEAT_WAIT_LIMIT_MS:.0f}: " + ("yes" if hb["over_limit"] == 0 else "NO"))
-        p99, limit = load.get("synced_p99_ms"), load.get("synced_target_p99_ms")
-        verdicts.append(f"grain p99 once in sync {fmt(p99, '.1f')} ms <= {fmt(limit, 'g')}: "
-                        + ("n/a" if p99 is None or limit is None else "yes" if p99 <= limit else "NO"))
+        p99, limit = load.get("steady_p99_ms"), load.get("synced_target_p99_ms")
+        verdicts.append(f"grain p99 once the subscribers are in sync {fmt(p99, '.1f')} ms <= {fmt(limit, 'g')}: "
+                        + ("n/a" if p99 is None or limit is None else "yes" if p99 <= limit else "NO")
+                        + f" (to each subscriber once it alone was in sync: {fmt(load.get('synced_p99_ms'), '.1f')} ms)")
         sync = load.get("sync_s")
         verdicts.append(f"all {load['subscribers']} initial syncs " + (f"in {sync:.1f} s" if sync is not None
                                                                        else "NOT complete") + ": "

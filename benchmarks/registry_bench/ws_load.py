@@ -238,6 +238,10 @@ def ws_load(ctx: Context, state: WsState, http: TimedConnection, helper_pid: int
     answered = {(rid, marker): at for _, rid, marker, at in changer.changes}
     latencies, lost, extra, population_removed = [], 0, 0, 0
     synced_latencies, syncing_latencies = [], []  # to subscribers that had their initial state then, and not yet
+    # Changes answered once every subscriber had its initial state: the steady state issue 13 judges (goal 4).
+    done = [s.sync_done for s in subscribers]
+    all_synced = max(done) if done and None not in done else None
+    steady_latencies = []
     lost_by: dict[int, int] = {}
     held_nodes = state.known["node"]
     for s in subscribers:
@@ -252,6 +256,8 @@ def ws_load(ctx: Context, state: WsState, http: TimedConnection, helper_pid: int
                 latencies.append(latency)
                 (synced_latencies if s.sync_done is not None and s.sync_done <= answered[key]
                  else syncing_latencies).append(latency)
+                if all_synced is not None and answered[key] >= all_synced:
+                    steady_latencies.append(latency)
         wanted = set(mine)
         for key in s.changes:
             if key not in wanted:
@@ -260,6 +266,7 @@ def ws_load(ctx: Context, state: WsState, http: TimedConnection, helper_pid: int
     latencies.sort()
     synced_latencies.sort()
     syncing_latencies.sort()
+    steady_latencies.sort()
     sync_times = sorted(s.sync_done - first for s in subscribers if s.sync_done is not None)
     incomplete = [{"subscriber": s.index, "collection": s.collection, "state": s.state, "closed": s.closed,
                    "missing": len(s.missing), "missing_sample": sorted(s.missing)[:3], "sync_events": s.sync_events,
@@ -296,6 +303,9 @@ def ws_load(ctx: Context, state: WsState, http: TimedConnection, helper_pid: int
         "synced_notifications": len(synced_latencies),
         "synced_p50_ms": ms(percentile(synced_latencies, 0.5)), "synced_p99_ms": ms(percentile(synced_latencies, 0.99)),
         "synced_max_ms": ms(synced_latencies[-1] if synced_latencies else None),
+        "steady_notifications": len(steady_latencies),
+        "steady_p50_ms": ms(percentile(steady_latencies, 0.5)), "steady_p99_ms": ms(percentile(steady_latencies, 0.99)),
+        "steady_max_ms": ms(steady_latencies[-1] if steady_latencies else None),
         "syncing_notifications": len(syncing_latencies),
         "syncing_p50_ms": ms(percentile(syncing_latencies, 0.5)),
         "syncing_p99_ms": ms(percentile(syncing_latencies, 0.99)),
