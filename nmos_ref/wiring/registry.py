@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.application.internet import TimerService
 from twisted.application.service import IService, MultiService
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 from twisted.web.server import Site
 
@@ -125,7 +126,8 @@ def build_registry(settings: Settings, reactor: Any, clock: IReactorTime, dns_sd
     registration = RegistrationAPI(registry, Schemas(), settings.api_versions, clock)
     query = QueryAPI(registry, settings.api_versions, host_name=settings.host_name, authorization=settings.auth,
                      translations=translations, subscriptions=subscriptions.manager,
-                     websockets=subscriptions.resource)
+                     websockets=subscriptions.resource,
+                     cooperator=Cooperator(scheduler=partial(reactor.callLater, 0)))
     apis = {"registration": registration.app.resource(), "query": query.app.resource()}
     keys = None
     if settings.auth:  # IS-10: every API behind the token check (docs/security.md)
