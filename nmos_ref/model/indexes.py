@@ -9,7 +9,8 @@ that value anywhere at that path, so a lookup gives exactly the resources that `
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from nmos_ref.model.matching import Key, is_tags, leaf_key, leaves
+from typing import Any
+from nmos_ref.model.matching import Key, fold, is_tags, leaf_key, leaves
 from nmos_ref.model.store import Change, Registry, Resource
 from nmos_ref.model.versions import TYPES
 
@@ -19,6 +20,7 @@ from nmos_ref.model.versions import TYPES
 INDEXED: tuple[tuple[str, ...], ...] = tuple((name,) for name in (
     "label", "format", "transport", "node_id", "device_id", "source_id", "flow_id", "parents"))
 
+_MISSING = object()
 ID_PATHS = frozenset((name,) for name in ("node_id", "device_id", "source_id", "flow_id", "parents"))
 
 # A key's ids: one id as itself (most labels belong to one resource), a tuple of up to SMALL ids (the Senders of one
@@ -122,24 +124,38 @@ class Indexes:
                 rest = tuple(other for other in ids if other != rid)
                 bucket[key] = rest[0] if len(rest) == 1 else rest
 
-    def _places(self, record: Resource, adding: bool) -> Iterator[tuple[Bucket, Key, bool]]:
+    def _places(self, record: Resource, adding: bool) -> list[tuple[Bucket, Key, bool]]:
         """(bucket, key, whether the path holds ids) of every place `record` is filed at (`adding`: making the
-        buckets it needs)."""
+        buckets it needs). Every indexed path is one key deep (a tag is one key inside `tags`), so its leaves are
+        the value itself or, for an array, its items (`matching.leaves` for anything nested deeper)."""
         paths = self._paths[record.kind]
         data = record.data
-        tags = data.get("tags")
-        named = [("tags", name) for name in tags] if isinstance(tags, dict) else []
-        for path in (*INDEXED, *named):
-            if path[0] not in data:
-                continue
+        places: list[tuple[Bucket, Key, bool]] = []
+        for path, value, folded in self._values(data):
             bucket = paths.get(path)
             if bucket is None:
                 if not adding:
                     continue
                 bucket = paths[path] = {}
-            folded = len(path) == 2
             holds_ids = path in ID_PATHS
-            for leaf in leaves(data, path):
+            if isinstance(value, str):  # the common case: a label, a format, an id
+                places.append((bucket, fold(value) if folded else value, holds_ids))
+                continue
+            items = leaves(value, ()) if isinstance(value, list) else (value,)
+            for leaf in items:
                 key = leaf_key(leaf, folded)
                 if key is not None:
-                    yield bucket, key, holds_ids and isinstance(key, str)
+                    places.append((bucket, key, holds_ids and isinstance(key, str)))
+        return places
+
+    @staticmethod
+    def _values(data: dict[str, Any]) -> Iterator[tuple[tuple[str, ...], Any, bool]]:
+        """(path, value there, whether keys are case-folded) for each indexed path `data` has."""
+        for path in INDEXED:
+            value = data.get(path[0], _MISSING)
+            if value is not _MISSING:
+                yield path, value, False
+        tags = data.get("tags")
+        if isinstance(tags, dict):
+            for name, value in tags.items():
+                yield ("tags", name), value, True
