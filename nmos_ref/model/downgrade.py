@@ -124,8 +124,10 @@ def _markers(kind: str, held: str, served: str) -> tuple[str, ...]:
 
 class Translations:
     """The served form of records at lower versions than they were registered at, computed when first asked for;
-    the text of the `size` most recently computed is kept (oldest dropped first), their data is derived again
-    (a dict comprehension over the record's decoded data, which `store.DECODED` keeps for recent reads).
+    the texts of the `size` most recently computed are kept (oldest dropped first), and their data is derived
+    again (a dict comprehension over the record's decoded data, which `store.DECODED` keeps for recent reads).
+    A client that lists one collection again and again finds it ready; lists of more than `size` resources in
+    turn are translated anew each time (about 10 µs a resource, a slice at a time: `api.query.LIST_SLICE`).
 
     A kept text costs about 600 bytes, so the default holds a 20,000-Sender v1.0 list for about 12 MB; the data
     would cost five times that. Records are immutable, so an entry stays valid as long as it belongs to the live
