@@ -343,3 +343,15 @@ def heartbeat_row(name: str, samples: list[tuple], start: float, end: float, ser
                   **{key: value for key, value in seen.items() if key not in ("waits", "statuses", "heartbeats")})
     row["client_cpu_ms_per_request"] = None
     return row
+
+
+def quiet_baseline(ctx: Context, heartbeats: Heartbeats) -> dict[str, Any]:
+    """Wait through the second heartbeat interval (in the first, each Node's connection is opened), heartbeats
+    only: its bounds and the registry's CPU over it, the baseline the phases compare their load against."""
+    base = heartbeats.started + HEARTBEAT_INTERVAL
+    time.sleep(max(0.0, base - time.monotonic()))
+    cpu0 = ctx.server.cpu_ms()
+    time.sleep(max(0.0, base + HEARTBEAT_INTERVAL - time.monotonic()))
+    cpu1 = ctx.server.cpu_ms()
+    return {"baseline": (base, base + HEARTBEAT_INTERVAL),
+            "baseline_server_cpu_ms": cpu1 - cpu0 if None not in (cpu0, cpu1) else None}

@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from .harness import HEARTBEAT_INTERVAL, Context, KeepAlive, figures, measured, run_pool
-from .heartbeats import Heartbeats, heartbeat_row
+from .heartbeats import Heartbeats, heartbeat_row, quiet_baseline
 from .http import Connection, ProtocolError, Recorder, build_request
 from .phase_register import hold_nodes, sweep_alive
 from .query_api import count_nodes
@@ -57,14 +57,7 @@ def phase_storm(ctx: Context) -> dict:
         heartbeats = Heartbeats(ctx, alive, lambda: sweep_alive(ctx, alive))
         if heartbeats.started is None:
             raise ProtocolError("the heartbeat process did not start")
-        # The second heartbeat interval is the baseline: in the first one each Node's connection is opened.
-        base = heartbeats.started + HEARTBEAT_INTERVAL
-        time.sleep(max(0.0, base - time.monotonic()))
-        base_cpu0 = ctx.server.cpu_ms()
-        time.sleep(max(0.0, base + HEARTBEAT_INTERVAL - time.monotonic()))
-        base_cpu1 = ctx.server.cpu_ms()
-        details["baseline"] = (base, base + HEARTBEAT_INTERVAL)
-        details["baseline_server_cpu_ms"] = base_cpu1 - base_cpu0 if None not in (base_cpu0, base_cpu1) else None
+        details.update(quiet_baseline(ctx, heartbeats))
         print(f"storm: one Node registers {opts.resources} resources over {opts.connections} connections while "
               f"{len(alive)} Nodes heartbeat ...", file=sys.stderr)
         log_mark = ctx.server.log_size()

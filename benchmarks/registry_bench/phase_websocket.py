@@ -10,8 +10,8 @@ import time
 import uuid
 from typing import Any
 
-from .harness import HEARTBEAT_INTERVAL, Context, figures, ms
-from .heartbeats import Heartbeats, heartbeat_row
+from .harness import Context, figures, ms
+from .heartbeats import Heartbeats, heartbeat_row, quiet_baseline
 from .http import ProtocolError, Recorder, build_request, percentile
 from .phase_register import hold_nodes, sweep_alive
 from .query_api import count_nodes
@@ -151,15 +151,8 @@ def phase_websocket(ctx: Context) -> dict:
         http.close()  # idle while the connections opened: the registry closes an idle one after 60 s
         if heartbeats.started is None:
             raise ProtocolError("the heartbeat process did not start")
-        # 4. A quiet interval, heartbeats only, for their baseline and their server CPU: the second one, since in
-        # the first each Node's connection is opened.
-        base = heartbeats.started + HEARTBEAT_INTERVAL
-        time.sleep(max(0.0, base - time.monotonic()))
-        base_cpu0 = ctx.server.cpu_ms()
-        time.sleep(max(0.0, base + HEARTBEAT_INTERVAL - time.monotonic()))
-        base_cpu1 = ctx.server.cpu_ms()
-        details["baseline"] = (base, base + HEARTBEAT_INTERVAL)
-        details["baseline_server_cpu_ms"] = base_cpu1 - base_cpu0 if None not in (base_cpu0, base_cpu1) else None
+        # 4. A quiet interval, heartbeats only, for their baseline and their server CPU.
+        details.update(quiet_baseline(ctx, heartbeats))
         # 5. Latency at 1, then at S subscribers; 6. the load scenario.
         if opts.latency_rows:
             print("websocket: latency with 1 subscriber ...", file=sys.stderr)
