@@ -355,3 +355,11 @@ def quiet_baseline(ctx: Context, heartbeats: Heartbeats) -> dict[str, Any]:
     cpu1 = ctx.server.cpu_ms()
     return {"baseline": (base, base + HEARTBEAT_INTERVAL),
             "baseline_server_cpu_ms": cpu1 - cpu0 if None not in (cpu0, cpu1) else None}
+
+
+def heartbeat_details(measured: dict[str, Any], heartbeats: Heartbeats) -> dict[str, Any]:
+    """What a phase reports of its heartbeat process: its CPU, errors, connections and how they were opened."""
+    return {"heartbeat_process_cpu_ms": measured["cpu_ms"], "heartbeat_errors": measured["errors"],
+            "heartbeat_connections": measured["connections"], "heartbeat_connect_s": measured["connect_s"],
+            "heartbeat_keepalive_sweeps": heartbeats.keepalive_sweeps,
+            "heartbeat_unconnected_at_start": measured["unconnected_at_start"]}

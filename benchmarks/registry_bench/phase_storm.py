@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from .harness import HEARTBEAT_INTERVAL, Context, KeepAlive, figures, measured, run_pool
-from .heartbeats import Heartbeats, heartbeat_row, quiet_baseline
+from .heartbeats import Heartbeats, heartbeat_details, heartbeat_row, quiet_baseline
 from .http import Connection, ProtocolError, Recorder, build_request
 from .phase_register import hold_nodes, sweep_alive
 from .query_api import count_nodes
@@ -119,12 +119,7 @@ def phase_storm(ctx: Context) -> dict:
         http.close()
     if measured_hb is not None:
         samples = measured_hb["samples"]
-        details["heartbeat_process_cpu_ms"] = measured_hb["cpu_ms"]
-        details["heartbeat_errors"] = measured_hb["errors"]
-        details["heartbeat_connections"] = measured_hb["connections"]
-        details["heartbeat_connect_s"] = measured_hb["connect_s"]
-        details["heartbeat_keepalive_sweeps"] = heartbeats.keepalive_sweeps
-        details["heartbeat_unconnected_at_start"] = measured_hb["unconnected_at_start"]
+        details.update(heartbeat_details(measured_hb, heartbeats))
         if "baseline" in details:
             rows["storm-hb-base"] = heartbeat_row("storm-hb-base", samples, *details["baseline"],
                                                   details["baseline_server_cpu_ms"], False)

@@ -11,7 +11,7 @@ import uuid
 from typing import Any
 
 from .harness import Context, figures, ms
-from .heartbeats import Heartbeats, heartbeat_row, quiet_baseline
+from .heartbeats import Heartbeats, heartbeat_details, heartbeat_row, quiet_baseline
 from .http import ProtocolError, Recorder, build_request, percentile
 from .phase_register import hold_nodes, sweep_alive
 from .query_api import count_nodes
@@ -182,12 +182,7 @@ def phase_websocket(ctx: Context) -> dict:
     # The heartbeats' rows, from the child's samples.
     if measured_hb is not None:
         samples = measured_hb["samples"]
-        details["heartbeat_process_cpu_ms"] = measured_hb["cpu_ms"]
-        details["heartbeat_errors"] = measured_hb["errors"]
-        details["heartbeat_connections"] = measured_hb["connections"]
-        details["heartbeat_connect_s"] = measured_hb["connect_s"]
-        details["heartbeat_keepalive_sweeps"] = heartbeats.keepalive_sweeps
-        details["heartbeat_unconnected_at_start"] = measured_hb["unconnected_at_start"]
+        details.update(heartbeat_details(measured_hb, heartbeats))
         start, end = details["baseline"]
         windows = {"ws-hb-base": (start, end, details.get("baseline_server_cpu_ms"))}
         if "ws-load" in rows:

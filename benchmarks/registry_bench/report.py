@@ -310,12 +310,8 @@ def websocket_report(w: dict, cores: int | None = None) -> list[str]:
             lines.append(heartbeat_text(name, what, r))
     lines += late_warning(rows_)
     if w.get("heartbeat_server_cpu_ms") is not None:
-        lines.append(f"  server CPU per heartbeat (ws-hb-base) {w['heartbeat_server_cpu_ms']:.3f} ms; heartbeat "
-                     f"process {w.get('heartbeat_process_cpu_ms', 0) / 1000:.1f} s CPU in all, its connections "
-                     f"opened in {fmt(w.get('heartbeat_connect_s'), '.1f')} s before the first heartbeat "
-                     f"({fmt(w.get('heartbeat_unconnected_at_start'), 'd')} failed; "
-                     f"{fmt(w.get('heartbeat_keepalive_sweeps'), 'd')} "
-                     f"keep-alive sweeps meanwhile); connections refused "
+        lines.append(f"  server CPU per heartbeat (ws-hb-base) {w['heartbeat_server_cpu_ms']:.3f} ms; "
+                     f"{heartbeat_process_text(w)}; connections refused "
                      f"by a full listen queue during the phase (TcpExt ListenOverflows, whole machine): "
                      f"{fmt(w.get('listen_overflows'), 'd')}")
     # The issue's targets.
@@ -386,10 +382,7 @@ def storm_report(st: dict) -> list[str]:
             lines.append(heartbeat_text(name, what, r))
     lines += late_warning(rows_)
     if st.get("heartbeat_process_cpu_ms") is not None:
-        lines.append(f"  heartbeat process {st['heartbeat_process_cpu_ms'] / 1000:.1f} s CPU in all, its connections "
-                     f"opened in {fmt(st.get('heartbeat_connect_s'), '.1f')} s before the first heartbeat "
-                     f"({fmt(st.get('heartbeat_unconnected_at_start'), 'd')} failed; "
-                     f"{fmt(st.get('heartbeat_keepalive_sweeps'), 'd')} keep-alive sweeps meanwhile)")
+        lines.append(f"  {heartbeat_process_text(st)}")
     if st.get("big_node_delete_ms") is not None:
         lines.append(f"  the big Node's DELETE (every resource at once) answered {st['big_node_delete_status']} in "
                      f"{st['big_node_delete_ms']:.0f} ms, after the heartbeats stopped")
@@ -408,6 +401,14 @@ def storm_report(st: dict) -> list[str]:
                            else "yes" if turn <= r["target_reactor_turn_ms"] else "NO"))
     lines.append("  targets (issue 13, goal 5): " + "; ".join(verdicts))
     return lines
+
+
+def heartbeat_process_text(d: dict) -> str:
+    """The heartbeat process of a phase: its CPU and how its connections were opened."""
+    return (f"heartbeat process {d.get('heartbeat_process_cpu_ms', 0) / 1000:.1f} s CPU in all, its connections "
+            f"opened in {fmt(d.get('heartbeat_connect_s'), '.1f')} s before the first heartbeat "
+            f"({fmt(d.get('heartbeat_unconnected_at_start'), 'd')} failed; "
+            f"{fmt(d.get('heartbeat_keepalive_sweeps'), 'd')} keep-alive sweeps meanwhile)")
 
 
 def late_warning(rows_: dict[str, dict]) -> list[str]:
