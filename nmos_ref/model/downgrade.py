@@ -146,8 +146,9 @@ class Translations:
             return record.data
         return downgrade(record.kind, record.data, record.api_version, version)
 
-    def json(self, record: Resource, version: str) -> str:
-        """The record as served at `version`, encoded."""
+    def json(self, record: Resource, version: str, keep: bool = True) -> str:
+        """The record as served at `version`, encoded; `keep=False` for a record that is gone (a removal's `pre`):
+        translated, but not kept."""
         if record.api_version == version or not self._strips(record, version):
             return record.json
         key = (record.id, version)
@@ -156,7 +157,10 @@ class Translations:
         if entry is None or entry[0] is not record:
             held = record.data
             data = downgrade(record.kind, held, record.api_version, version)
-            entry = cache[key] = (record, record.json if data is held else compact(data))
+            entry = (record, record.json if data is held else compact(data))
+            if not keep:
+                return entry[1]
+            cache[key] = entry
             if len(cache) > self.size:
                 del cache[next(iter(cache))]
         return entry[1]

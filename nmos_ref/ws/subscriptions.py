@@ -20,7 +20,7 @@ from attrs import define, field, frozen
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from nmos_ref.model.downgrade import Translations, downgrade
+from nmos_ref.model.downgrade import Translations
 from nmos_ref.model.errors import ModelError, UnsupportedQuery
 from nmos_ref.model.jsontext import BadJSON, compact, servable
 from nmos_ref.model.matching import Expr
@@ -433,17 +433,11 @@ class SubscriptionManager:
         return event_json(record.id, served, served) if served is not None else None
 
     def _served(self, view: SubscriptionFilter, record: Resource, live: bool) -> str | None:
-        """The record's JSON as `view` serves it, or None if it does not match. Only live records go through the
-        shared translation cache: one that is gone would stay there for good."""
+        """The record's JSON as `view` serves it, or None if it does not match. Only live records are kept in the
+        shared translation cache: one that is gone would only take the place of one that may be asked for again."""
         if _minor_version(record.api_version) <= _minor_version(view.version):
             # Its own version, or a lower one asked for by query.downgrade: as is (decoded only to be filtered).
             return record.json if view.filter is None or view.filter.matches(record.data) else None
-        if live:
-            if view.filter is not None and not view.filter.matches(self.translations.data(record, view.version)):
-                return None
-            return self.translations.json(record, view.version)
-        data = downgrade(record.kind, record.data, record.api_version, view.version)
-        if not view.matches(data):
+        if view.filter is not None and not view.filter.matches(self.translations.data(record, view.version)):
             return None
-        text = record.json if data is record.data else compact(data)
-        return text
+        return self.translations.json(record, view.version, keep=live)
