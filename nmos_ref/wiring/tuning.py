@@ -29,13 +29,29 @@ from nmos_ref.web import logs
 log = Logger()
 
 
+def release_free_heap() -> bool:
+    """Give the C heap's free pages back to the system (glibc's `malloc_trim`): after start-up, what importing and
+    building freed (about 0.6 MB of an idle registry, issue 13) stays resident otherwise. False where there is no
+    glibc."""
+    try:
+        import ctypes
+
+        trim = ctypes.CDLL(None).malloc_trim
+    except (ImportError, OSError, AttributeError):
+        return False
+    trim(0)
+    return True
+
+
 class FreezeAfterFullCollection(TimerService):
     """Every `period` seconds: if a full collection ran since the last look, freeze what survived it."""
 
-    def __init__(self, clock: IReactorTime, period: float = 1.0, collector: ModuleType | Any = gc) -> None:
+    def __init__(self, clock: IReactorTime, period: float = 1.0, collector: ModuleType | Any = gc,
+                 release: Callable[[], object] = release_free_heap) -> None:
         super().__init__(period, self._look)
         self.clock = clock
         self.collector = collector
+        self.release = release  # gives the heap freed by start-up back to the system
         self._seen = collector.get_stats()[2]["collections"]
 
     def startService(self) -> None:
@@ -43,6 +59,7 @@ class FreezeAfterFullCollection(TimerService):
         # it is never scanned again, instead of in every full collection until the first one has run.
         self.collector.collect()
         self.collector.freeze()
+        self.release()
         super().startService()
 
     def _look(self) -> None:
