@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import Cooperator
 from twisted.web.iweb import IRequest
 
 from nmos_ref.api.versioned import VersionedAPI, add_common_routes
-from nmos_ref.model.store import Registry
+from nmos_ref.model.store import REMOVAL_STEP, Registry, Removal
 from nmos_ref.model.tai import format_tai
 from nmos_ref.model.versions import SINGULARS, TYPES
 from nmos_ref.validation import Schemas
@@ -33,11 +36,14 @@ class RegistrationAPI(VersionedAPI):
     api_name = "Registration API"
     base = ["resource/", "health/"]
 
-    def __init__(self, registry: Registry, schemas: Schemas, versions: list[str], clock: IReactorTime) -> None:
+    def __init__(self, registry: Registry, schemas: Schemas, versions: list[str], clock: IReactorTime,
+                 cooperator: Cooperator | None = None) -> None:
         self.registry = registry
         self.clock = clock  # read once per request: the store is given the time as a value
         self.schemas = schemas
         self.versions = list(versions)
+        # Takes the steps of a large DELETE in turns of the reactor; without one a DELETE is done in one go.
+        self.cooperator = cooperator
 
     @app.hot_route("/<version>/resource", "POST")
     def post_resource(self, request: IRequest, version: str) -> bytes:
@@ -91,11 +97,29 @@ class RegistrationAPI(VersionedAPI):
         return json_response(request, 200, Encoded(record.json))
 
     @app.route("/<version>/resource/<types>/<rid>", methods=["DELETE"], strict_slashes=False)
-    def delete_resource(self, request: IRequest, version: str, types: str, rid: str) -> bytes:
+    def delete_resource(self, request: IRequest, version: str, types: str, rid: str) -> bytes | Deferred[bytes]:
         self._version(version)
-        changes = self.registry.delete(self._kind(types), rid, version, client_id=_client(request))
-        log.debug("Deleted {types} {id} at {version} ({count} resources removed)", types=types, id=rid,
-                  version=version, count=len(changes))
+        removal = self.registry.removal(self._kind(types), rid, version, client_id=_client(request))
+        if self.cooperator is None:
+            return self._deleted(request, removal, len(removal.step(None)))
+        # A Node with thousands of resources is removed REMOVAL_STEP at a time, leaves first, in turns of the
+        # reactor (other Nodes' heartbeats are answered between them); the 204 comes once all of it is gone.
+        removed = len(removal.step(REMOVAL_STEP))
+        if removal.done:
+            return self._deleted(request, removal, removed)
+        counted = [removed]
+
+        def steps() -> Iterator[None]:
+            while not removal.done:
+                counted[0] += len(removal.step(REMOVAL_STEP))
+                yield None
+
+        finished = self.cooperator.coiterate(steps())
+        return finished.addCallback(lambda _: self._deleted(request, removal, counted[0]))
+
+    @staticmethod
+    def _deleted(request: IRequest, removal: Removal, count: int) -> bytes:
+        log.debug("Deleted {kind} {id} ({count} resources removed)", kind=removal.kind, id=removal.id, count=count)
         return empty_response(request, 204)
 
     @app.hot_route("/<version>/health/nodes/<rid>", "POST")

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.application.internet import TimerService
 from twisted.application.service import IService, MultiService
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 from twisted.web.server import Site
@@ -20,7 +20,7 @@ from nmos_ref.api.subscription_service import SubscriptionService
 from nmos_ref.config import Settings
 from nmos_ref.discovery.registry_advert import RegistryAdvertiser
 from nmos_ref.model.downgrade import Translations
-from nmos_ref.model.store import Registry
+from nmos_ref.model.store import REMOVAL_STEP, Registry
 from nmos_ref.tls.server import listen_service
 from nmos_ref.validation import Schemas
 from nmos_ref.web.root import root_resource
@@ -67,16 +67,27 @@ class ExpirySweep(TimerService):
     """
 
     def __init__(self, registry: Registry, clock: IReactorTime, period: float = GC_PERIOD,
-                 tolerance: float = LATE_TOLERANCE) -> None:
+                 tolerance: float = LATE_TOLERANCE, step: int = REMOVAL_STEP) -> None:
         super().__init__(period, self._sweep)
         self.clock = clock  # TimerService's LoopingCall reads it when the service starts
         self.registry = registry
         self.tolerance = tolerance
+        self.removal_step = step  # resources removed per reactor turn when many expire at once
         self._last: float | None = None  # when the previous sweep ran
+        self._more: IDelayedCall | None = None  # the next turn of a removal still under way
+        self._stopping = False  # TimerService counts itself running until its current call has returned
 
     def startService(self) -> None:
         self._last = None
+        self._stopping = False
         super().startService()
+
+    def stopService(self) -> Any:
+        self._stopping = True
+        if self._more is not None and self._more.active():
+            self._more.cancel()
+        self._more = None
+        return super().stopService()
 
     def _sweep(self) -> None:
         now = self.clock.seconds()  # the time read once per tick
@@ -88,7 +99,21 @@ class ExpirySweep(TimerService):
                          "postponed by {late:.1f} s, since heartbeats sent meanwhile may still be unread",
                          late=late)
                 self.registry.postpone_expiry(late, now)
-            self.registry.collect_garbage(now)
+            self._collect(now)
+        except Exception:
+            log.failure("Garbage collection failed; trying again in {period} s", period=self.step)
+
+    def _collect(self, now: float) -> None:
+        """Remove up to `removal_step` resources of expired Nodes; the rest in the next turns of the reactor, so that
+        heartbeats are answered between them even when thousands of resources expire at once."""
+        self._more = None
+        self.registry.collect_garbage(now, self.removal_step)
+        if self.registry.collecting and not self._stopping:
+            self._more = self.clock.callLater(0, self._continue)
+
+    def _continue(self) -> None:
+        try:
+            self._collect(self.clock.seconds())
         except Exception:
             log.failure("Garbage collection failed; trying again in {period} s", period=self.step)
 
@@ -123,11 +148,12 @@ def build_registry(settings: Settings, reactor: Any, clock: IReactorTime, dns_sd
     translations = Translations()  # the served forms, shared by the Query API and its subscriptions
     registry.feed.subscribe(translations.changed)
     subscriptions = subscription_service(registry, translations, clock, reactor)
-    registration = RegistrationAPI(registry, Schemas(), settings.api_versions, clock)
+    # Long work (a big Node's DELETE, a v1.0 list of many resources) in slices, one per turn of the reactor.
+    cooperator = Cooperator(scheduler=partial(reactor.callLater, 0))
+    registration = RegistrationAPI(registry, Schemas(), settings.api_versions, clock, cooperator)
     query = QueryAPI(registry, settings.api_versions, host_name=settings.host_name, authorization=settings.auth,
                      translations=translations, subscriptions=subscriptions.manager,
-                     websockets=subscriptions.resource,
-                     cooperator=Cooperator(scheduler=partial(reactor.callLater, 0)))
+                     websockets=subscriptions.resource, cooperator=cooperator)
     apis = {"registration": registration.app.resource(), "query": query.app.resource()}
     keys = None
     if settings.auth:  # IS-10: every API behind the token check (docs/security.md)

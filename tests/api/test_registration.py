@@ -7,12 +7,12 @@ from typing import Any
 
 from attrs import define
 from treq.testing import StubTreq
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, Cooperator
 
 from tests.support.samples import VERSIONS, Answer, Family, bump, device, new_id, node, source, stub_call
 from nmos_ref.web.root import root_resource
 from nmos_ref.api.registration import RegistrationAPI
-from nmos_ref.model.store import Registry
+from nmos_ref.model.store import REMOVAL_STEP, Registry
 from nmos_ref.model.tai import format_tai
 from nmos_ref.validation import Schemas
 from tests.support.cases import UnitTest, cases
@@ -330,3 +330,47 @@ class TestOptions(RegistrationTest):
     def test_echoes_requested_headers(self, api: Harness) -> None:
         answer = api.call("OPTIONS", "/v1.3/resource", headers={"Access-Control-Request-Headers": "X-Custom"})
         assert answer.headers["access-control-allow-headers"] == "X-Custom"
+
+
+class TestLargeDelete(UnitTest):
+    """A Node with more than REMOVAL_STEP resources is deleted a step per reactor turn (a Cooperator on the clock):
+    other Nodes' heartbeats are answered between the steps, and the 204 comes once everything has gone."""
+
+    def setUp(self) -> None:
+        clock = Clock()
+        clock.advance(1_760_000_000)
+        registry = Registry()
+        cooperator = Cooperator(scheduler=lambda work: clock.callLater(0, work))
+        api = RegistrationAPI(registry, SCHEMAS, list(VERSIONS), clock, cooperator)
+        self.api = Harness(clock, registry, StubTreq(root_resource({"registration": api.app.resource()})))
+
+    def test_the_204_comes_after_the_last_step(self) -> None:
+        api = self.api
+        big = node("v1.3")
+        other = node("v1.3")
+        assert api.post("v1.3", "node", big).code == 201 and api.post("v1.3", "node", other).code == 201
+        dev = device(big["id"], "v1.3")
+        assert api.post("v1.3", "device", dev).code == 201
+        for _ in range(REMOVAL_STEP + 200):
+            api.registry.register("source", source(dev["id"], "v1.3"), "v1.3", now=api.clock.seconds())
+        steps: list[int] = []
+        api.registry.feed.subscribe(lambda changes: steps.append(len(changes)))
+        answers: list[Any] = []
+        api.stub.request("DELETE", f"{BASE}/v1.3/resource/nodes/{big['id']}").addBoth(answers.append)
+        api.stub.flush()
+        assert answers == [] and steps == [REMOVAL_STEP]  # the first step, in the request's own turn
+        assert api.registry.count("source") == 200 and api.registry.find(big["id"]) is not None
+        beat = api.call("POST", f"/v1.3/health/nodes/{other['id']}")  # between two steps
+        assert beat.code == 200
+        while not answers:
+            api.clock.advance(0)
+            api.stub.flush()
+        assert answers[0].code == 204 and steps == [REMOVAL_STEP, 202]
+        assert api.registry.find(big["id"]) is None and api.registry.count("source") == 0
+        assert api.call("GET", f"/v1.3/resource/nodes/{big['id']}").code == 404
+        assert api.call("GET", f"/v1.3/resource/nodes/{other['id']}").code == 200
+
+    def test_a_small_delete_answers_at_once(self) -> None:
+        members = registered(self.api, "v1.3")
+        answer = self.api.call("DELETE", f"/v1.3/resource/nodes/{members[0][1]['id']}")
+        assert answer.code == 204 and self.api.registry.count("node") == 0
