@@ -73,9 +73,12 @@ class CommonOptions(usage.Options):
                 values["registration_expiry_interval"] = float(self["expiry"])
             except ValueError:
                 raise usage.UsageError(f"--expiry must be a number of seconds, not {self['expiry']!r}") from None
-        for flag, key in (("host-name", "host_name"), ("log-level", "log_level"), ("api-versions", "api_versions")):
+        for flag, key in (("host-name", "host_name"), ("log-level", "log_level")):
             if self[flag] is not None:
                 values[key] = self[flag]
+        if self["api-versions"] is not None:
+            values["api_versions"] = [version.strip() for version in self["api-versions"].split(",")
+                                      if version.strip()]
         if self["access-log"]:
             values["access_log"] = True
         for flag, key in (("mdns-interface", "mdns_interfaces"), ("dns-server", "dns_servers")):

@@ -57,17 +57,34 @@ class TestCommandLine(UnitTest):
     @cases("content,message", [
         ({"listn": []}, "unknown setting 'listn'"),
         ({"registration_expiry_interval": "12"}, "registration_expiry_interval"),
-        ({"api_versions": ["v2.0"]}, "v2.0 not supported"),
+        ({"api_versions": ["v2.0"]}, "api_versions has v2.0, which is not supported"),
         ({"log_level": "loud"}, "log_level"),
-        ({"listen": "tcp:8235"}, "listen must be a non-empty list"),
+        ({"listen": []}, "listen must be a non-empty list"),
         ([1, 2], "JSON object"),
-    ], ids=["unknown_setting", "expiry_not_a_number", "unsupported_version", "bad_log_level", "listen_not_a_list",
+    ], ids=["unknown_setting", "expiry_not_a_number", "unsupported_version", "bad_log_level", "listen_empty",
             "not_an_object"])
     def test_bad_config_files_name_the_problem(self, tmp_path: Path, content: Any, message: str) -> None:
         config = tmp_path / "nmos.json"
         config.write_text(json.dumps(content))
         with pytest.raises(usage.UsageError, match=re.escape(message)):
             parse("--config", str(config))
+
+    @cases("key,value", [
+        ("listen", "tcp:8235"), ("node_listen", "tcp:8236"), ("api_versions", "v1.3"),
+        ("registries", "http://127.0.0.1:8235"), ("mdns_interfaces", "127.0.0.1"), ("dns_servers", "127.0.0.1"),
+        ("auth_issuers", "https://auth.example.com"),
+    ])
+    def test_a_list_setting_given_as_a_string_is_refused_alike(self, tmp_path: Path, key: str, value: str) -> None:
+        """docs/configuration.md: every list setting takes a JSON list, even of one item; a string is refused with
+        the list to write instead (before, api_versions, registries, mdns_interfaces, dns_servers and auth_issuers
+        took a string while listen and node_listen refused one)."""
+        config = tmp_path / "nmos.json"
+        config.write_text(json.dumps({key: value}))
+        expected = f'{config}: {key} must be a list, even of one item: ["{value}"], not the string "{value}"'
+        with pytest.raises(usage.UsageError, match=re.escape(expected)):
+            parse("--config", str(config))
+        config.write_text(json.dumps({key: [value]}))
+        assert getattr(parse("--config", str(config)), key) == [value]
 
     def test_unreadable_and_malformed_files(self, tmp_path: Path) -> None:
         with pytest.raises(usage.UsageError, match="cannot read"):
