@@ -86,6 +86,22 @@ class TestCommandLine(UnitTest):
         config.write_text(json.dumps({key: [value]}))
         assert getattr(parse("--config", str(config)), key) == [value]
 
+    def test_tls_certificates_are_checked_at_start_without_an_ssl_listener(self, tmp_path: Path) -> None:
+        """docs/configuration.md says tls_certificates are checked at start: a missing file stops the start even
+        when no ssl: listener uses the certificates yet (before, nothing read them then)."""
+        chain, key = tmp_path / "chain.pem", tmp_path / "key.pem"
+        config = tmp_path / "nmos.json"
+        config.write_text(json.dumps({"tls_certificates": [{"certificate": str(chain), "key": str(key)}]}))
+        with pytest.raises(usage.UsageError, match=re.escape(f"tls_certificates: cannot read the TLS certificate "
+                                                             f"chain {chain}: No such file or directory")):
+            parse("registry", "--config", str(config))
+        chain.write_text("-----BEGIN CERTIFICATE-----\n")
+        key.write_text("not a key\n")
+        with pytest.raises(usage.UsageError, match=re.escape(f"the TLS private key {key} holds no PEM block")):
+            parse("registry", "--config", str(config))
+        key.write_text("-----BEGIN PRIVATE KEY-----\n")
+        assert parse("registry", "--config", str(config)).tls_certificates[0]["key"] == str(key)
+
     def test_unreadable_and_malformed_files(self, tmp_path: Path) -> None:
         with pytest.raises(usage.UsageError, match="cannot read"):
             parse("--config", str(tmp_path / "missing.json"))

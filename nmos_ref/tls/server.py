@@ -46,6 +46,13 @@ def _read(path: str, what: str) -> bytes:
         raise ConfigError(f"cannot read the TLS {what} {path}: {exc.strerror}") from None
 
 
+def check_pem_file(path: str, what: str) -> None:
+    """ConfigError unless `path` can be read and holds a PEM block, without pyOpenSSL (whether the pair can be used
+    together is checked by `server_context`, when a listener needs it)."""
+    if b"-----BEGIN " not in _read(path, what):
+        raise ConfigError(f"the TLS {what} {path} holds no PEM block (-----BEGIN ...)")
+
+
 def server_context(pairs: Sequence[tuple[str, str]], dh_params: str | None = None,
                    stapler: Stapler | None = None) -> SSL.Context:
     """A server context with every (certificate chain PEM, private key PEM) pair loaded and checked; ConfigError

@@ -11,6 +11,7 @@ from twisted.internet.endpoints import serverFromString
 
 from nmos_ref.config import ConfigError, Settings, read_initial_token
 from nmos_ref.node.registries import parse_registry_url
+from nmos_ref.tls.server import check_pem_file
 
 DNS_SERVER_EXAMPLE = '"192.0.2.53" or "[2001:db8::53]:5353"'
 
@@ -30,6 +31,13 @@ def check_settings(settings: Settings, reactor: Any, *, node: bool) -> None:
             parse_server(server)
         except ValueError:
             raise ConfigError(f"dns_servers: {server!r} is not an address such as {DNS_SERVER_EXAMPLE}") from None
+    # docs/configuration.md: the certificates are checked at start, whether an ssl: listener uses them yet or not.
+    for pair in settings.tls_certificates:
+        try:
+            check_pem_file(pair["certificate"], "certificate chain")
+            check_pem_file(pair["key"], "private key")
+        except ConfigError as exc:
+            raise ConfigError(f"tls_certificates: {exc}") from None
     for flag, descriptions in (("--listen", settings.listen), ("--node-listen", settings.node_listen)):
         for description in descriptions:
             _check_listener(reactor, flag, description, settings)
