@@ -5,6 +5,7 @@ process that needs no TLS can be started without pyOpenSSL (`nmos_ref.wiring.foo
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from twisted.application.service import MultiService
@@ -20,6 +21,39 @@ log = Logger()
 
 # repeatable flags, added up across the subcommand
 ADDITIVE = ("listen", "node_listen", "registries", "mdns_interfaces", "dns_servers")
+
+# The flag that sets each setting, so that a bad value is named as the user typed it (docs/configuration.md has
+# the keys of the file).
+FLAGS = {
+    "listen": "--listen", "registration_expiry_interval": "--expiry", "host_name": "--host-name",
+    "log_level": "--log-level", "api_versions": "--api-versions", "access_log": "--access-log",
+    "mdns_interfaces": "--mdns-interface", "dns_servers": "--dns-server", "dns_sd": "--dns-sd",
+    "dns_sd_domain": "--dns-sd-domain", "pri": "--pri", "auth": "--auth", "auth_issuers": "--auth-issuers",
+    "auth_fqdn": "--auth-fqdn", "auth_client_method": "--auth-client-method", "auth_state_dir": "--auth-state-dir",
+    "node_listen": "--node-listen", "registries": "--registry", "node_file": "--node-file", "node_seed": "--seed",
+    "heartbeat_interval": "--heartbeat-interval",
+}
+
+
+class UsageExit(SystemExit):
+    """A usage error, already said on stderr; the process exits with status 2 (twistd would print its whole help
+    before a UsageError's message)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(2)
+        self.message = message
+
+
+def _number(text: str, flag: str, what: str) -> float:
+    """A flag's number as typed (an integer stays one, so that a message shows `0`, not `0.0`)."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise usage.UsageError(f"{flag} must be {what}, not {text!r}") from None
 
 
 class CommonOptions(usage.Options):
@@ -69,10 +103,7 @@ class CommonOptions(usage.Options):
         if self["listen"]:
             values["listen"] = list(self["listen"])
         if self["expiry"] is not None:
-            try:
-                values["registration_expiry_interval"] = float(self["expiry"])
-            except ValueError:
-                raise usage.UsageError(f"--expiry must be a number of seconds, not {self['expiry']!r}") from None
+            values["registration_expiry_interval"] = _number(self["expiry"], "--expiry", "a number of seconds")
         for flag, key in (("host-name", "host_name"), ("log-level", "log_level")):
             if self[flag] is not None:
                 values[key] = self[flag]
@@ -135,11 +166,8 @@ class NodeFlags(usage.Options):
             if self[flag] is not None:
                 values[key] = self[flag]
         if self["heartbeat-interval"] is not None:
-            try:
-                values["heartbeat_interval"] = float(self["heartbeat-interval"])
-            except ValueError:
-                raise usage.UsageError(f"--heartbeat-interval must be a number of seconds, not "
-                                       f"{self['heartbeat-interval']!r}") from None
+            values["heartbeat_interval"] = _number(self["heartbeat-interval"], "--heartbeat-interval",
+                                                   "a number of seconds")
         return values
 
 
@@ -167,27 +195,54 @@ class Options(NodeFlags, CommonOptions):
     subCommands = [["registry", None, RegistryOptions, "Run the registry alone"],
                    ["node", None, NodeOptions, "Run a Node alone"]]
 
+    def parse(self, argv: list[str]) -> None:
+        """Parse `argv`; usage.UsageError says what is wrong (tests and embedders)."""
+        usage.Options.parseOptions(self, argv)
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """What twistd calls: a usage error is said in one line naming what the user typed, with a pointer to
+        --help, and the process exits with status 2."""
+        try:
+            self.parse(options if options is not None else sys.argv[1:])
+        except usage.UsageError as error:
+            raise usage_exit(self, error) from None
+
     def postOptions(self) -> None:
         self["settings"] = settings_from(self)
         self["parts"] = {"registry": ("registry",), "node": ("node",)}.get(self.subCommand or "",
                                                                            ("registry", "node"))
 
 
+def usage_exit(options: Options, error: Exception, stream: Any = None) -> UsageExit:
+    """Say `error` on `stream` (stderr) as `twistd nmos-ref [registry|node]: <message>` and where the options are
+    listed; the exception that ends the process."""
+    command = "twistd nmos-ref" + (f" {options.subCommand}" if options.subCommand else "")
+    message = f"{command}: {error}\nSee '{command} --help' for the options."
+    print(message, file=stream if stream is not None else sys.stderr)
+    return UsageExit(message)
+
+
 def settings_from(options: Options) -> Settings:
-    """Defaults, then the --config file, then flags; flags given before or after the subcommand both count."""
+    """Defaults, then the --config file, then flags; flags given before or after the subcommand both count. A bad
+    setting is named as the user wrote it: the flag typed, or the key and its file."""
     sub = options.subOptions if options.subCommand else None
     layers = [options] + ([sub] if sub is not None else [])
     config_file = next((layer["config"] for layer in reversed(layers) if layer["config"]), None)
+    names: dict[str, str] = {}  # how the user wrote each setting given
     try:
         settings = Settings()
         if config_file is not None:
-            settings = apply(settings, load_file(config_file), config_file)
+            from_file = load_file(config_file)
+            settings = apply(settings, from_file, config_file)
+            names.update((key, f"{key} (in {config_file})") for key in from_file)
         flags: dict[str, Any] = {}
         for layer in layers:
             values = layer.flag_values()
+            names.update((key, FLAGS[key]) for key in values)
             if options.subCommand == "node" and "listen" in values:
                 # `nmos-ref node` serves only the Node API, so --listen is where it listens.
                 values["node_listen"] = values.pop("listen") + values.get("node_listen", [])
+                names["node_listen"] = "--listen"
             # Repeatable flags add up wherever they are given; other flags after the subcommand win.
             for key in ADDITIVE:
                 values[key] = flags.get(key, []) + values.get(key, [])
@@ -195,7 +250,7 @@ def settings_from(options: Options) -> Settings:
         for key in ADDITIVE:
             if not flags[key]:
                 del flags[key]
-        settings = apply(settings, flags, "command line")
+        settings = apply(settings, flags, "command line", names)
     except ConfigError as exc:
         raise usage.UsageError(str(exc)) from None
     node = options.subCommand != "registry"
@@ -205,7 +260,7 @@ def settings_from(options: Options) -> Settings:
     from nmos_ref.wiring.checks import check_settings
 
     try:
-        check_settings(settings, reactor, node=node)
+        check_settings(settings, reactor, node=node, names=names)
     except ConfigError as exc:
         raise usage.UsageError(str(exc)) from None
     return settings

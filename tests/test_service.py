@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import signal
@@ -17,7 +18,7 @@ from twisted.python import usage
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from nmos_ref.config import DEFAULT_LISTEN, Settings
-from nmos_ref.service import Options
+from nmos_ref.service import Options, UsageExit
 from nmos_ref.wiring.registry import build_registry
 from tests.support.cases import SocketTest, UnitTest, cases
 from tests.support.official import assert_official
@@ -26,7 +27,7 @@ from tests.support.samples import port_of
 
 def parse(*argv: str) -> Settings:
     options = Options()
-    options.parseOptions(list(argv))
+    options.parse(list(argv))
     return options["settings"]
 
 
@@ -92,8 +93,8 @@ class TestCommandLine(UnitTest):
         chain, key = tmp_path / "chain.pem", tmp_path / "key.pem"
         config = tmp_path / "nmos.json"
         config.write_text(json.dumps({"tls_certificates": [{"certificate": str(chain), "key": str(key)}]}))
-        with pytest.raises(usage.UsageError, match=re.escape(f"tls_certificates: cannot read the TLS certificate "
-                                                             f"chain {chain}: No such file or directory")):
+        with pytest.raises(usage.UsageError, match=re.escape(f"tls_certificates (in {config}): cannot read the TLS "
+                                                             f"certificate chain {chain}: No such file or directory")):
             parse("registry", "--config", str(config))
         chain.write_text("-----BEGIN CERTIFICATE-----\n")
         key.write_text("not a key\n")
@@ -115,8 +116,52 @@ class TestCommandLine(UnitTest):
             parse("--listen", "carrier-pigeon:8235")
         with pytest.raises(usage.UsageError, match="--expiry"):
             parse("--expiry", "soon")
-        with pytest.raises(usage.UsageError, match="log_level"):
+        with pytest.raises(usage.UsageError, match="--log-level must be one of"):
             parse("--log-level", "chatty")
+
+    @cases("argv,message", [
+        (("registry", "--expiry", "0"), "--expiry must be a number of seconds from 1 to 3600, not 0"),
+        (("--log-level", "chatty", "registry"), "--log-level must be one of debug, info, warn, error, critical, "
+                                                "not 'chatty'"),
+        (("--api-versions", "v1.3,v9.9"), "--api-versions has v9.9, which is not supported"),
+        (("node", "--listen", "pigeon:1"), "--listen 'pigeon:1' is not a strports description"),
+        (("node", "--heartbeat-interval", "0"), "--heartbeat-interval must be a number of seconds from 1 to 1000"),
+        (("--dns-sd", "mdns"), "--dns-sd must be one of both, multicast, unicast, off, not 'mdns'"),
+        (("--mdns-interface", "eth0", "registry"), "--mdns-interface: 'eth0' is not an address"),
+        (("node", "--registry", "ftp://r"), "--registry: "),
+    ], ids=["expiry", "log_level", "api_versions", "node_listen", "heartbeat", "dns_sd", "mdns_interface",
+            "registry"])
+    def test_a_bad_flag_is_named_as_typed(self, argv: tuple[str, ...], message: str) -> None:
+        """issue 15: `--expiry 0` said `registration_expiry_interval must be ...`, a name the user never typed."""
+        with pytest.raises(usage.UsageError) as raised:
+            parse(*argv)
+        assert str(raised.value).startswith(message), str(raised.value)
+
+    def test_a_bad_key_in_the_file_is_named_with_the_file(self, tmp_path: Path) -> None:
+        config = tmp_path / "nmos.json"
+        config.write_text(json.dumps({"registration_expiry_interval": 0, "listen": ["pigeon:1"]}))
+        with pytest.raises(usage.UsageError, match=re.escape(f"{config}: registration_expiry_interval must be a "
+                                                             f"number of seconds from 1 to 3600, not 0")):
+            parse("registry", "--config", str(config))
+        config.write_text(json.dumps({"listen": ["pigeon:1"]}))
+        with pytest.raises(usage.UsageError, match=re.escape(f"listen (in {config}) 'pigeon:1' is not a strports")):
+            parse("registry", "--config", str(config))
+
+    def test_twistd_sees_the_message_first_and_a_pointer_to_help(self) -> None:
+        """What twistd calls (parseOptions) says the error in one line and where the options are, not the help
+        text, and exits with status 2 (twistd prints its whole help before a UsageError's message)."""
+        told = io.StringIO()
+        self.patch(sys, "stderr", told)
+        with pytest.raises(UsageExit) as raised:
+            Options().parseOptions(["registry", "--expiry", "0"])
+        assert raised.value.code == 2
+        assert told.getvalue() == ("twistd nmos-ref registry: --expiry must be a number of seconds from 1 to 3600, "
+                                   "not 0\nSee 'twistd nmos-ref registry --help' for the options.\n")
+        told.truncate(0)
+        told.seek(0)
+        with pytest.raises(UsageExit):
+            Options().parseOptions(["--expiri", "5"])
+        assert told.getvalue().startswith("twistd nmos-ref: option --expiri not recognized\n")
 
     def test_help_lists_the_options_and_the_subcommand(self) -> None:
         text = str(Options())
