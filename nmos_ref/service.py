@@ -61,7 +61,6 @@ class CommonOptions(usage.Options):
 
     optParameters = [
         ["config", "c", None, "JSON configuration file (settings as in docs/configuration.md); flags override it"],
-        ["expiry", None, None, "Seconds without a heartbeat before a Node is removed (default 12)"],
         ["host-name", None, None, "Host name to put in hrefs (default: the host each client used; for a Node, the "
                                   "addresses it listens on)"],
         ["log-level", None, None, "debug, info, warn, error or critical (default info)"],
@@ -69,13 +68,8 @@ class CommonOptions(usage.Options):
         ["dns-sd", None, None, "DNS-SD: both (unicast in the search domain, else mDNS), multicast, unicast or off "
                                "(default both)"],
         ["dns-sd-domain", None, None, "The unicast DNS-SD domain (default: the resolver's search domain)"],
-        ["pri", None, None, "The pri the Registration and Query APIs advertise (default 10; 100+ is development)"],
         ["auth-issuers", None, None, "Comma-separated issuer URLs of the trusted authorization servers"],
         ["auth-fqdn", None, None, "This server's fully qualified name, as tokens' aud must name it"],
-        ["auth-client-method", None, None, "How the Node authenticates to the authorization server: private_key_jwt "
-                                           "(default) or client_secret_basic"],
-        ["auth-state-dir", None, None, "Where the Node keeps its OAuth key and client registration (default "
-                                       "~/.local/state/nmos-ref)"],
     ]
     optFlags = [["access-log", None, "Log one line per HTTP request"],
                 ["auth", None, "Require IS-10 bearer tokens on every API (docs/security.md)"]]
@@ -102,8 +96,6 @@ class CommonOptions(usage.Options):
         values: dict[str, Any] = {}
         if self["listen"]:
             values["listen"] = list(self["listen"])
-        if self["expiry"] is not None:
-            values["registration_expiry_interval"] = _number(self["expiry"], "--expiry", "a number of seconds")
         for flag, key in (("host-name", "host_name"), ("log-level", "log_level")):
             if self[flag] is not None:
                 values[key] = self[flag]
@@ -118,39 +110,51 @@ class CommonOptions(usage.Options):
         for flag, key in (("dns-sd", "dns_sd"), ("dns-sd-domain", "dns_sd_domain")):
             if self[flag] is not None:
                 values[key] = self[flag]
+        if self["auth"]:
+            values["auth"] = True
+        if self["auth-issuers"] is not None:
+            values["auth_issuers"] = [url.strip() for url in self["auth-issuers"].split(",") if url.strip()]
+        if self["auth-fqdn"] is not None:
+            values["auth_fqdn"] = self["auth-fqdn"]
+        return values
+
+
+class RegistryFlags(usage.Options):
+    """What only the registry takes: `nmos-ref registry`, and plain `nmos-ref`."""
+
+    optParameters = [
+        ["expiry", None, None, "Seconds without a heartbeat before a Node is removed (default 12)"],
+        ["pri", None, None, "The pri the Registration and Query APIs advertise (default 10; 100+ is development)"],
+    ]
+
+    def flag_values(self) -> dict[str, Any]:
+        values: dict[str, Any] = super().flag_values()  # type: ignore[misc]
+        if self["expiry"] is not None:
+            values["registration_expiry_interval"] = _number(self["expiry"], "--expiry", "a number of seconds")
         if self["pri"] is not None:
             try:
                 values["pri"] = int(self["pri"])
             except ValueError:
                 raise usage.UsageError(f"--pri must be an integer, not {self['pri']!r}") from None
-        if self["auth"]:
-            values["auth"] = True
-        if self["auth-issuers"] is not None:
-            values["auth_issuers"] = [url.strip() for url in self["auth-issuers"].split(",") if url.strip()]
-        for flag, key in (("auth-fqdn", "auth_fqdn"), ("auth-client-method", "auth_client_method"),
-                          ("auth-state-dir", "auth_state_dir")):
-            if self[flag] is not None:
-                values[key] = self[flag]
         return values
 
 
 class NodeFlags(usage.Options):
-    """What configures a Node: `nmos-ref node`, and the demo Node of plain `nmos-ref`."""
+    """What only a Node takes: `nmos-ref node`, and the demo Node of plain `nmos-ref`."""
 
     optParameters = [
         ["node-file", None, None, "JSON description of the Node (docs/node.md; default: the built-in demo Node)"],
         ["seed", None, None, "What the Node's ids are made from, so they survive restarts (default: the host name)"],
         ["heartbeat-interval", None, None, "Seconds between the Node's heartbeats (default 5)"],
+        ["auth-client-method", None, None, "How the Node authenticates to the authorization server: private_key_jwt "
+                                           "(default) or client_secret_basic"],
+        ["auth-state-dir", None, None, "Where the Node keeps its OAuth key and client registration (default "
+                                       "~/.local/state/nmos-ref)"],
     ]
 
     def __init__(self) -> None:
         super().__init__()
-        self["node-listen"] = []
         self["registry"] = []
-
-    def opt_node_listen(self, description: str) -> None:
-        """Serve the Node API on this strports description (repeatable; default tcp:8236:interface=127.0.0.1)."""
-        self["node-listen"].append(description)
 
     def opt_registry(self, url: str) -> None:
         """A Registration API to register with, e.g. http://127.0.0.1:8235 (repeatable, in priority order)."""
@@ -158,11 +162,10 @@ class NodeFlags(usage.Options):
 
     def flag_values(self) -> dict[str, Any]:
         values: dict[str, Any] = super().flag_values()  # type: ignore[misc]
-        if self["node-listen"]:
-            values["node_listen"] = list(self["node-listen"])
         if self["registry"]:
             values["registries"] = list(self["registry"])
-        for flag, key in (("node-file", "node_file"), ("seed", "node_seed")):
+        for flag, key in (("node-file", "node_file"), ("seed", "node_seed"), ("auth-client-method",
+                          "auth_client_method"), ("auth-state-dir", "auth_state_dir")):
             if self[flag] is not None:
                 values[key] = self[flag]
         if self["heartbeat-interval"] is not None:
@@ -171,7 +174,14 @@ class NodeFlags(usage.Options):
         return values
 
 
-class RegistryOptions(CommonOptions):
+# Settings only one role uses, and the subcommand that runs without it: given as a flag before that subcommand,
+# they are refused rather than ignored (`twistd nmos-ref --seed x registry`).
+NODE_ONLY = ("node_listen", "registries", "node_file", "node_seed", "heartbeat_interval", "auth_client_method",
+             "auth_state_dir")
+REGISTRY_ONLY = ("registration_expiry_interval", "pri")
+
+
+class RegistryOptions(RegistryFlags, CommonOptions):
     synopsis = "[--listen STRPORT ...] [--config FILE]"
     longdesc = "Run the registry alone: the Registration and Query APIs, on the same listen ports."
 
@@ -187,13 +197,28 @@ class NodeOptions(NodeFlags, CommonOptions):
         self["listen"].append(description)
 
 
-class Options(NodeFlags, CommonOptions):
+class Options(NodeFlags, RegistryFlags, CommonOptions):
     synopsis = "[--listen STRPORT ...] [--node-listen STRPORT ...] [--config FILE] [registry|node]"
     longdesc = ("Run the NMOS IS-04 registry (Registration and Query APIs on 127.0.0.1:8235) and a demo Node "
                 "registered with it (Node API on 127.0.0.1:8236). The subcommand 'registry' runs the registry alone, "
-                "'node' a Node alone.")
+                "'node' a Node alone; each has its own --help.")
     subCommands = [["registry", None, RegistryOptions, "Run the registry alone"],
                    ["node", None, NodeOptions, "Run a Node alone"]]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["node-listen"] = []
+
+    def opt_node_listen(self, description: str) -> None:
+        """Serve the demo Node's Node API on this strports description (repeatable; default
+        tcp:8236:interface=127.0.0.1)."""
+        self["node-listen"].append(description)
+
+    def flag_values(self) -> dict[str, Any]:
+        values = super().flag_values()
+        if self["node-listen"]:
+            values["node_listen"] = list(self["node-listen"])
+        return values
 
     def parse(self, argv: list[str]) -> None:
         """Parse `argv`; usage.UsageError says what is wrong (tests and embedders)."""
@@ -239,6 +264,11 @@ def settings_from(options: Options) -> Settings:
         for layer in layers:
             values = layer.flag_values()
             names.update((key, FLAGS[key]) for key in values)
+            foreign = {"registry": NODE_ONLY, "node": REGISTRY_ONLY}.get(options.subCommand or "", ())
+            for key in foreign:
+                if key in values:
+                    raise ConfigError(f"{FLAGS[key]} is not for '{options.subCommand}', which runs no "
+                                      f"{'Node' if options.subCommand == 'registry' else 'registry'}")
             if options.subCommand == "node" and "listen" in values:
                 # `nmos-ref node` serves only the Node API, so --listen is where it listens.
                 values["node_listen"] = values.pop("listen") + values.get("node_listen", [])

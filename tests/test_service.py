@@ -18,7 +18,7 @@ from twisted.python import usage
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from nmos_ref.config import DEFAULT_LISTEN, Settings
-from nmos_ref.service import Options, UsageExit
+from nmos_ref.service import NodeOptions, Options, RegistryOptions, UsageExit
 from nmos_ref.wiring.registry import build_registry
 from tests.support.cases import SocketTest, UnitTest, cases
 from tests.support.official import assert_official
@@ -167,6 +167,32 @@ class TestCommandLine(UnitTest):
         text = str(Options())
         for word in ("--listen", "--config", "--expiry", "--host-name", "--log-level", "--api-versions", "registry"):
             assert word in text
+
+    def test_each_role_s_help_lists_only_its_options(self) -> None:
+        """issue 15: `registry --help` listed the Node's options and `node --help` the registry's."""
+        def flags(options: usage.Options) -> set[str]:
+            return set(re.findall(r"--[a-z][a-z-]+", str(options)))
+
+        node_only = {"--registry", "--node-file", "--seed", "--heartbeat-interval", "--auth-client-method",
+                     "--auth-state-dir", "--node-listen"}
+        registry_only = {"--expiry", "--pri"}
+        registry_help, node_help, both = flags(RegistryOptions()), flags(NodeOptions()), flags(Options())
+        assert registry_help & node_only == set() and registry_only <= registry_help
+        assert node_help & registry_only == set() and node_only - {"--node-listen"} <= node_help
+        assert node_only | registry_only <= both
+        for common in ("--listen", "--config", "--log-level", "--api-versions", "--auth", "--dns-sd"):
+            assert common in registry_help & node_help & both, common
+
+    @cases("argv,message", [
+        (("--seed", "x", "registry"), "--seed is not for 'registry', which runs no Node"),
+        (("--expiry", "20", "node"), "--expiry is not for 'node', which runs no registry"),
+    ], ids=["node_flag_before_registry", "registry_flag_before_node"])
+    def test_a_flag_of_the_other_role_is_refused_before_the_subcommand(self, argv: tuple[str, ...],
+                                                                      message: str) -> None:
+        with pytest.raises(usage.UsageError, match=re.escape(message)):
+            parse(*argv)
+        with pytest.raises(usage.UsageError, match="--seed"):
+            parse("registry", "--seed", "x")  # after the subcommand: not an option of that subcommand at all
 
 
 NODE_V13 = {

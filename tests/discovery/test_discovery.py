@@ -260,12 +260,13 @@ class DnsSdSettingsTests(UnitTest):
     def test_dns_sd_flags(self) -> None:
         options = Options()
         options.parse(["--dns-sd", "unicast", "--mdns-interface", "127.0.0.1", "node", "--mdns-interface",
-                              "192.0.2.1", "--dns-server", "127.0.0.1:5353", "--dns-sd-domain", "example.test",
-                              "--pri", "5"])
+                              "192.0.2.1", "--dns-server", "127.0.0.1:5353", "--dns-sd-domain", "example.test"])
         settings = options["settings"]
         assert settings.dns_sd == "unicast" and settings.mdns_interfaces == ["127.0.0.1", "192.0.2.1"]
         assert settings.dns_servers == ["127.0.0.1:5353"] and settings.dns_sd_domain == "example.test"
-        assert settings.pri == 5
+        registry = Options()
+        registry.parse(["registry", "--pri", "5"])  # the registry's adverts have a pri; a Node's have none
+        assert registry["settings"].pri == 5
 
     @cases("argv,message", [
         (["--dns-sd", "mdns"], "--dns-sd must be one of both, multicast, unicast, off"),
