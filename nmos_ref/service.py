@@ -56,6 +56,19 @@ def _number(text: str, flag: str, what: str) -> float:
         raise usage.UsageError(f"{flag} must be {what}, not {text!r}") from None
 
 
+def version_text() -> str:
+    """What `--version` shows: nmos-ref's version, the IS-04 versions it serves, and what it runs on."""
+    import platform
+
+    from twisted import version as twisted_version
+
+    from nmos_ref import __version__
+    from nmos_ref.model.versions import ALL_VERSIONS
+
+    return (f"nmos-ref {__version__}: AMWA NMOS IS-04 {', '.join(ALL_VERSIONS)} (Registration, Query and Node "
+            f"APIs)\nTwisted {twisted_version.short()}, Python {platform.python_version()}")
+
+
 class CommonOptions(usage.Options):
     """What `nmos-ref`, `nmos-ref registry` and `nmos-ref node` all take."""
 
@@ -79,6 +92,11 @@ class CommonOptions(usage.Options):
         self["listen"] = []
         self["mdns-interface"] = []
         self["dns-server"] = []
+
+    def opt_version(self) -> None:
+        """Show the versions of nmos-ref, of the IS-04 APIs it serves and of Twisted, and exit."""
+        print(version_text())
+        sys.exit(0)
 
     def opt_mdns_interface(self, address: str) -> None:
         """An address whose interface mDNS uses (repeatable; default: those the APIs listen on)."""

@@ -180,7 +180,7 @@ class TestCommandLine(UnitTest):
         assert registry_help & node_only == set() and registry_only <= registry_help
         assert node_help & registry_only == set() and node_only - {"--node-listen"} <= node_help
         assert node_only | registry_only <= both
-        for common in ("--listen", "--config", "--log-level", "--api-versions", "--auth", "--dns-sd"):
+        for common in ("--listen", "--config", "--log-level", "--api-versions", "--auth", "--dns-sd", "--version"):
             assert common in registry_help & node_help & both, common
 
     @cases("argv,message", [
@@ -193,6 +193,23 @@ class TestCommandLine(UnitTest):
             parse(*argv)
         with pytest.raises(usage.UsageError, match="--seed"):
             parse("registry", "--seed", "x")  # after the subcommand: not an option of that subcommand at all
+
+    def test_version_shows_nmos_ref_and_the_is04_versions(self) -> None:
+        """issue 15: `twistd nmos-ref --version` showed only Twisted's version."""
+        from twisted import version as twisted_version
+
+        import nmos_ref
+
+        for argv in (["--version"], ["registry", "--version"], ["node", "--version"]):
+            shown = io.StringIO()
+            self.patch(sys, "stdout", shown)
+            with pytest.raises(SystemExit) as raised:
+                Options().parse(argv)
+            assert raised.value.code == 0
+            lines = shown.getvalue().splitlines()
+            assert lines[0] == (f"nmos-ref {nmos_ref.__version__}: AMWA NMOS IS-04 v1.0, v1.1, v1.2, v1.3 "
+                                f"(Registration, Query and Node APIs)"), lines
+            assert lines[1].startswith(f"Twisted {twisted_version.short()}, Python 3."), lines
 
 
 NODE_V13 = {
