@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import signal
+import socket
+import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -17,12 +20,16 @@ from twisted.internet import defer, protocol, reactor
 from twisted.python import usage
 from twisted.web.client import Agent, HTTPConnectionPool
 
+import nmos_ref
+
 from nmos_ref.config import DEFAULT_LISTEN, Settings
 from nmos_ref.service import NodeOptions, Options, RegistryOptions, UsageExit
 from nmos_ref.wiring.registry import build_registry
 from tests.support.cases import SocketTest, UnitTest, cases
 from tests.support.official import assert_official
 from tests.support.samples import port_of
+
+SOURCE = str(Path(nmos_ref.__file__).resolve().parents[1])  # the nmos_ref under test, installed or not
 
 
 def parse(*argv: str) -> Settings:
@@ -292,6 +299,9 @@ class ServiceTests(SocketTest):
         # twistd re-raises SIGTERM after a clean shutdown: a shell reports 143 (128 + 15).
         assert ended.signal == signal.SIGTERM or ended.exitCode == 143, process.output.decode(errors="replace")
         assert b"Traceback" not in process.output, process.output.decode(errors="replace")
+        # Said once the port is open, with the address it really has.
+        assert (f"nmos-ref: registry serving IS-04 v1.0, v1.1, v1.2, v1.3 at http://127.0.0.1:{port}/; Nodes "
+                f"expire after 12 s").encode() in process.output, process.output.decode(errors="replace")
 
     async def test_oversized_bodies_are_refused_without_being_kept(self, http: Any) -> None:
         top = build_registry(Settings(listen=["tcp:0:interface=127.0.0.1"], dns_sd="off"), reactor, reactor)
@@ -306,6 +316,91 @@ class ServiceTests(SocketTest):
             assert top.registry.count("node") == 0
         finally:
             await top.stopService()
+
+
+def run_twistd(*argv: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """`twistd -n nmos-ref ARGV` to its end, as a user runs it (this interpreter's twistd, the nmos_ref under test)."""
+    twistd = str(Path(sys.executable).with_name("twistd"))
+    env = {**os.environ, "PYTHONPATH": SOURCE}
+    return subprocess.run([twistd, "-n", *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+class StartFailureTests(SocketTest):
+    """issue 15: a setting that cannot be used at start is one line naming it and a non-zero exit, never a
+    traceback, and nothing says "serving" before the APIs listen. Real twistd processes on loopback."""
+
+    def busy_port(self) -> int:
+        taken = socket.socket()
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        self.addCleanup(taken.close)
+        return taken.getsockname()[1]
+
+    @cases("role", ["registry", "node"])
+    def test_a_port_in_use_is_one_line_naming_it(self, role: str, tmp_path: Path) -> None:
+        port = self.busy_port()
+        setting = {"registry": "listen", "node": "node_listen"}[role]
+        done = run_twistd("nmos-ref", role, "--listen", f"tcp:{port}:interface=127.0.0.1", "--dns-sd", "off",
+                          *(["--registry", "http://127.0.0.1:9"] if role == "node" else []), cwd=tmp_path)
+        output = done.stdout + done.stderr
+        assert done.returncode == 1, output
+        said = [line for line in output.splitlines() if "cannot" in line]
+        assert len(said) == 1 and said[0].endswith(
+            f"[nmos_ref.wiring.tree#critical] nmos-ref cannot start: cannot listen on tcp:{port}:interface=127.0.0.1 "
+            f"({setting}): Address already in use (another process listens there; stop it or choose another "
+            f"port)"), output
+        assert "Traceback" not in output and "serving" not in output, output
+        assert list(tmp_path.iterdir()) == [], "twistd left its pid file behind"
+
+    @cases("argv,message", [
+        (("registry", "--listen", "tcp:99999:interface=127.0.0.1"),
+         "twistd nmos-ref registry: --listen 'tcp:99999:interface=127.0.0.1': port 99999 is not from 0 to 65535"),
+        (("registry", "--listen", "tcp:0:interface=127.0.0.1", "--mdns-interface", "192.0.2.254"),
+         "twistd nmos-ref registry: --mdns-interface: 192.0.2.254 is not an address of this machine"),
+        (("registry", "--expiry", "0"),
+         "twistd nmos-ref registry: --expiry must be a number of seconds from 1 to 3600, not 0"),
+    ], ids=["port_out_of_range", "mdns_interface_not_here", "usage_error"])
+    def test_a_bad_setting_stops_before_anything_listens(self, argv: tuple[str, ...], message: str,
+                                                         tmp_path: Path) -> None:
+        done = run_twistd("nmos-ref", *argv, cwd=tmp_path)
+        assert done.returncode == 2, done.stdout + done.stderr
+        lines = done.stderr.splitlines()
+        assert lines[0].startswith(message) and lines[1:] == [
+            f"See 'twistd nmos-ref {argv[0]} --help' for the options."], done.stderr
+        assert done.stdout == "", done.stdout  # no help text, no log: nothing started
+
+
+class ProcessTreeStartTests(UnitTest):
+    """A setting found unusable while the tree starts (mDNS that cannot join its interfaces, a port taken) is one
+    critical line and CannotStart: status 1, no traceback, twistd's clean-up still done."""
+
+    @cases("phase", ["privilegedStartService", "startService"])
+    def test_a_config_error_while_starting_is_one_critical_line(self, phase: str) -> None:
+        from twisted.application.service import Service
+        from twisted.logger import LogLevel, globalLogPublisher
+
+        from nmos_ref.config import ConfigError
+        from nmos_ref.wiring.tree import CannotStart, ProcessTree
+
+        from nmos_ref.discovery import InterfaceUnusable
+
+        class Refuses(Service):  # a listener refuses while privileged, mDNS on start
+            def fail(self) -> None:
+                raise (ConfigError if phase == "privilegedStartService" else InterfaceUnusable)(
+                    "mDNS cannot use the interfaces 192.0.2.254 (...)")
+
+        broken = Refuses()
+        setattr(broken, phase, broken.fail)
+        seen: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(seen.append)
+        self.addCleanup(globalLogPublisher.removeObserver, seen.append)
+        tree = ProcessTree([broken], None, None)
+        with pytest.raises(CannotStart) as raised:
+            getattr(tree, phase)()
+        assert raised.value.code == 1 and isinstance(raised.value, Exception)  # twistd's clean-up catches Exception
+        mine = [e for e in seen if e.get("log_namespace") == "nmos_ref.wiring.tree"]
+        assert [(e["log_level"], e["reason"]) for e in mine] == [
+            (LogLevel.critical, "mDNS cannot use the interfaces 192.0.2.254 (...)")]
 
 
 class LogLevelTests(UnitTest):

@@ -47,6 +47,13 @@ def check_settings(settings: Settings, reactor: Any, *, node: bool, names: Mappi
     for key in ("listen", "node_listen"):
         for description in getattr(settings, key):
             _check_listener(reactor, name(key), description, settings)
+    if settings.mdns_interfaces and settings.dns_sd in ("both", "multicast"):
+        # Before anything listens: python-zeroconf would only fail once the APIs are up.
+        own = machine_addresses()
+        for address in settings.mdns_interfaces:
+            if address.split("%")[0] not in own:
+                raise ConfigError(f"{name('mdns_interfaces')}: {address} is not an address of this machine (it has "
+                                  f"{', '.join(sorted(own))})")
     if node and settings.auth_initial_token_file is not None:
         read_initial_token(settings.auth_initial_token_file)
     if node and settings.node_file is not None:
@@ -66,10 +73,24 @@ def _check_listener(reactor: Any, flag: str, description: str, settings: Setting
             # pyOpenSSL only with an ssl: listener
             from nmos_ref.tls.server import ssl_endpoint
 
-            ssl_endpoint(reactor, description, settings.tls_certificates)
-            return
-        serverFromString(reactor, description)
+            endpoint = ssl_endpoint(reactor, description, settings.tls_certificates)
+        else:
+            endpoint = serverFromString(reactor, description)
     except ConfigError as exc:
         raise ConfigError(f"{flag} {description!r}: {exc}") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{flag} {description!r} is not a strports description: {exc}") from None
+    port = getattr(endpoint, "_port", None)  # TCP and SSL endpoints keep it there; the socket would overflow later
+    if isinstance(port, int) and not 0 <= port <= 65535:
+        raise ConfigError(f"{flag} {description!r}: port {port} is not from 0 to 65535")
+
+
+def machine_addresses() -> set[str]:
+    """Every address of this machine's interfaces, IPv6 ones without their zone."""
+    import ifaddr  # only when mdns_interfaces are set
+
+    found = set()
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            found.add(str(ip.ip) if ip.is_IPv4 else ip.ip[0].split("%")[0])
+    return found

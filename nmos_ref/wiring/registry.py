@@ -21,7 +21,7 @@ from nmos_ref.config import Settings
 from nmos_ref.discovery.registry_advert import RegistryAdvertiser
 from nmos_ref.model.downgrade import Translations
 from nmos_ref.model.store import Registry
-from nmos_ref.tls.server import listen_service
+from nmos_ref.tls.server import Listener, listen_service
 from nmos_ref.validation import Schemas
 from nmos_ref.web.root import root_resource
 from nmos_ref.web.server import make_site
@@ -100,13 +100,34 @@ def subscription_path(manager: SubscriptionManager, version: str, sid: str) -> s
 
 
 class RegistryService(MultiService):
-    """The registry's service tree, with what tests and the process tree read of it."""
+    """The registry's service tree, with what tests and the process tree read of it; once every listener listens,
+    it says where it serves (only then: a port that cannot be opened stops the start instead)."""
 
-    def __init__(self, registry: Registry, site: Site, keys: KeyCache | None) -> None:
+    def __init__(self, registry: Registry, site: Site, keys: KeyCache | None, listeners: list[Listener],
+                 settings: Settings) -> None:
         super().__init__()
         self.registry = registry
         self.site = site
         self.keys = keys  # with authorization: the resource server's key cache
+        self.listeners = listeners  # children too
+        self.versions = settings.api_versions
+        self.expiry = settings.registration_expiry_interval
+
+    def startService(self) -> None:
+        super().startService()
+        listening(self.listeners).addCallbacks(self._serving, lambda _failure: None)
+
+    def _serving(self, addresses: list[tuple[str, Any]]) -> None:
+        log.info("nmos-ref: registry serving IS-04 {versions} at {urls}; Nodes expire after {expiry:g} s",
+                 versions=", ".join(self.versions), urls=", ".join(base_url(protocol, address)
+                                                                   for protocol, address in addresses),
+                 expiry=self.expiry)
+
+
+def base_url(protocol: str, address: Any) -> str:
+    """http://127.0.0.1:8235/ for a listening address ([::1] for IPv6; 0.0.0.0 and :: as they are)."""
+    host = f"[{address.host}]" if ":" in address.host else address.host
+    return f"{protocol}://{host}:{address.port}/"
 
 
 def build_registry(settings: Settings, reactor: Any, clock: IReactorTime, dns_sd: DnsSd | None = None,
@@ -154,10 +175,7 @@ def build_registry(settings: Settings, reactor: Any, clock: IReactorTime, dns_sd
     services += [subscriptions, ExpirySweep(registry, clock), FreezeAfterFullCollection(clock),
                  LongestTurn(reactor),  # the reactor's own turns, whatever clock drives the timers
                  LogLevelService(settings.log_level)]
-    top = RegistryService(registry, site, keys)
+    top = RegistryService(registry, site, keys, listeners, settings)
     for service in services:
         service.setServiceParent(top)
-    log.info("nmos-ref: registry serving IS-04 {versions} on {listen}; Nodes expire after {expiry} s",
-             versions=", ".join(settings.api_versions), listen=", ".join(settings.listen),
-             expiry=settings.registration_expiry_interval)
     return top

@@ -13,7 +13,8 @@ from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from nmos_ref.config import Settings
+from nmos_ref.config import ConfigError, Settings
+from nmos_ref.discovery import InterfaceUnusable
 from nmos_ref.model.store import Registry
 from nmos_ref.wiring.dnssd import build_dns_sd
 from nmos_ref.wiring.listeners import listening, ocsp_stapler
@@ -41,8 +42,23 @@ class StopInOrder(MultiService):
                 log.failure("Stopping {service} failed", service=service)
 
 
+class CannotStart(SystemExit, Exception):
+    """The process cannot start, for the reason already logged in one critical line. An Exception, so that twistd
+    cleans up as after any failed start (removes its pid file, tells the parent of a daemon); a SystemExit with
+    status 1, so that the interpreter then exits without printing a traceback."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(1)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return self.reason
+
+
 class ProcessTree(StopInOrder):
-    """What one `twistd nmos-ref` process runs, with its registry's store and its Node when it has them."""
+    """What one `twistd nmos-ref` process runs, with its registry's store and its Node when it has them. A setting
+    that turns out unusable while starting (a port in use, an mDNS interface that cannot be joined) stops the start
+    with one line naming it (CannotStart)."""
 
     def __init__(self, services: list[IService], registry: Registry | None, node: NodeService | None) -> None:
         super().__init__()
@@ -50,6 +66,23 @@ class ProcessTree(StopInOrder):
         self.node = node
         for service in services:  # in start order; StopInOrder stops them the other way round
             service.setServiceParent(self)
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()  # the listeners listen here
+        except (ConfigError, InterfaceUnusable) as exc:
+            raise cannot_start(exc) from None
+
+    def startService(self) -> None:
+        try:
+            super().startService()
+        except (ConfigError, InterfaceUnusable) as exc:
+            raise cannot_start(exc) from None
+
+
+def cannot_start(reason: Exception) -> CannotStart:
+    log.critical("nmos-ref cannot start: {reason}", reason=str(reason))
+    return CannotStart(str(reason))
 
 
 def build_all(settings: Settings, reactor: Any, clock: IReactorTime | None = None,
