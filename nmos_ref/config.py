@@ -28,7 +28,7 @@ class Settings:
     listen: list[str] = field(factory=lambda: [DEFAULT_LISTEN])  # strports descriptions the APIs are served on
     registration_expiry_interval: float = 12.0  # seconds without a heartbeat before a Node is removed
     host_name: str | None = None  # the name put in hrefs; default: the host the client used, or the listen address
-    log_level: str = "info"
+    log_level: str = "info"  # the lowest level logged, from the process's first line
     api_versions: list[str] = field(factory=lambda: list(ALL_VERSIONS))  # IS-04 versions served
     access_log: bool = False  # one log line per HTTP request
     # The Node (`nmos-ref node`, and the demo Node of plain `nmos-ref`)

@@ -317,6 +317,13 @@ def settings_from(options: Options) -> Settings:
 def makeService(options: Options) -> MultiService:
     from twisted.internet import reactor
 
+    from nmos_ref.wiring.log_output import filtered, twistd_output
     from nmos_ref.wiring.tree import build_all
 
-    return build_all(options["settings"], reactor, parts=options["parts"])
+    settings: Settings = options["settings"]
+    observer = None
+    twistd = getattr(options, "parent", None)  # twistd's own options, when twistd runs us
+    if twistd is not None:
+        output = twistd_output(twistd)
+        observer = filtered(output, settings.log_level) if output is not None else None
+    return build_all(settings, reactor, parts=options["parts"], log_observer=observer)

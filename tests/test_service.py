@@ -10,6 +10,8 @@ import signal
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -403,27 +405,112 @@ class ProcessTreeStartTests(UnitTest):
             (LogLevel.critical, "mDNS cannot use the interfaces 192.0.2.254 (...)")]
 
 
-class LogLevelTests(UnitTest):
-    """The log_level setting, as a service that filters the global log publisher while it runs."""
+def free_port() -> int:
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    return port
 
-    def test_log_level_filters_below_the_setting(self) -> None:
-        from twisted.logger import Logger, globalLogPublisher
 
-        from nmos_ref.wiring.tuning import LogLevelService
+def serve_then_stop(argv: list[str], port: int, cwd: Path, linger: float = 0.0) -> tuple[int, str]:
+    """Run `twistd -n --pidfile= nmos-ref ARGV` until http://127.0.0.1:PORT/ answers (and `linger` seconds more),
+    then stop it with SIGTERM; its exit status and everything it wrote."""
+    twistd = str(Path(sys.executable).with_name("twistd"))
+    process = subprocess.Popen([twistd, "-n", "--pidfile=", "nmos-ref", *argv], cwd=cwd,
+                               env={**os.environ, "PYTHONPATH": SOURCE}, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as answer:
+                    answer.read()
+                    break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+        time.sleep(linger)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    return process.returncode, output
 
-        seen: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(seen.append)
-        service = LogLevelService("warn")
-        try:
-            service.startService()
-            logger = Logger(namespace="nmos_ref.test")
-            logger.info("quiet {n}", n=1)
-            logger.warn("loud {n}", n=2)
-            service.stopService()
-            logger.info("after {n}", n=3)  # unfiltered again once stopped
-            mine = [event["log_format"] for event in seen if event.get("log_namespace") == "nmos_ref.test"]
-            assert mine == ["loud {n}", "after {n}"]
-        finally:
-            if service.running:
-                service.stopService()
-            globalLogPublisher.removeObserver(seen.append)
+
+LEVELS = ("debug", "info", "warn", "error", "critical")
+
+
+class LogLevelTests(SocketTest):
+    """issue 15: --log-level holds from the process's first line to its last, for every role (`nmos-ref node`
+    ignored it; the registry let through what came before its services started and after they stopped)."""
+
+    def levels(self, output: str) -> set[str]:
+        return set(re.findall(r"^\S+ \[[^\]]*#(" + "|".join(LEVELS) + r")\] ", output, re.M))
+
+    def test_node_at_warn(self, tmp_path: Path) -> None:
+        port, closed = free_port(), free_port()
+        status, output = serve_then_stop(["node", "--listen", f"tcp:{port}:interface=127.0.0.1", "--dns-sd", "off",
+                                          "--registry", f"http://127.0.0.1:{closed}", "--log-level", "warn"],
+                                         port, tmp_path, linger=1.5)
+        assert status in (-signal.SIGTERM, 143), output
+        # "No registry could be used" warnings get through; no info or debug line at all.
+        assert self.levels(output) == {"warn"}, output
+        assert all(re.match(r"^\S+ \[[^\]]*#warn\] ", line) for line in output.splitlines()), output
+
+    def test_registry_at_error_says_nothing_while_all_is_well(self, tmp_path: Path) -> None:
+        port = free_port()
+        status, output = serve_then_stop(["registry", "--listen", f"tcp:{port}:interface=127.0.0.1", "--dns-sd",
+                                          "off", "--log-level", "error"], port, tmp_path)
+        assert status in (-signal.SIGTERM, 143), output
+        assert output == "", output  # not twistd's start-up lines, not the services' start or stop lines
+
+    def test_debug_shows_debug_lines_from_the_start(self, tmp_path: Path) -> None:
+        port = free_port()
+        status, output = serve_then_stop(["registry", "--listen", f"tcp:{port}:interface=127.0.0.1", "--dns-sd",
+                                          "off", "--log-level", "debug"], port, tmp_path)
+        assert {"debug", "info"} <= self.levels(output), output
+
+
+class LogOutputTests(UnitTest):
+    """nmos_ref.wiring.log_output: the observer twistd is offered, where and how it writes."""
+
+    def test_the_filter(self) -> None:
+        from twisted.logger import Logger, textFileLogObserver
+
+        from nmos_ref.wiring.log_output import filtered
+
+        out = io.StringIO()
+        logger = Logger(namespace="nmos_ref.test", observer=filtered(textFileLogObserver(out), "warn"))
+        logger.info("quiet {n}", n=1)
+        logger.warn("loud {n}", n=2)
+        lines = out.getvalue().splitlines()
+        assert len(lines) == 1 and "loud 2" in lines[0] and "quiet" not in out.getvalue(), lines
+
+    def test_where_twistd_would_write(self, tmp_path: Path) -> None:
+        from nmos_ref.wiring.log_output import twistd_output
+
+        assert twistd_output({"logfile": "-", "nodaemon": False}) is None  # twistd refuses this itself
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        twistd_output({"logfile": None, "nodaemon": True})({"log_format": "hello", "log_time": 0.0})
+        assert out.getvalue().endswith("hello\n")
+        self.patch(signal, "signal", lambda *args: None)  # the SIGUSR1 rotation handler twistd would set too
+        self.patch(signal, "getsignal", lambda number: None)
+        twistd_output({"logfile": str(tmp_path / "nmos.log"), "nodaemon": True})(
+            {"log_format": "to {where}", "where": "a file", "log_time": 0.0})
+        assert (tmp_path / "nmos.log").read_text().endswith("to a file\n")
+
+    def test_the_process_tree_offers_its_observer_to_twistd_s_application(self) -> None:
+        from twisted.application.service import Application
+        from twisted.logger import ILogObserver
+
+        from nmos_ref.wiring.tree import ProcessTree
+
+        def observer(event: dict[str, Any]) -> None:
+            return None
+
+        application = Application("nmos-ref")
+        ProcessTree([], None, None, observer).setServiceParent(application)
+        assert application.getComponent(ILogObserver) is observer

@@ -27,7 +27,7 @@ from nmos_ref.web.root import root_resource
 from nmos_ref.web.server import make_site
 from nmos_ref.wiring.dnssd import DnsSd, build_dns_sd
 from nmos_ref.wiring.listeners import listening, ocsp_stapler
-from nmos_ref.wiring.tuning import FreezeAfterFullCollection, LogLevelService, LongestTurn
+from nmos_ref.wiring.tuning import FreezeAfterFullCollection, LongestTurn
 from nmos_ref.ws.connection import SubscriptionLimits
 from nmos_ref.ws.subscriptions import SubscriptionManager
 
@@ -173,8 +173,7 @@ def build_registry(settings: Settings, reactor: Any, clock: IReactorTime, dns_sd
         services.append(RegistryAdvertiser(dns_sd.multicast, partial(listening, listeners), settings.api_versions,
                                            settings.pri, settings.auth, dns_sd.host, dns_sd.interfaces))
     services += [subscriptions, ExpirySweep(registry, clock), FreezeAfterFullCollection(clock),
-                 LongestTurn(reactor),  # the reactor's own turns, whatever clock drives the timers
-                 LogLevelService(settings.log_level)]
+                 LongestTurn(reactor)]  # the reactor's own turns, whatever clock drives the timers
     top = RegistryService(registry, site, keys, listeners, settings)
     for service in services:
         service.setServiceParent(top)
