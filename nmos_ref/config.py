@@ -16,6 +16,7 @@ from nmos_ref.model.versions import ALL_VERSIONS, sort_versions
 DEFAULT_LISTEN = "tcp:8235:interface=127.0.0.1"
 DEFAULT_NODE_LISTEN = "tcp:8236:interface=127.0.0.1"  # the Node's own port: it stands for another machine
 LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+LOG_FORMATS = ("text", "json")  # twistd's text lines, or one JSON object per line for log collectors
 DNS_SD_MODES = ("both", "multicast", "unicast", "off")
 
 
@@ -29,6 +30,7 @@ class Settings:
     registration_expiry_interval: float = 12.0  # seconds without a heartbeat before a Node is removed
     host_name: str | None = None  # the name put in hrefs; default: the host the client used, or the listen address
     log_level: str = "info"  # the lowest level logged, from the process's first line
+    log_format: str = "text"  # "json": one JSON object per line (twisted.logger's eventAsJSON), for log collectors
     api_versions: list[str] = field(factory=lambda: list(ALL_VERSIONS))  # IS-04 versions served
     access_log: bool = False  # one log line per HTTP request
     # The Node (`nmos-ref node`, and the demo Node of plain `nmos-ref`)
@@ -198,6 +200,7 @@ _CHECKS = {
     "registration_expiry_interval": _check_seconds(1, 3600),
     "host_name": _check_host_name,
     "log_level": _check_choice(LOG_LEVELS),
+    "log_format": _check_choice(LOG_FORMATS),
     "api_versions": _check_versions,
     "access_log": _check_bool,
     "node_listen": _check_strports(DEFAULT_NODE_LISTEN),

@@ -26,7 +26,7 @@ ADDITIVE = ("listen", "node_listen", "registries", "mdns_interfaces", "dns_serve
 # the keys of the file).
 FLAGS = {
     "listen": "--listen", "registration_expiry_interval": "--expiry", "host_name": "--host-name",
-    "log_level": "--log-level", "api_versions": "--api-versions", "access_log": "--access-log",
+    "log_level": "--log-level", "log_format": "--log-format", "api_versions": "--api-versions", "access_log": "--access-log",
     "mdns_interfaces": "--mdns-interface", "dns_servers": "--dns-server", "dns_sd": "--dns-sd",
     "dns_sd_domain": "--dns-sd-domain", "pri": "--pri", "auth": "--auth", "auth_issuers": "--auth-issuers",
     "auth_fqdn": "--auth-fqdn", "auth_client_method": "--auth-client-method", "auth_state_dir": "--auth-state-dir",
@@ -77,6 +77,7 @@ class CommonOptions(usage.Options):
         ["host-name", None, None, "Host name to put in hrefs (default: the host each client used; for a Node, the "
                                   "addresses it listens on)"],
         ["log-level", None, None, "debug, info, warn, error or critical (default info)"],
+        ["log-format", None, None, "text, or json: one JSON object per line, for log collectors (default text)"],
         ["api-versions", None, None, "Comma-separated IS-04 versions to serve (default v1.0,v1.1,v1.2,v1.3)"],
         ["dns-sd", None, None, "DNS-SD: both (unicast in the search domain, else mDNS), multicast, unicast or off "
                                "(default both)"],
@@ -114,7 +115,7 @@ class CommonOptions(usage.Options):
         values: dict[str, Any] = {}
         if self["listen"]:
             values["listen"] = list(self["listen"])
-        for flag, key in (("host-name", "host_name"), ("log-level", "log_level")):
+        for flag, key in (("host-name", "host_name"), ("log-level", "log_level"), ("log-format", "log_format")):
             if self[flag] is not None:
                 values[key] = self[flag]
         if self["api-versions"] is not None:
@@ -324,6 +325,6 @@ def makeService(options: Options) -> MultiService:
     observer = None
     twistd = getattr(options, "parent", None)  # twistd's own options, when twistd runs us
     if twistd is not None:
-        output = twistd_output(twistd)
+        output = twistd_output(twistd, settings.log_format)
         observer = filtered(output, settings.log_level) if output is not None else None
     return build_all(settings, reactor, parts=options["parts"], log_observer=observer)

@@ -472,35 +472,53 @@ class LogLevelTests(SocketTest):
                                           "off", "--log-level", "debug"], port, tmp_path)
         assert {"debug", "info"} <= self.levels(output), output
 
+    def test_json_lines_for_log_collectors(self, tmp_path: Path) -> None:
+        from twisted.logger import LogLevel, eventFromJSON
+
+        port = free_port()
+        status, output = serve_then_stop(["registry", "--listen", f"tcp:{port}:interface=127.0.0.1", "--dns-sd",
+                                          "off", "--log-format", "json"], port, tmp_path)
+        assert status in (-signal.SIGTERM, 143), output
+        events = [json.loads(line) for line in output.splitlines()]  # every line one JSON object
+        assert len(events) > 3
+        serving = [event for event in events if event.get("log_namespace") == "nmos_ref.wiring.registry"]
+        assert serving[0]["text"] == (f"nmos-ref: registry serving IS-04 v1.0, v1.1, v1.2, v1.3 at "
+                                      f"http://127.0.0.1:{port}/; Nodes expire after 12 s")
+        assert serving[0]["urls"] == f"http://127.0.0.1:{port}/" and serving[0]["log_level"]["name"] == "info"
+        assert eventFromJSON(json.dumps(serving[0]))["log_level"] is LogLevel.info  # twisted.logger reads it back
+
 
 class LogOutputTests(UnitTest):
     """nmos_ref.wiring.log_output: the observer twistd is offered, where and how it writes."""
 
-    def test_the_filter(self) -> None:
-        from twisted.logger import Logger, textFileLogObserver
+    def test_the_filter_and_the_formats(self) -> None:
+        from twisted.logger import Logger
 
-        from nmos_ref.wiring.log_output import filtered
+        from nmos_ref.wiring.log_output import filtered, stream_observer
 
-        out = io.StringIO()
-        logger = Logger(namespace="nmos_ref.test", observer=filtered(textFileLogObserver(out), "warn"))
-        logger.info("quiet {n}", n=1)
-        logger.warn("loud {n}", n=2)
-        lines = out.getvalue().splitlines()
-        assert len(lines) == 1 and "loud 2" in lines[0] and "quiet" not in out.getvalue(), lines
+        for log_format in ("text", "json"):
+            out = io.StringIO()
+            logger = Logger(namespace="nmos_ref.test", observer=filtered(stream_observer(out, log_format), "warn"))
+            logger.info("quiet {n}", n=1)
+            logger.warn("loud {n}", n=2)
+            lines = out.getvalue().splitlines()
+            assert len(lines) == 1 and "loud 2" in lines[0] and "quiet" not in out.getvalue(), lines
+            if log_format == "json":
+                assert json.loads(lines[0])["text"] == "loud 2"
 
     def test_where_twistd_would_write(self, tmp_path: Path) -> None:
         from nmos_ref.wiring.log_output import twistd_output
 
-        assert twistd_output({"logfile": "-", "nodaemon": False}) is None  # twistd refuses this itself
+        assert twistd_output({"logfile": "-", "nodaemon": False}, "text") is None  # twistd refuses this itself
         out = io.StringIO()
         self.patch(sys, "stdout", out)
-        twistd_output({"logfile": None, "nodaemon": True})({"log_format": "hello", "log_time": 0.0})
+        twistd_output({"logfile": None, "nodaemon": True}, "text")({"log_format": "hello", "log_time": 0.0})
         assert out.getvalue().endswith("hello\n")
         self.patch(signal, "signal", lambda *args: None)  # the SIGUSR1 rotation handler twistd would set too
         self.patch(signal, "getsignal", lambda number: None)
-        twistd_output({"logfile": str(tmp_path / "nmos.log"), "nodaemon": True})(
+        twistd_output({"logfile": str(tmp_path / "nmos.log"), "nodaemon": True}, "json")(
             {"log_format": "to {where}", "where": "a file", "log_time": 0.0})
-        assert (tmp_path / "nmos.log").read_text().endswith("to a file\n")
+        assert json.loads((tmp_path / "nmos.log").read_text())["text"] == "to a file"
 
     def test_the_process_tree_offers_its_observer_to_twistd_s_application(self) -> None:
         from twisted.application.service import Application

@@ -1,5 +1,5 @@
-"""The process's log output: where twistd would write it, without the events below the log level, from the process's
-first line to its last.
+"""The process's log output: where twistd would write it, as text lines or one JSON object per line, without the
+events below the log level, from the process's first line to its last.
 
 twistd has no log level, and its observers start after `makeService`: a filter added to them when the services
 start misses what was logged before (twistd replays it) and after the services stop. twistd does take the
@@ -14,7 +14,7 @@ from __future__ import annotations
 import signal
 import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import IO, Any
 
 from twisted.logger import (
     FilteringLogObserver,
@@ -22,6 +22,8 @@ from twisted.logger import (
     LegacyLogObserverWrapper,
     LogLevel,
     LogLevelFilterPredicate,
+    formatEvent,
+    jsonFileLogObserver,
     textFileLogObserver,
 )
 
@@ -31,8 +33,18 @@ def filtered(observer: ILogObserver, level: str) -> ILogObserver:
     return FilteringLogObserver(observer, [LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(level))])
 
 
-def twistd_output(config: Mapping[str, Any]) -> ILogObserver | None:
-    """The observer twistd would make from its options `config`; None where twistd would refuse
+def stream_observer(stream: IO[Any], log_format: str) -> ILogObserver:
+    """Text lines as twistd writes them, or for log collectors one JSON object per line: twisted.logger's
+    `eventAsJSON` (the format string and its fields, `log_level`, `log_namespace`, `log_time`, a failure's
+    traceback; `eventFromJSON` reads it back) with the message as text added under `text`."""
+    if log_format == "json":
+        lines = jsonFileLogObserver(stream, recordSeparator="")  # "": newline-delimited, not RFC 7464's RS
+        return lambda event: lines({**event, "text": formatEvent(event)})
+    return textFileLogObserver(stream)
+
+
+def twistd_output(config: Mapping[str, Any], log_format: str) -> ILogObserver | None:
+    """The observer twistd would make from its options `config`, in `log_format`; None where twistd would refuse
     the options (a daemon logging to stdout): twistd then says so itself."""
     if config.get("syslog"):
         from twisted.python.syslog import SyslogObserver
@@ -42,7 +54,7 @@ def twistd_output(config: Mapping[str, Any]) -> ILogObserver | None:
     if name == "-" or (not name and config.get("nodaemon")):
         if not config.get("nodaemon"):
             return None
-        return textFileLogObserver(sys.stdout)
+        return stream_observer(sys.stdout, log_format)
     from twisted.python.logfile import LogFile
 
     log_file = LogFile.fromFullPath(name or "twistd.log")
@@ -50,4 +62,4 @@ def twistd_output(config: Mapping[str, Any]) -> ILogObserver | None:
         from twisted.internet import reactor
 
         signal.signal(signal.SIGUSR1, lambda _signal, _frame: reactor.callFromThread(log_file.rotate))
-    return textFileLogObserver(log_file)
+    return stream_observer(log_file, log_format)
