@@ -35,6 +35,10 @@ FLAGS = {
 }
 
 
+TWISTD_PIDFILE = "twistd.pid"  # twistd's default --pidfile
+PIDFILES = {"registry": "nmos-ref-registry.pid", "node": "nmos-ref-node.pid"}  # plain nmos-ref: nmos-ref.pid
+
+
 class UsageExit(SystemExit):
     """A usage error, already said on stderr; the process exits with status 2 (twistd would print its whole help
     before a UsageError's message)."""
@@ -255,6 +259,12 @@ class Options(NodeFlags, RegistryFlags, CommonOptions):
         self["settings"] = settings_from(self)
         self["parts"] = {"registry": ("registry",), "node": ("node",)}.get(self.subCommand or "",
                                                                            ("registry", "node"))
+        # twistd writes twistd.pid in the working folder unless told otherwise, so a registry and a Node started in
+        # one folder clashed ("Another twistd server is running"). twistd's options are our parent's, read after we
+        # are parsed: its default becomes one per role. --pidfile (another name, or none) still decides.
+        twistd = getattr(self, "parent", None)
+        if twistd is not None and twistd.get("pidfile") == TWISTD_PIDFILE:
+            twistd["pidfile"] = PIDFILES.get(self.subCommand or "", "nmos-ref.pid")
 
 
 def usage_exit(options: Options, error: Exception, stream: Any = None) -> UsageExit:

@@ -413,6 +413,20 @@ def free_port() -> int:
     return port
 
 
+def wait_for(port: int, process: subprocess.Popen[str], timeout: float = 30) -> bool:
+    """Whether http://127.0.0.1:PORT/ answers before `process` ends or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as answer:
+                answer.read()
+                return True
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+
+
 def serve_then_stop(argv: list[str], port: int, cwd: Path, linger: float = 0.0) -> tuple[int, str]:
     """Run `twistd -n --pidfile= nmos-ref ARGV` until http://127.0.0.1:PORT/ answers (and `linger` seconds more),
     then stop it with SIGTERM; its exit status and everything it wrote."""
@@ -421,16 +435,7 @@ def serve_then_stop(argv: list[str], port: int, cwd: Path, linger: float = 0.0) 
                                env={**os.environ, "PYTHONPATH": SOURCE}, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as answer:
-                    answer.read()
-                    break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    break
-                time.sleep(0.1)
+        wait_for(port, process)
         time.sleep(linger)
     finally:
         if process.poll() is None:
@@ -486,6 +491,48 @@ class LogLevelTests(SocketTest):
                                       f"http://127.0.0.1:{port}/; Nodes expire after 12 s")
         assert serving[0]["urls"] == f"http://127.0.0.1:{port}/" and serving[0]["log_level"]["name"] == "info"
         assert eventFromJSON(json.dumps(serving[0]))["log_level"] is LogLevel.info  # twisted.logger reads it back
+
+
+class PidFileTests(SocketTest):
+    """issue 15: `twistd -n nmos-ref registry` and `twistd -n nmos-ref node` started in one folder clashed on
+    twistd.pid; each role now has its own pid file unless --pidfile says otherwise."""
+
+    def test_twistd_takes_one_pid_file_per_role(self) -> None:
+        from twisted.scripts._twistd_unix import ServerOptions
+
+        for argv, name in ((["nmos-ref", "registry"], "nmos-ref-registry.pid"),
+                           (["nmos-ref", "node"], "nmos-ref-node.pid"), (["nmos-ref"], "nmos-ref.pid"),
+                           (["--pidfile=mine.pid", "nmos-ref", "node"], "mine.pid")):
+            config = ServerOptions()
+            config.parseOptions(["-n", *argv])
+            assert config["pidfile"] == os.path.abspath(name), argv
+        config = ServerOptions()
+        config.parseOptions(["-n", "--pidfile=", "nmos-ref", "registry"])
+        assert config["pidfile"] == ""
+
+    def test_a_registry_and_a_node_in_one_folder(self, tmp_path: Path) -> None:
+        twistd = str(Path(sys.executable).with_name("twistd"))
+        env = {**os.environ, "PYTHONPATH": SOURCE}
+        registry_port, node_port = free_port(), free_port()
+        roles = [["registry", "--listen", f"tcp:{registry_port}:interface=127.0.0.1"],
+                 ["node", "--listen", f"tcp:{node_port}:interface=127.0.0.1", "--registry",
+                  f"http://127.0.0.1:{registry_port}"]]
+        processes = []
+        try:
+            for role, port in zip(roles, (registry_port, node_port)):
+                processes.append(subprocess.Popen([twistd, "-n", "nmos-ref", *role, "--dns-sd", "off"], cwd=tmp_path,
+                                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                                  text=True))
+                assert wait_for(port, processes[-1]), processes[-1].communicate(timeout=30)[0]
+            assert sorted(path.name for path in tmp_path.iterdir()) == ["nmos-ref-node.pid",
+                                                                       "nmos-ref-registry.pid"]
+            assert int((tmp_path / "nmos-ref-node.pid").read_text()) == processes[1].pid
+        finally:
+            for process in reversed(processes):
+                if process.poll() is None:
+                    process.send_signal(signal.SIGTERM)
+                process.communicate(timeout=30)
+        assert list(tmp_path.iterdir()) == []  # twistd removes its own on a clean stop
 
 
 class LogOutputTests(UnitTest):
