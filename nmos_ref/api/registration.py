@@ -25,6 +25,12 @@ def _client(request: IRequest) -> str | None:
     return getattr(request, "nmos_client_id", None)
 
 
+def _address(request: IRequest) -> str:
+    """The client's address, as the log names it."""
+    address = request.getClientAddress()
+    return str(getattr(address, "host", address))
+
+
 class RegistrationAPI(VersionedAPI):
     """Resources in, heartbeats in; the rules themselves live in the `Registry`."""
 
@@ -47,6 +53,11 @@ class RegistrationAPI(VersionedAPI):
         self.schemas.check(version, kind, data)
         outcome = self.registry.register(kind, data, version, client_id=_client(request), now=self.clock.seconds())
         record = outcome.resource
+        if outcome.created and kind == "node":  # a Node's first registration only: never an update or a heartbeat
+            log.info("Node {id} ({label}) registered at {version} from {client}; the registry holds {nodes} Nodes "
+                     "and {resources} resources", id=record.id, label=data.get("label"), version=version,
+                     client=_address(request), nodes=self.registry.count("node"),
+                     resources=sum(self.registry.count(each) for each in TYPES))
         log.debug("{action} {kind} {id} at {version}", action="Registered" if outcome.created else "Updated",
                   kind=kind, id=record.id, version=version)
         request.setHeader(b"location", resource_location(version, kind, record.id).encode())
@@ -93,9 +104,16 @@ class RegistrationAPI(VersionedAPI):
     @app.route("/<version>/resource/<types>/<rid>", methods=["DELETE"], strict_slashes=False)
     def delete_resource(self, request: IRequest, version: str, types: str, rid: str) -> bytes:
         self._version(version)
-        changes = self.registry.delete(self._kind(types), rid, version, client_id=_client(request))
-        log.debug("Deleted {types} {id} at {version} ({count} resources removed)", types=types, id=rid,
-                  version=version, count=len(changes))
+        kind = self._kind(types)
+        changes = self.registry.delete(kind, rid, version, client_id=_client(request))
+        if kind == "node":
+            root = changes[-1].pre  # the store removes leaves first, the Node last
+            log.info("Node {id} ({label}) deleted at {version} by {client}, and {below} resources below it",
+                     id=rid, label=root.data.get("label") if root is not None else None, version=version,
+                     client=_address(request), below=len(changes) - 1)
+        else:
+            log.debug("Deleted {types} {id} at {version} ({count} resources removed)", types=types, id=rid,
+                      version=version, count=len(changes))
         return empty_response(request, 204)
 
     @app.hot_route("/<version>/health/nodes/<rid>", "POST")

@@ -20,7 +20,7 @@ from nmos_ref.api.subscription_service import SubscriptionService
 from nmos_ref.config import Settings
 from nmos_ref.discovery.registry_advert import RegistryAdvertiser
 from nmos_ref.model.downgrade import Translations
-from nmos_ref.model.store import Registry
+from nmos_ref.model.store import Change, Registry
 from nmos_ref.tls.server import Listener, listen_service
 from nmos_ref.validation import Schemas
 from nmos_ref.web.root import root_resource
@@ -88,9 +88,26 @@ class ExpirySweep(TimerService):
                          "postponed by {late:.1f} s, since heartbeats sent meanwhile may still be unread",
                          late=late)
                 self.registry.postpone_expiry(late, now)
-            self.registry.collect_garbage(now)
+            removed = self.registry.collect_garbage(now)
+            if removed:
+                self._log_expired(removed)
         except Exception:
             log.failure("Garbage collection failed; trying again in {period} s", period=self.step)
+
+
+    @staticmethod
+    def _log_expired(removed: list[Change]) -> None:
+        """One line per expired Node, with how many resources went with it (the store removes each Node's tree
+        leaves first and the Node last)."""
+        below = 0
+        for change in removed:
+            if change.cause != "expire":
+                below += 1
+                continue
+            label = change.pre.data.get("label") if change.pre is not None else None
+            log.info("Node {id} ({label}) expired, and {below} resources below it", id=change.id, label=label,
+                     below=below)
+            below = 0
 
 
 def subscription_path(manager: SubscriptionManager, version: str, sid: str) -> str | None:
