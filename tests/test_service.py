@@ -27,7 +27,7 @@ import nmos_ref
 from nmos_ref.config import DEFAULT_LISTEN, Settings
 from nmos_ref.service import NodeOptions, Options, RegistryOptions, UsageExit
 from nmos_ref.wiring.registry import build_registry
-from tests.support.cases import SocketTest, UnitTest, cases
+from tests.support.cases import SkipTest, SocketTest, UnitTest, cases
 from tests.support.official import assert_official
 from tests.support.samples import port_of
 
@@ -176,6 +176,17 @@ class TestCommandLine(UnitTest):
         text = str(Options())
         for word in ("--listen", "--config", "--expiry", "--host-name", "--log-level", "--api-versions", "registry"):
             assert word in text
+
+    def test_the_readme_table_lists_every_option(self) -> None:
+        """README.md's command-line table names exactly the options the command line takes."""
+        readme = Path(SOURCE) / "README.md"
+        if not readme.is_file():
+            raise SkipTest("runs from the source tree only (README.md is not installed)")
+        rows = [line.split("|")[1] for line in readme.read_text(encoding="utf-8").splitlines()
+                if line.startswith("| `--")]
+        documented = set(re.findall(r"--[a-z][a-z-]+", " ".join(rows)))
+        taken = set(re.findall(r"--[a-z][a-z-]+", str(Options()))) - {"--help"}
+        assert documented == taken, (sorted(documented - taken), sorted(taken - documented))
 
     def test_each_role_s_help_lists_only_its_options(self) -> None:
         """issue 15: `registry --help` listed the Node's options and `node --help` the registry's."""
