@@ -64,7 +64,8 @@ class Settings:
 
 
 # Each check returns the value to keep or raises ConfigError with a message that starts where the setting's name
-# ends ("must be ...", ": 'x' is not ..."): `apply` puts in front of it the name the user wrote, the key of a file or the flag typed.
+# ends ("must be ...", ": 'x' is not ..."): `apply` puts in front of it the name the user wrote, the key of a file
+# or the flag typed.
 # A list setting takes a JSON list only, even for one item: a string is refused everywhere (`_check_list`), so that
 # "listen": "tcp:8235" and "api_versions": "v1.3" meet the same rule (docs/configuration.md).
 

@@ -26,7 +26,8 @@ ADDITIVE = ("listen", "node_listen", "registries", "mdns_interfaces", "dns_serve
 # the keys of the file).
 FLAGS = {
     "listen": "--listen", "registration_expiry_interval": "--expiry", "host_name": "--host-name",
-    "log_level": "--log-level", "log_format": "--log-format", "api_versions": "--api-versions", "access_log": "--access-log",
+    "log_level": "--log-level", "log_format": "--log-format", "api_versions": "--api-versions",
+    "access_log": "--access-log",
     "mdns_interfaces": "--mdns-interface", "dns_servers": "--dns-server", "dns_sd": "--dns-sd",
     "dns_sd_domain": "--dns-sd-domain", "pri": "--pri", "auth": "--auth", "auth_issuers": "--auth-issuers",
     "auth_fqdn": "--auth-fqdn", "auth_client_method": "--auth-client-method", "auth_state_dir": "--auth-state-dir",
