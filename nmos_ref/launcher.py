@@ -47,9 +47,10 @@ def main(argv: list[str] | None = None) -> int:
 
     options = Options()
     try:
-        options.parseOptions(arguments)
+        options.parse(arguments)
     except usage.UsageError as exc:
-        print(f"nmos-ref: {exc}\nnmos-ref --help lists the options.", file=sys.stderr)
+        command = "nmos-ref" + (f" {options.subCommand}" if options.subCommand else "")
+        print(f"{command}: {exc}\nSee '{command} --help' for the options.", file=sys.stderr)
         return 2
     if hidden and uses_tls(options["settings"], node="node" in options["parts"]):
         sys.stdout.flush()
@@ -61,36 +62,34 @@ def run(options: Any) -> int:
     """Log to standard output from the configured level up, build the tree, start it on the global reactor and run
     the reactor."""
     from twisted.internet import reactor
-    from twisted.logger import (
-        FilteringLogObserver,
-        Logger,
-        LogLevel,
-        LogLevelFilterPredicate,
-        globalLogBeginner,
-        textFileLogObserver,
-    )
+    from twisted.logger import Logger, globalLogBeginner
 
     from nmos_ref.service import makeService
+    from nmos_ref.wiring.log_output import filtered, stream_observer
 
-    level = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(options["settings"].log_level))
-    globalLogBeginner.beginLoggingTo([FilteringLogObserver(textFileLogObserver(sys.stdout), [level])],
-                                     redirectStandardIO=False)
+    settings = options["settings"]
+    output = filtered(stream_observer(sys.stdout, settings.log_format), settings.log_level)
+    globalLogBeginner.beginLoggingTo([output], redirectStandardIO=False)
     log = Logger(namespace="nmos_ref.launcher")
     service = makeService(options)
     status = [0]
 
+    def failed(exc: BaseException) -> None:
+        if not isinstance(exc, SystemExit):  # a CannotStart has said why in one line already
+            log.critical("nmos-ref cannot start: {error}", error=exc)
+        status[0] = 1
+
     def start() -> None:
         try:
             service.startService()
-        except Exception as exc:  # a listener that cannot listen, most often
-            log.critical("nmos-ref could not start: {error}", error=exc)
-            status[0] = 1
+        except (Exception, SystemExit) as exc:
+            failed(exc)
             reactor.stop()
 
     try:
-        service.privilegedStartService()
-    except Exception as exc:
-        log.critical("nmos-ref could not start: {error}", error=exc)
+        service.privilegedStartService()  # the listeners listen here
+    except (Exception, SystemExit) as exc:
+        failed(exc)
         return 1
     reactor.callWhenRunning(start)
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)

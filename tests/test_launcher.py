@@ -148,7 +148,7 @@ class StartFailureTests(UnitTest):
         assert code == 2, log
         assert "Traceback" not in log
         first = log.splitlines()[0]
-        assert first.startswith("nmos-ref: ") and "expiry" in first, log
+        assert first.startswith("nmos-ref registry: ") and "--expiry" in first, log
         assert "--help" in log
 
     def test_a_port_in_use_is_one_line_and_status_1(self) -> None:
@@ -161,4 +161,4 @@ class StartFailureTests(UnitTest):
         code, log = ended(process)
         assert code == 1, log
         assert "Traceback" not in log
-        assert [line for line in log.splitlines() if "could not start" in line and str(port) in line], log
+        assert [line for line in log.splitlines() if "cannot start" in line and str(port) in line], log

@@ -28,6 +28,12 @@ def _client(request: IRequest) -> str | None:
     return getattr(request, "nmos_client_id", None)
 
 
+def _address(request: IRequest) -> str:
+    """The client's address, as the log names it."""
+    address = request.getClientAddress()
+    return str(getattr(address, "host", address))
+
+
 class RegistrationAPI(VersionedAPI):
     """Resources in, heartbeats in; the rules themselves live in the `Registry`."""
 
@@ -53,6 +59,11 @@ class RegistrationAPI(VersionedAPI):
         self.schemas.check(version, kind, data)
         outcome = self.registry.register(kind, data, version, client_id=_client(request), now=self.clock.seconds())
         record = outcome.resource
+        if outcome.created and kind == "node":  # a Node's first registration only: never an update or a heartbeat
+            log.info("Node {id} ({label}) registered at {version} from {client}; the registry holds {nodes} Nodes "
+                     "and {resources} resources", id=record.id, label=data.get("label"), version=version,
+                     client=_address(request), nodes=self.registry.count("node"),
+                     resources=sum(self.registry.count(each) for each in TYPES))
         log.debug("{action} {kind} {id} at {version}", action="Registered" if outcome.created else "Updated",
                   kind=kind, id=record.id, version=version)
         request.setHeader(b"location", resource_location(version, kind, record.id).encode())
@@ -99,14 +110,18 @@ class RegistrationAPI(VersionedAPI):
     @app.route("/<version>/resource/<types>/<rid>", methods=["DELETE"], strict_slashes=False)
     def delete_resource(self, request: IRequest, version: str, types: str, rid: str) -> bytes | Deferred[bytes]:
         self._version(version)
-        removal = self.registry.removal(self._kind(types), rid, version, client_id=_client(request))
+        kind = self._kind(types)
+        removal = self.registry.removal(kind, rid, version, client_id=_client(request))
+        root = self.registry.get(kind, rid)
+        label = root.data.get("label") if root is not None and kind == "node" else None
+        address = _address(request)
         if self.cooperator is None:
-            return self._deleted(request, removal, len(removal.step(None)))
+            return self._deleted(request, removal, version, label, address, len(removal.step(None)))
         # A Node with thousands of resources is removed REMOVAL_STEP at a time, leaves first, in turns of the
         # reactor (other Nodes' heartbeats are answered between them); the 204 comes once all of it is gone.
         removed = len(removal.step(REMOVAL_STEP))
         if removal.done:
-            return self._deleted(request, removal, removed)
+            return self._deleted(request, removal, version, label, address, removed)
         counted = [removed]
 
         def steps() -> Iterator[None]:
@@ -115,11 +130,17 @@ class RegistrationAPI(VersionedAPI):
                 yield None
 
         finished = self.cooperator.coiterate(steps())
-        return finished.addCallback(lambda _: self._deleted(request, removal, counted[0]))
+        return finished.addCallback(
+            lambda _: self._deleted(request, removal, version, label, address, counted[0]))
 
     @staticmethod
-    def _deleted(request: IRequest, removal: Removal, count: int) -> bytes:
-        log.debug("Deleted {kind} {id} ({count} resources removed)", kind=removal.kind, id=removal.id, count=count)
+    def _deleted(request: IRequest, removal: Removal, version: str, label: Any, client: str, count: int) -> bytes:
+        if removal.kind == "node":
+            log.info("Node {id} ({label}) deleted at {version} by {client}, and {below} resources below it",
+                     id=removal.id, label=label, version=version, client=client, below=count - 1)
+        else:
+            log.debug("Deleted {kind} {id} at {version} ({count} resources removed)", kind=removal.kind,
+                      id=removal.id, version=version, count=count)
         return empty_response(request, 204)
 
     @app.hot_route("/<version>/health/nodes/<rid>", "POST")

@@ -494,7 +494,7 @@ class Registry:
             if seen is None or seen + self.expiry > now:
                 continue  # deleted since, or heard from again
             node = self._by_kind["node"][node_id]
-            log.info("Node {node_id} expired: no heartbeat for {age:.1f} s (limit {expiry} s)", node_id=node_id,
+            log.debug("Node {node_id} expired: no heartbeat for {age:.1f} s (limit {expiry} s)", node_id=node_id,
                      age=now - seen, expiry=self.expiry)
             expiring.append(Removal(self, node, "expire"))
         self.feed.publish(changes)

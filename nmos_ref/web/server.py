@@ -31,8 +31,11 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
 from nmos_ref.web.errors import NmosError
+from nmos_ref.web.logs import Logger
 from nmos_ref.web.responses import MAX_BODY, render_error
 from nmos_ref.web.root import ErrorResource
+
+log = Logger()
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 §5.6.2
 _VERSION = re.compile(rb"HTTP/[0-9]+(?:\.[0-9]+)?")
@@ -175,6 +178,15 @@ class NmosChannel(HTTPChannel):
         lines += [name + b": " + value for name, values in headers.getAllRawHeaders() for value in values]
         lines.append(b"\r\n")
         self.transport.write(b"\r\n".join(lines))
+
+    def timeoutConnection(self) -> None:
+        # Twisted logs "Timing out client" at info each time it closes a connection left idle: routine with
+        # keep-alive clients (every Node keeps one open to its registry), so a debug line here; the rest is
+        # HTTPChannel.timeoutConnection's.
+        log.debug("Timing out client: {peer}", peer=str(self.transport.getPeer()))
+        if self.abortTimeout is not None:
+            self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
+        self.loseConnection()
 
     def _respondToBadRequestAndDisconnect(self) -> None:
         error, self.pending_error = self.pending_error or self._explain(), None

@@ -77,7 +77,7 @@ class NodeService(MultiService):
             service.setServiceParent(self)
         if registries is not None:
             registries.setServiceParent(self)
-        self.listeners = [listen_service(description, site, reactor, certificates, stapler)
+        self.listeners = [listen_service(description, site, reactor, certificates, stapler, setting="node_listen")
                           for description in listen]
         for listener in self.listeners:
             listener.setServiceParent(self)

@@ -20,14 +20,14 @@ from nmos_ref.api.subscription_service import SubscriptionService
 from nmos_ref.config import Settings
 from nmos_ref.discovery.registry_advert import RegistryAdvertiser
 from nmos_ref.model.downgrade import Translations
-from nmos_ref.model.store import REMOVAL_STEP, Registry
-from nmos_ref.tls.server import listen_service
+from nmos_ref.model.store import REMOVAL_STEP, Change, Registry
+from nmos_ref.tls.server import Listener, listen_service
 from nmos_ref.validation import Schemas
 from nmos_ref.web.root import root_resource
 from nmos_ref.web.server import make_site
 from nmos_ref.wiring.dnssd import DnsSd, build_dns_sd
 from nmos_ref.wiring.listeners import listening, ocsp_stapler
-from nmos_ref.wiring.tuning import FreezeAfterFullCollection, LogLevelService, LongestTurn
+from nmos_ref.wiring.tuning import FreezeAfterFullCollection, LongestTurn
 from nmos_ref.ws.connection import SubscriptionLimits
 from nmos_ref.ws.subscriptions import SubscriptionManager
 
@@ -76,6 +76,7 @@ class ExpirySweep(TimerService):
         self._last: float | None = None  # when the previous sweep ran
         self._more: IDelayedCall | None = None  # the next turn of a removal still under way
         self._stopping = False  # TimerService counts itself running until its current call has returned
+        self._below = 0  # resources of the Node being expired removed so far (for its log line)
 
     def startService(self) -> None:
         self._last = None
@@ -107,7 +108,9 @@ class ExpirySweep(TimerService):
         """Remove up to `removal_step` resources of expired Nodes; the rest in the next turns of the reactor, so that
         heartbeats are answered between them even when thousands of resources expire at once."""
         self._more = None
-        self.registry.collect_garbage(now, self.removal_step)
+        removed = self.registry.collect_garbage(now, self.removal_step)
+        if removed:
+            self._log_expired(removed)
         if self.registry.collecting and not self._stopping:
             self._more = self.clock.callLater(0, self._continue)
 
@@ -118,6 +121,22 @@ class ExpirySweep(TimerService):
             log.failure("Garbage collection failed; trying again in {period} s", period=self.step)
 
 
+    def _log_expired(self, removed: list[Change]) -> None:
+        """One line per expired Node, with how many resources went with it. The store removes one expired Node's
+        tree at a time, leaves first and the Node last, over as many calls as it takes: the count goes on from one
+        call to the next."""
+        below = self._below
+        for change in removed:
+            if change.cause != "expire":
+                below += 1
+                continue
+            label = change.pre.data.get("label") if change.pre is not None else None
+            log.info("Node {id} ({label}) expired, and {below} resources below it", id=change.id, label=label,
+                     below=below)
+            below = 0
+        self._below = below
+
+
 def subscription_path(manager: SubscriptionManager, version: str, sid: str) -> str | None:
     """BCP-003-02: a subscription socket is judged by the subscription's resource_path."""
     subscription = manager.get(sid)
@@ -125,13 +144,34 @@ def subscription_path(manager: SubscriptionManager, version: str, sid: str) -> s
 
 
 class RegistryService(MultiService):
-    """The registry's service tree, with what tests and the process tree read of it."""
+    """The registry's service tree, with what tests and the process tree read of it; once every listener listens,
+    it says where it serves (only then: a port that cannot be opened stops the start instead)."""
 
-    def __init__(self, registry: Registry, site: Site, keys: KeyCache | None) -> None:
+    def __init__(self, registry: Registry, site: Site, keys: KeyCache | None, listeners: list[Listener],
+                 settings: Settings) -> None:
         super().__init__()
         self.registry = registry
         self.site = site
         self.keys = keys  # with authorization: the resource server's key cache
+        self.listeners = listeners  # children too
+        self.versions = settings.api_versions
+        self.expiry = settings.registration_expiry_interval
+
+    def startService(self) -> None:
+        super().startService()
+        listening(self.listeners).addCallbacks(self._serving, lambda _failure: None)
+
+    def _serving(self, addresses: list[tuple[str, Any]]) -> None:
+        log.info("nmos-ref: registry serving IS-04 {versions} at {urls}; Nodes expire after {expiry:g} s",
+                 versions=", ".join(self.versions), urls=", ".join(base_url(protocol, address)
+                                                                   for protocol, address in addresses),
+                 expiry=self.expiry)
+
+
+def base_url(protocol: str, address: Any) -> str:
+    """http://127.0.0.1:8235/ for a listening address ([::1] for IPv6; 0.0.0.0 and :: as they are)."""
+    host = f"[{address.host}]" if ":" in address.host else address.host
+    return f"{protocol}://{host}:{address.port}/"
 
 
 def build_registry(settings: Settings, reactor: Any, clock: IReactorTime, dns_sd: DnsSd | None = None,
@@ -178,12 +218,8 @@ def build_registry(settings: Settings, reactor: Any, clock: IReactorTime, dns_sd
         services.append(RegistryAdvertiser(dns_sd.multicast, partial(listening, listeners), settings.api_versions,
                                            settings.pri, settings.auth, dns_sd.host, dns_sd.interfaces))
     services += [subscriptions, ExpirySweep(registry, clock), FreezeAfterFullCollection(clock),
-                 LongestTurn(reactor),  # the reactor's own turns, whatever clock drives the timers
-                 LogLevelService(settings.log_level)]
-    top = RegistryService(registry, site, keys)
+                 LongestTurn(reactor)]  # the reactor's own turns, whatever clock drives the timers
+    top = RegistryService(registry, site, keys, listeners, settings)
     for service in services:
         service.setServiceParent(top)
-    log.info("nmos-ref: registry serving IS-04 {versions} on {listen}; Nodes expire after {expiry} s",
-             versions=", ".join(settings.api_versions), listen=", ".join(settings.listen),
-             expiry=settings.registration_expiry_interval)
     return top

@@ -374,3 +374,47 @@ class TestLargeDelete(UnitTest):
         members = registered(self.api, "v1.3")
         answer = self.api.call("DELETE", f"/v1.3/resource/nodes/{members[0][1]['id']}")
         assert answer.code == 204 and self.api.registry.count("node") == 0
+
+
+class TestNodeLogLines(RegistrationTest):
+    """issue 15: one info line when a Node registers for the first time or is deleted, with its id, label, the
+    client's address, the API version and how many resources; nothing at info for an update, a heartbeat or another
+    type (the hot path logs nothing more)."""
+
+    def lines(self) -> list[dict[str, Any]]:
+        from twisted.logger import LogLevel, globalLogPublisher
+
+        seen: list[dict[str, Any]] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            if event.get("log_namespace") == "nmos_ref.api.registration" and event["log_level"] >= LogLevel.info:
+                seen.append(event)
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        return seen
+
+    def test_register_and_delete(self, api: Harness) -> None:
+        from twisted.logger import formatEvent
+
+        seen = self.lines()
+        members = registered(api, "v1.3")  # a Node and one of everything below it
+        node_data = members[0][1]
+        assert len(seen) == 1, [formatEvent(e) for e in seen]
+        registered_line = seen[0]
+        assert (registered_line["id"], registered_line["label"], registered_line["version"]) == (
+            node_data["id"], node_data["label"], "v1.3")
+        assert registered_line["client"] and registered_line["nodes"] == 1 and registered_line["resources"] == 1
+        assert formatEvent(registered_line) == (f"Node {node_data['id']} ({node_data['label']}) registered at v1.3 "
+                                                f"from {registered_line['client']}; the registry holds 1 Nodes and 1 "
+                                                f"resources")
+        del seen[:]
+        assert api.post("v1.3", "node", bump(node_data, label="renamed")).code == 200  # an update
+        assert api.call("POST", f"/v1.3/health/nodes/{node_data['id']}").code == 200  # a heartbeat
+        device_id = next(data["id"] for kind, data in members if kind == "device")
+        assert api.call("DELETE", f"/v1.3/resource/devices/{device_id}").code == 204  # not a Node
+        assert seen == []
+        left = sum(api.registry.count(kind) for kind in ("node", "device", "source", "flow", "sender", "receiver"))
+        assert api.call("DELETE", f"/v1.3/resource/nodes/{node_data['id']}").code == 204
+        assert [formatEvent(e) for e in seen] == [
+            f"Node {node_data['id']} (renamed) deleted at v1.3 by {registered_line['client']}, and {left - 1} "
+            f"resources below it"]

@@ -172,3 +172,23 @@ class StallTests(StoreTest):
         assert {change.id for change in registry.collect_garbage(START + 7)} >= {old}
         assert registry.find(recent) is not None and registry.collect_garbage(START + 14) != []
 
+
+
+class ExpiryLogTests(StoreTest):
+    def test_one_line_per_expired_node_with_what_went_with_it(self, registry: Registry, clock: Clock) -> None:
+        """issue 15: the expiry line says how many resources went with the Node."""
+        one, two = family(registry, now=clock.seconds()), family(registry, now=clock.seconds())
+        lines: list[str] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            if event.get("log_namespace") == "nmos_ref.wiring.registry":
+                lines.append(formatEvent(event))
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        collector = run_collector(registry, clock)
+        for _ in range(26):
+            clock.advance(0.5)  # on time: no stall
+        below = len(one) - 1
+        assert sorted(lines) == sorted(f"Node {items['node']['id']} (x) expired, and {below} resources below it"
+                                       for items in (one, two))
+        collector.stopService()

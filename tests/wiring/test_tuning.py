@@ -14,7 +14,7 @@ from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
 
 from nmos_ref.web.logs import Logger
-from nmos_ref.wiring.tuning import FreezeAfterFullCollection, LogLevelService, LongestTurn, release_free_heap
+from nmos_ref.wiring.tuning import DebugEvents, FreezeAfterFullCollection, LongestTurn, release_free_heap
 from tests.support.cases import SkipTest, UnitTest
 
 
@@ -106,13 +106,13 @@ class Cycle:
     me: Cycle | None = None
 
 
-class LogLevelServiceTests(UnitTest):
+class DebugEventsTests(UnitTest):
     """The configured level also decides whether the project's Logger builds debug events at all."""
 
     def test_debug_events_are_wanted_only_at_the_debug_level_and_again_once_stopped(self) -> None:
         self.patch(Logger, "debug_wanted", True)
         for level, wanted in (("info", False), ("warn", False), ("debug", True)):
-            service = LogLevelService(level)
+            service = DebugEvents(level)
             service.startService()
             try:
                 assert Logger.debug_wanted is wanted, level
