@@ -186,14 +186,22 @@ def unchanged(key: str, mod_revision: int) -> Compare:
 
 @frozen
 class Put:
+    """Set `key` to `value` with `lease`; with `keep`, only touch it (its mod_revision moves on, its value and
+    lease stay: etcd's ignore_value and ignore_lease)."""
+
     key: str
     value: bytes
     lease: int = 0
+    keep: bool = False
 
     def encode(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"key": _b64(self.key), "value": _b64(self.value)}
-        if self.lease:
-            body["lease"] = str(self.lease)
+        body: dict[str, Any] = {"key": _b64(self.key)}
+        if self.keep:
+            body.update(ignore_value=True, ignore_lease=True)
+        else:
+            body["value"] = _b64(self.value)
+            if self.lease:
+                body["lease"] = str(self.lease)
         return {"request_put": body}
 
 
@@ -279,8 +287,10 @@ class EtcdClient:
 
     async def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         failures = []
-        for _ in range(len(self.members)):
-            member = self.members[self._current]
+        first = self._current  # (a failing watch may move it meanwhile: `skip`)
+        for i in range(len(self.members)):
+            index = (first + i) % len(self.members)
+            member = self.members[index]
             try:
                 reply = await exchange(self.http, self.clock, "POST", member + path, timeout=self.timeout,
                                        json_body=body)
@@ -288,6 +298,7 @@ class EtcdClient:
                 failures.append(f"{member}: {exc}")
             else:
                 if reply.code == 200:
+                    self._current = index
                     answer = reply.json()
                     return answer if isinstance(answer, dict) else {}
                 code, message = _refusal(reply)
@@ -298,7 +309,7 @@ class EtcdClient:
                         raise LeaseNotFound(code, message)
                     raise EtcdError(code, message or f"HTTP {reply.code}")
                 failures.append(f"{member}: {message or f'HTTP {reply.code}'}")
-            self._current = (self._current + 1) % len(self.members)
+        self._current = (first + 1) % len(self.members)  # next time, start elsewhere
         raise EtcdUnavailable("no etcd member answered: " + "; ".join(failures))
 
     # KV
@@ -369,9 +380,10 @@ class EtcdClient:
             return left
         return self.call("/v3/lease/keepalive", {"ID": str(lease)}).addCallback(ttl)
 
-    def lease_revoke(self, lease: int) -> Deferred[None]:
-        """End the lease and delete every key attached to it."""
-        return self.call("/v3/lease/revoke", {"ID": str(lease)}).addCallback(lambda _: None)
+    def lease_revoke(self, lease: int) -> Deferred[int]:
+        """End the lease and delete every key attached to it, at once; the revision after."""
+        return self.call("/v3/lease/revoke", {"ID": str(lease)}).addCallback(
+            lambda answer: _int(answer.get("header", {}).get("revision")))
 
     def lease_ttl(self, lease: int) -> Deferred[int | None]:
         """The seconds the lease has left, or None when it expired or was revoked."""

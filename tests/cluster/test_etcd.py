@@ -220,7 +220,8 @@ class ThreeMemberTests(EtcdTest):
         self.addCleanup(self.etcd.stop)
 
     async def test_one_member_of_three_killed(self) -> None:
-        etcd, p = self.client(self.etcd.urls), self.prefix
+        # (a member waits for a new leader before answering: on a busy machine an election may take seconds)
+        etcd, p = self.client(self.etcd.urls, timeout=5.0), self.prefix
         start = await etcd.put(p + "before", b"0")
         watch, seen, _ = self.watch(etcd, start)
         await eventually(lambda: seen)
