@@ -36,6 +36,8 @@ class CommonOptions(usage.Options):
                                "(default both)"],
         ["dns-sd-domain", None, None, "The unicast DNS-SD domain (default: the resolver's search domain)"],
         ["pri", None, None, "The pri the Registration and Query APIs advertise (default 10; 100+ is development)"],
+        ["store", None, None, "The registry's store: memory (default) or etcd://HOST:PORT[,HOST:PORT...], the "
+                              "etcd members a registry cluster shares (docs/cluster.md)"],
         ["auth-issuers", None, None, "Comma-separated issuer URLs of the trusted authorization servers"],
         ["auth-fqdn", None, None, "This server's fully qualified name, as tokens' aud must name it"],
         ["auth-client-method", None, None, "How the Node authenticates to the authorization server: private_key_jwt "
@@ -81,7 +83,7 @@ class CommonOptions(usage.Options):
         for flag, key in (("mdns-interface", "mdns_interfaces"), ("dns-server", "dns_servers")):
             if self[flag]:
                 values[key] = list(self[flag])
-        for flag, key in (("dns-sd", "dns_sd"), ("dns-sd-domain", "dns_sd_domain")):
+        for flag, key in (("dns-sd", "dns_sd"), ("dns-sd-domain", "dns_sd_domain"), ("store", "store")):
             if self[flag] is not None:
                 values[key] = self[flag]
         if self["pri"] is not None:

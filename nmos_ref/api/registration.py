@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sized
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 
 from nmos_ref.api.versioned import VersionedAPI, add_common_routes
-from nmos_ref.model.store import Registry
+from nmos_ref.model.store import RegisterOutcome, Registry
 from nmos_ref.model.tai import format_tai
 from nmos_ref.model.versions import SINGULARS, TYPES
 from nmos_ref.validation import Schemas
@@ -33,19 +35,26 @@ class RegistrationAPI(VersionedAPI):
     api_name = "Registration API"
     base = ["resource/", "health/"]
 
-    def __init__(self, registry: Registry, schemas: Schemas, versions: list[str], clock: IReactorTime) -> None:
+    def __init__(self, registry: Registry | Any, schemas: Schemas, versions: list[str], clock: IReactorTime) -> None:
+        # The in-memory Registry, answering at once, or a store whose writes answer Deferreds (nmos_ref.cluster).
         self.registry = registry
         self.clock = clock  # read once per request: the store is given the time as a value
         self.schemas = schemas
         self.versions = list(versions)
 
     @app.hot_route("/<version>/resource", "POST")
-    def post_resource(self, request: IRequest, version: str) -> bytes:
+    def post_resource(self, request: IRequest, version: str) -> bytes | Deferred[bytes]:
         self._version(version)
         body = read_json(request)
         kind, data = self._registration(body)
         self.schemas.check(version, kind, data)
         outcome = self.registry.register(kind, data, version, client_id=_client(request), now=self.clock.seconds())
+        if isinstance(outcome, Deferred):  # a store shared through etcd (nmos_ref.cluster); in memory: at once
+            return outcome.addCallback(self._registered, request, version, kind)
+        return self._registered(outcome, request, version, kind)
+
+    @staticmethod
+    def _registered(outcome: RegisterOutcome, request: IRequest, version: str, kind: str) -> bytes:
         record = outcome.resource
         log.debug("{action} {kind} {id} at {version}", action="Registered" if outcome.created else "Updated",
                   kind=kind, id=record.id, version=version)
@@ -91,22 +100,33 @@ class RegistrationAPI(VersionedAPI):
         return json_response(request, 200, Encoded(record.json))
 
     @app.route("/<version>/resource/<types>/<rid>", methods=["DELETE"], strict_slashes=False)
-    def delete_resource(self, request: IRequest, version: str, types: str, rid: str) -> bytes:
+    def delete_resource(self, request: IRequest, version: str, types: str, rid: str) -> bytes | Deferred[bytes]:
         self._version(version)
-        changes = self.registry.delete(self._kind(types), rid, version, client_id=_client(request))
-        log.debug("Deleted {types} {id} at {version} ({count} resources removed)", types=types, id=rid,
-                  version=version, count=len(changes))
-        return empty_response(request, 204)
+        removed = self.registry.delete(self._kind(types), rid, version, client_id=_client(request))
+
+        def deleted(changes: Sized) -> bytes:
+            log.debug("Deleted {types} {id} at {version} ({count} resources removed)", types=types, id=rid,
+                      version=version, count=len(changes))
+            return empty_response(request, 204)
+        return removed.addCallback(deleted) if isinstance(removed, Deferred) else deleted(removed)
 
     @app.hot_route("/<version>/health/nodes/<rid>", "POST")
-    def heartbeat(self, request: IRequest, version: str, rid: str) -> bytes:
+    def heartbeat(self, request: IRequest, version: str, rid: str) -> bytes | Deferred[bytes]:
         self._version(version)
         seen = self.registry.heartbeat(rid, version, client_id=_client(request), now=self.clock.seconds())
+        if isinstance(seen, Deferred):
+            return seen.addCallback(self._beaten, request)
+        return self._beaten(seen, request)
+
+    @staticmethod
+    def _beaten(seen: float, request: IRequest) -> bytes:
         # {"health": "<seconds>"}, written out: the JSON encoder costs more than the rest of this handler.
         return json_response(request, 200, Encoded(f'{{"health":"{int(seen)}"}}'))
 
     @app.route("/<version>/health/nodes/<rid>", methods=["GET"], strict_slashes=False)
-    def health(self, request: IRequest, version: str, rid: str) -> bytes:
+    def health(self, request: IRequest, version: str, rid: str) -> bytes | Deferred[bytes]:
         self._version(version)
         seen = self.registry.health(rid, version)
+        if isinstance(seen, Deferred):
+            return seen.addCallback(lambda at: json_response(request, 200, {"health": str(int(at))}))
         return json_response(request, 200, {"health": str(int(seen))})

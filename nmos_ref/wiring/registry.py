@@ -120,15 +120,28 @@ def build_registry(settings: Settings, reactor: Any, clock: IReactorTime, dns_sd
         if dns_sd.multicast is not None:
             services.append(dns_sd.multicast)
     registry = Registry(expiry=settings.registration_expiry_interval)
+    store: Any = registry  # what the Registration API writes to; the Query API reads `registry`
+    shared = None
+    if settings.store != "memory":
+        # A registry cluster (docs/cluster.md): writes go to etcd, `registry` is this member's replica of it and
+        # etcd's leases expire the Nodes. treq and the etcd client only then (idle footprint, issue 13).
+        from nmos_ref.wiring.cluster import cluster_store
+
+        shared = cluster_store(settings, reactor, clock, registry)
+        store = shared.store
     translations = Translations()  # the served forms, shared by the Query API and its subscriptions
     registry.feed.subscribe(translations.changed)
     subscriptions = subscription_service(registry, translations, clock, reactor)
-    registration = RegistrationAPI(registry, Schemas(), settings.api_versions, clock)
+    registration = RegistrationAPI(store, Schemas(), settings.api_versions, clock)
     query = QueryAPI(registry, settings.api_versions, host_name=settings.host_name, authorization=settings.auth,
                      translations=translations, subscriptions=subscriptions.manager,
                      websockets=subscriptions.resource,
                      cooperator=Cooperator(scheduler=partial(reactor.callLater, 0)))
     apis = {"registration": registration.app.resource(), "query": query.app.resource()}
+    if shared is not None:
+        from nmos_ref.wiring.cluster import StaleMarker
+
+        apis["query"] = StaleMarker(apis["query"], shared.store)
     keys = None
     if settings.auth:  # IS-10: every API behind the token check (docs/security.md)
         # pyjwt and the key fetcher's HTTP client only with auth on (idle footprint, issue 13)
@@ -148,10 +161,15 @@ def build_registry(settings: Settings, reactor: Any, clock: IReactorTime, dns_sd
     listeners = [listen_service(description, site, reactor, settings.tls_certificates, stapler)
                  for description in settings.listen]
     services += listeners
+    if shared is not None:
+        services.append(shared)
     if dns_sd.multicast is not None:
         services.append(RegistryAdvertiser(dns_sd.multicast, partial(listening, listeners), settings.api_versions,
                                            settings.pri, settings.auth, dns_sd.host, dns_sd.interfaces))
-    services += [subscriptions, ExpirySweep(registry, clock), FreezeAfterFullCollection(clock),
+    services.append(subscriptions)
+    if shared is None:  # in a cluster, etcd's leases expire the Nodes
+        services.append(ExpirySweep(registry, clock))
+    services += [FreezeAfterFullCollection(clock),
                  LongestTurn(reactor),  # the reactor's own turns, whatever clock drives the timers
                  LogLevelService(settings.log_level)]
     top = RegistryService(registry, site, keys)
