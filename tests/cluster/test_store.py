@@ -4,14 +4,19 @@ between members, with etcd's leases expiring Nodes."""
 
 from __future__ import annotations
 
-import asyncio
+import json
+import os
+import sys
+from pathlib import Path
 from typing import Any
 
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.task import deferLater
 from twisted.web.client import Agent, HTTPConnectionPool
 
+import nmos_ref
 from nmos_ref.config import Settings
 from nmos_ref.model.tai import parse_tai
 from nmos_ref.wiring.cluster import ClusterStoreService
@@ -20,8 +25,7 @@ from tests.cluster.test_etcd import eventually
 from tests.support.cases import SocketTest
 from tests.support.etcd import free_ports, shared_member, unique_prefix
 from tests.support.samples import Answer, bump, check, device, node, port_of, source
-
-del asyncio  # (pytest-twisted's async tests run on the Twisted reactor)
+from tests.test_service import TwistdProcess
 
 
 async def call(http: Any, url: str, method: str = "GET", body: Any = None) -> Answer:
@@ -53,7 +57,9 @@ class Member:
         return f"{self.base}/x-nmos/query/{version}"
 
 
-class ClusterStoreTests(SocketTest):
+class ClusterTest(SocketTest):
+    """Members on the shared etcd under a key prefix of the test's own, and an HTTP client."""
+
     def setUp(self) -> None:
         pool = HTTPConnectionPool(reactor, persistent=True)
         self.http = treq.client.HTTPClient(Agent(reactor, pool=pool))
@@ -75,6 +81,8 @@ class ClusterStoreTests(SocketTest):
     async def register(self, member: Member, kind: str, data: dict[str, Any], version: str = "v1.3") -> Answer:
         return await call(self.http, f"{member.registration(version)}/resource", "POST", {"type": kind, "data": data})
 
+
+class ClusterStoreTests(ClusterTest):
     async def test_create_update_delete_and_409s(self) -> None:
         http, a = self.http, await self.member()
         n = node()
@@ -224,3 +232,46 @@ class ClusterStoreTests(SocketTest):
         await a.store._watch.stop()  # the watch is down (as while etcd is out of reach)
         a.store._watch = None
         assert (await call(self.http, f"{a.query()}/nodes")).headers["x-registry-stale"] == "true"
+
+
+class MemberProcessTests(ClusterTest):
+    """Members as twistd processes, one of them killed with SIGKILL."""
+
+    async def twistd_member(self) -> tuple[Any, str]:
+        twistd = str(Path(sys.executable).with_name("twistd"))
+        process = TwistdProcess()
+        env = {**os.environ, "PYTHONPATH": str(Path(nmos_ref.__file__).parents[1])}  # this copy of nmos_ref
+        transport = reactor.spawnProcess(process, twistd, [
+            twistd, "-n", "--pidfile=", "nmos-ref", "registry", "--listen", "tcp:0:interface=127.0.0.1",
+            "--dns-sd", "off", "--store", shared_member().store, "--config", str(self.config)],
+            env=env, path=str(self.tmp_path))
+
+        async def ended() -> None:
+            if transport.pid is not None:
+                transport.signalProcess("KILL")
+            await process.ended
+        self.addCleanup(lambda: Deferred.fromCoroutine(ended()))
+        port = await process.port
+        return transport, f"http://127.0.0.1:{port}"
+
+    async def test_a_member_killed_in_the_middle_of_a_registration(self) -> None:
+        self.config = self.tmp_path / "nmos.json"
+        self.config.write_text(json.dumps({"store_prefix": self.prefix}))
+        http, b = self.http, await self.member()
+        killed, base = await self.twistd_member()
+        early = node()
+        assert (await call(http, f"{base}/x-nmos/registration/v1.3/resource", "POST",
+                           {"type": "node", "data": early})).code == 201
+        late = [node() for _ in range(5)]
+        posting = [Deferred.fromCoroutine(call(http, f"{base}/x-nmos/registration/v1.3/resource", "POST",
+                                               {"type": "node", "data": n})) for n in late]
+        await deferLater(reactor, 0.01, lambda: None)  # (a registration at etcd takes a few milliseconds)
+        killed.signalProcess("KILL")
+        await DeferredList(posting, consumeErrors=True)  # some answers never come
+        # The Node fails over to another member: its registration there is a 201 or, if the killed member had
+        # committed it, a 200; never an error, and one copy of it.
+        for n in late:
+            assert (await self.register(b, "node", n)).code in (200, 201)
+        assert (await call(http, f"{b.registration()}/health/nodes/{early['id']}", "POST")).code == 200
+        ids = [item["id"] for item in (await call(http, f"{b.query()}/nodes")).body]
+        assert sorted(ids) == sorted([early["id"]] + [n["id"] for n in late])
