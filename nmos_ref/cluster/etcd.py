@@ -187,12 +187,13 @@ def unchanged(key: str, mod_revision: int) -> Compare:
 @frozen
 class Put:
     """Set `key` to `value` with `lease`; with `keep`, only touch it (its mod_revision moves on, its value and
-    lease stay: etcd's ignore_value and ignore_lease)."""
+    lease stay: etcd's ignore_value and ignore_lease); with `keep_lease`, set the value and keep the lease."""
 
     key: str
     value: bytes
     lease: int = 0
     keep: bool = False
+    keep_lease: bool = False
 
     def encode(self) -> dict[str, Any]:
         body: dict[str, Any] = {"key": _b64(self.key)}
@@ -200,7 +201,9 @@ class Put:
             body.update(ignore_value=True, ignore_lease=True)
         else:
             body["value"] = _b64(self.value)
-            if self.lease:
+            if self.keep_lease:
+                body["ignore_lease"] = True
+            elif self.lease:
                 body["lease"] = str(self.lease)
         return {"request_put": body}
 
@@ -337,9 +340,9 @@ class EtcdClient:
             more = following.more
         return RangeResult(revision, tuple(kvs), len(kvs), False)
 
-    def put(self, key: str, value: bytes, lease: int = 0) -> Deferred[int]:
-        """Set `key`; the revision it made."""
-        body = Put(key, value, lease).encode()["request_put"]
+    def put(self, key: str, value: bytes, lease: int = 0, keep_lease: bool = False) -> Deferred[int]:
+        """Set `key` (with `lease`, or keeping the lease it has); the revision it made."""
+        body = Put(key, value, lease, keep_lease=keep_lease).encode()["request_put"]
         return self.call("/v3/kv/put", body).addCallback(lambda answer: _int(answer["header"].get("revision")))
 
     def delete_range(self, key: str, prefix: bool = False) -> Deferred[tuple[int, int]]:

@@ -9,6 +9,8 @@ Keys, under a prefix (default `/nmos-ref/`):
 - `stamp` → the last TAI stamp handed out: every write puts it in the same transaction, with a compare on its
   mod_revision, so stamps strictly increase in revision order across the cluster (paging gives the same pages at
   every member).
+- `subscription/<id>` → a Query API subscription, put by the member that made it (nmos_ref.cluster.subscriptions);
+  the watch hands them to a `SubscriptionTable`.
 
 A write is judged against the replica by `Registry.propose` (the in-memory store's own rules), then committed
 with compares on what it was judged by: the resource's mod_revision (0: absent), its parent's, and the stamp's. A
@@ -31,6 +33,7 @@ from twisted.logger import Logger
 
 from nmos_ref.cluster.etcd import (Delete, EtcdClient, EtcdUnavailable, Event, Get, LeaseNotFound, Put, RangeResult,
                                    Watch, unchanged)
+from nmos_ref.cluster.subscriptions import SUBSCRIPTION, SubscriptionTable
 from nmos_ref.model.errors import UnknownResource
 from nmos_ref.model.store import Registry, RegisterOutcome, Resource
 from nmos_ref.model.tai import unix_to_tai_ns
@@ -63,9 +66,11 @@ class ClusterStore:
     read."""
 
     def __init__(self, etcd: EtcdClient, replica: Registry, clock: IReactorTime, prefix: str = DEFAULT_PREFIX,
-                 attempts: int = 8, apply_timeout: float = 5.0) -> None:
+                 attempts: int = 8, apply_timeout: float = 5.0,
+                 subscriptions: SubscriptionTable | None = None) -> None:
         self.etcd = etcd
         self.replica = replica
+        self.subscriptions = subscriptions if subscriptions is not None else SubscriptionTable()  # every member's
         self.clock = clock
         self.prefix = prefix
         self.attempts = attempts
@@ -88,6 +93,10 @@ class ClusterStore:
     @property
     def _stamp_key(self) -> str:
         return self.prefix + "stamp"
+
+    @property
+    def _subscription_keys(self) -> str:
+        return self.prefix + SUBSCRIPTION
 
     # The replica
 
@@ -127,12 +136,15 @@ class ClusterStore:
         self._watch = self.etcd.watch(self.prefix, snapshot.revision + 1, self._events, self._compacted)
 
     def _load(self, snapshot: RangeResult) -> None:
-        records, seen = [], set()
+        records, seen, subscriptions = [], set(), {}
         self._revisions.clear()
         self._leases.clear()
         for kv in snapshot.kvs:
             if kv.key == self._stamp_key:
                 self._stamp = (int(kv.value), kv.mod_revision)
+                continue
+            if kv.key.startswith(self._subscription_keys):
+                subscriptions[kv.key[len(self._subscription_keys):]] = kv.value
                 continue
             rid = self._id(kv.key)
             if rid is None:
@@ -146,6 +158,7 @@ class ClusterStore:
         gone = [record.id for kind in TYPES for record in self.replica.resources(kind) if record.id not in seen]
         records.sort(key=lambda record: record.updated)  # what is new is appended to the paging indexes in order
         self.replica.apply(records, gone)
+        self.subscriptions.load(subscriptions)
         self._advance(snapshot.revision)
 
     def _compacted(self, revision: int) -> None:
@@ -166,6 +179,13 @@ class ClusterStore:
             if key == self._stamp_key:
                 if event.type == "put" and event.kv.mod_revision > self._stamp[1]:
                     self._stamp = (int(event.kv.value), event.kv.mod_revision)
+                continue
+            if key.startswith(self._subscription_keys):
+                sid = key[len(self._subscription_keys):]
+                if event.type == "put":
+                    self.subscriptions.put(sid, event.kv.value)
+                else:
+                    self.subscriptions.delete(sid)
                 continue
             rid = self._id(key)
             if rid is None:

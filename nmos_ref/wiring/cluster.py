@@ -1,5 +1,6 @@
-"""The etcd store of a registry cluster as a service (docs/cluster.md): its HTTP client, its etcd client, and the
-replica it loads and watches while the service runs. Imported only when the settings name an etcd store."""
+"""A registry cluster's member as services (docs/cluster.md): the etcd store with its HTTP and etcd clients, the
+replica it loads and watches and the subscriptions it lists while it runs, and the Query API's stale marker.
+Imported only when the settings name an etcd store."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 
 from treq.client import HTTPClient
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -16,9 +17,11 @@ from twisted.web.resource import IResource, Resource
 
 from nmos_ref.cluster.etcd import EtcdClient, member_urls
 from nmos_ref.cluster.store import ClusterStore
+from nmos_ref.cluster.subscriptions import SharedSubscriptions, SubscriptionTable
 from nmos_ref.config import Settings
 from nmos_ref.model.store import Registry
 from nmos_ref.web.client import quiet_pool
+from nmos_ref.ws.subscriptions import SubscriptionManager
 
 log = Logger()
 
@@ -26,10 +29,12 @@ ETCD_TIMEOUT = 2.0  # seconds an etcd member has to answer before the next one i
 
 
 class ClusterStoreService(Service):
-    """Loads the replica from etcd and keeps it watched while running; closes the client's connections on stop."""
+    """While running: the replica loaded from etcd and watched, this member's subscriptions listed in etcd; on
+    stop, those taken off every member's list, the watch stopped and the client's connections closed, in turn."""
 
-    def __init__(self, store: ClusterStore, pool: HTTPConnectionPool) -> None:
+    def __init__(self, store: ClusterStore, subscriptions: SharedSubscriptions, pool: HTTPConnectionPool) -> None:
         self.store = store
+        self.subscriptions = subscriptions
         self.pool = pool
         self.loaded: Deferred[None] = Deferred()  # fires once the replica holds what etcd held at the start
 
@@ -37,10 +42,16 @@ class ClusterStoreService(Service):
         super().startService()
         self.loaded = self.store.start()
         self.loaded.addErrback(lambda failure: log.failure("etcd store: start failed", failure))
+        self.subscriptions.start()
 
-    def stopService(self) -> Deferred[Any]:
+    def stopService(self) -> Deferred[None]:
         super().stopService()
-        return self.store.stop().addBoth(lambda _: self.pool.closeCachedConnections())
+        return ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        await self.subscriptions.stop()
+        await self.store.stop()
+        await self.pool.closeCachedConnections()
 
 
 STALE_HEADER = b"x-registry-stale"  # an extension: docs/cluster.md
@@ -63,11 +74,15 @@ class StaleMarker(Resource):
         return self.api.render(request)
 
 
-def cluster_store(settings: Settings, reactor: Any, clock: IReactorTime, replica: Registry) -> ClusterStoreService:
-    """The etcd store named by `settings.store`, feeding `replica`."""
+def cluster_store(settings: Settings, reactor: Any, clock: IReactorTime, replica: Registry,
+                  manager: SubscriptionManager) -> ClusterStoreService:
+    """The etcd store named by `settings.store`, feeding `replica`, and the subscriptions of every member, this
+    member's own being `manager`'s."""
     pool = quiet_pool(reactor)
     http = HTTPClient(Agent(reactor, pool=pool, connectTimeout=ETCD_TIMEOUT))
     etcd = EtcdClient(http, clock, member_urls(settings.store), timeout=ETCD_TIMEOUT)
     log.info("nmos-ref: registry store on etcd at {members}, keys under {prefix}", members=", ".join(etcd.members),
              prefix=settings.store_prefix)
-    return ClusterStoreService(ClusterStore(etcd, replica, clock, settings.store_prefix), pool)
+    table = SubscriptionTable()
+    store = ClusterStore(etcd, replica, clock, settings.store_prefix, subscriptions=table)
+    return ClusterStoreService(store, SharedSubscriptions(manager, table, etcd, settings.store_prefix, clock), pool)

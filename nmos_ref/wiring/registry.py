@@ -120,21 +120,23 @@ def build_registry(settings: Settings, reactor: Any, clock: IReactorTime, dns_sd
         if dns_sd.multicast is not None:
             services.append(dns_sd.multicast)
     registry = Registry(expiry=settings.registration_expiry_interval)
-    store: Any = registry  # what the Registration API writes to; the Query API reads `registry`
-    shared = None
-    if settings.store != "memory":
-        # A registry cluster (docs/cluster.md): writes go to etcd, `registry` is this member's replica of it and
-        # etcd's leases expire the Nodes. treq and the etcd client only then (idle footprint, issue 13).
-        from nmos_ref.wiring.cluster import cluster_store
-
-        shared = cluster_store(settings, reactor, clock, registry)
-        store = shared.store
     translations = Translations()  # the served forms, shared by the Query API and its subscriptions
     registry.feed.subscribe(translations.changed)
     subscriptions = subscription_service(registry, translations, clock, reactor)
+    store: Any = registry  # what the Registration API writes to; the Query API reads `registry`
+    listed: Any = subscriptions.manager  # the subscriptions the Query API lists
+    shared = None
+    if settings.store != "memory":
+        # A registry cluster (docs/cluster.md): writes go to etcd, `registry` is this member's replica of it and
+        # etcd's leases expire the Nodes; every member's subscriptions are listed. treq and the etcd client only
+        # then (idle footprint, issue 13).
+        from nmos_ref.wiring.cluster import cluster_store
+
+        shared = cluster_store(settings, reactor, clock, registry, subscriptions.manager)
+        store, listed = shared.store, shared.subscriptions
     registration = RegistrationAPI(store, Schemas(), settings.api_versions, clock)
     query = QueryAPI(registry, settings.api_versions, host_name=settings.host_name, authorization=settings.auth,
-                     translations=translations, subscriptions=subscriptions.manager,
+                     translations=translations, subscriptions=listed,
                      websockets=subscriptions.resource,
                      cooperator=Cooperator(scheduler=partial(reactor.callLater, 0)))
     apis = {"registration": registration.app.resource(), "query": query.app.resource()}
@@ -151,7 +153,7 @@ def build_registry(settings: Settings, reactor: Any, clock: IReactorTime, dns_sd
         if guard is None:
             guard = authorization(settings, reactor, clock, dns_sd)
             services.append(guard.services)
-        apis = guard_apis(apis, guard.server, {"query": partial(subscription_path, subscriptions.manager)})
+        apis = guard_apis(apis, guard.server, {"query": partial(subscription_path, listed)})
         keys = guard.server.keys
     site = make_site(root_resource(apis), settings.access_log, settings.hsts_max_age)
     if stapler is None:  # BCP-003-01: OCSP stapling for ssl: listeners (certificates naming an OCSP responder)

@@ -17,6 +17,7 @@ from twisted.internet.task import deferLater
 from twisted.web.client import Agent, HTTPConnectionPool
 
 import nmos_ref
+from nmos_ref.api.subscription_service import SubscriptionService
 from nmos_ref.config import Settings
 from nmos_ref.model.tai import parse_tai
 from nmos_ref.wiring.cluster import ClusterStoreService
@@ -25,6 +26,7 @@ from tests.cluster.test_etcd import eventually
 from tests.support.cases import SocketTest
 from tests.support.etcd import free_ports, shared_member, unique_prefix
 from tests.support.samples import Answer, bump, check, device, node, port_of, source
+from tests.support.websockets import connect
 from tests.test_service import TwistdProcess
 
 
@@ -33,8 +35,10 @@ async def call(http: Any, url: str, method: str = "GET", body: Any = None) -> An
     raw = await response.content()
     headers = {k.decode().lower(): b", ".join(v).decode() for k, v in response.headers.getAllRawHeaders()}
     answer = Answer(response.code, headers, raw)
-    if raw:
-        assert answer.headers["content-type"] == "application/json"
+    if not raw:
+        assert answer.code == 204
+        return answer
+    assert answer.headers["content-type"] == "application/json"
     if "/x-nmos/query/" in url:
         check(url.split("/x-nmos/query")[1], answer)
     elif answer.code >= 400:
@@ -214,6 +218,65 @@ class ClusterStoreTests(ClusterTest):
         assert b.top.registry.find(kept["id"]).data["label"] == "changed"
         for url in ("nodes", "nodes?paging.limit=2"):
             assert (await call(http, f"{a.query()}/{url}")).body == (await call(http, f"{b.query()}/{url}")).body
+
+    async def test_every_member_lists_every_subscription(self) -> None:
+        http, a, b = self.http, await self.member(), await self.member()
+        body = {"max_update_rate_ms": 100, "resource_path": "/nodes", "params": {"label": "x"}, "persist": True,
+                "secure": False, "authorization": False}
+        made = await call(http, f"{a.query()}/subscriptions", "POST", body)
+        assert made.code == 201 and made.body["ws_href"].startswith(f"ws://{a.base[len('http://'):]}/")
+        passing = await call(http, f"{a.query()}/subscriptions", "POST", {**body, "persist": False})
+        assert passing.code == 201
+        sid, passing_id = made.body["id"], passing.body["id"]
+
+        async def listed_at_b() -> bool:
+            return {item["id"] for item in (await call(http, f"{b.query()}/subscriptions")).body} == {sid, passing_id}
+
+        await eventually(listed_at_b)
+        assert (await call(http, f"{b.query()}/subscriptions/{sid}")).body == made.body
+        assert (await call(http, f"{b.query()}/subscriptions?paging.limit=1")).body == \
+            (await call(http, f"{a.query()}/subscriptions?paging.limit=1")).body
+        assert (await call(http, f"{b.query()}/subscriptions/{passing_id}", "DELETE")).code == 403
+        assert (await call(http, f"{b.query()}/subscriptions/{sid}", "DELETE")).code == 204
+        assert (await call(http, f"{b.query()}/subscriptions/{sid}")).code == 404
+        await eventually(lambda: a.top.registry is not None and
+                         sid not in {item.id for item in a.store.subscriptions.held.values()} and
+                         all(item.id != sid for item in
+                             next(s for s in a.top if hasattr(s, "manager")).manager.listing("v1.3")))
+        assert (await call(http, f"{a.query()}/subscriptions/{sid}")).code == 404
+        # A member whose store stops takes its subscriptions off every list. (Only the store: two registries'
+        # log level services, stopped in the order they started, would leave the log observers doubled.)
+        await next(s for s in a.top if isinstance(s, ClusterStoreService)).stopService()
+        await eventually(lambda: passing_id not in b.store.subscriptions.held)
+        assert (await call(http, f"{b.query()}/subscriptions")).body == []
+
+    async def test_a_subscriber_gets_what_its_member_missed_as_ordinary_grains(self) -> None:
+        http, a, b = self.http, await self.member(), await self.member()
+        first, second = node(), node()
+        assert (await self.register(a, "node", first)).code == 201
+        await eventually(lambda: b.top.registry.find(first["id"]) is not None)
+        body = {"max_update_rate_ms": 100, "resource_path": "/nodes", "params": {}, "persist": False,
+                "secure": False}
+        subscription = (await call(http, f"{b.query()}/subscriptions", "POST", body)).body
+        client = await connect(subscription, "v1.3")
+        sockets = next(s for s in b.top if isinstance(s, SubscriptionService)).factory.sockets
+
+        async def closed() -> None:
+            await client.close()
+            for socket in list(sockets):
+                await socket.when_closed()
+        self.addCleanup(lambda: Deferred.fromCoroutine(closed()))
+        (synced,) = await client.events(1)  # the initial state
+        assert synced["post"]["id"] == first["id"]
+        resume_from = b.store._watch.next_revision
+        await b.store._watch.stop()  # b hears nothing from etcd for a while
+        assert (await self.register(a, "node", second)).code == 201
+        assert (await self.register(a, "node", bump(first, label="changed"))).code == 200
+        assert client.unread == 0
+        b.store._watch = b.store.etcd.watch(b.store.prefix, resume_from, b.store._events, b.store._compacted)
+        added, changed = await client.events(2)  # in the order etcd made them
+        assert "pre" not in added and added["post"]["id"] == second["id"]
+        assert changed["pre"]["label"] == "node" and changed["post"]["label"] == "changed"
 
     async def test_etcd_out_of_reach_is_a_503_and_the_query_api_still_answers(self) -> None:
         http = self.http
