@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,10 @@ class Settings:
     tls_certificates: list[dict[str, str]] = field(factory=list)  # [{"certificate": chain PEM, "key": key PEM}, ...]
     tls_ca: str | None = None  # PEM of the CA(s) the Node and the key fetcher trust; default: the system's
     hsts_max_age: int = 31536000  # Strict-Transport-Security max-age on HTTPS answers; 0: no header
+    # The registry's store (docs/cluster.md): "memory", or "etcd://HOST:PORT[,HOST:PORT...]", an etcd cluster's
+    # members, shared with the other members of a registry cluster
+    store: str = "memory"
+    store_prefix: str = "/nmos-ref/"  # the etcd keys of this registry cluster (several clusters can share etcd)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -160,6 +165,23 @@ def _check_max_age(value: Any) -> int:
     return value
 
 
+_ETCD_MEMBER = r"(?:[^,/:\s]+|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}"
+_ETCD_STORE = re.compile(rf"etcd://{_ETCD_MEMBER}(?:,\s*{_ETCD_MEMBER})*")
+
+
+def _check_store(value: Any) -> str:
+    if value != "memory" and not (isinstance(value, str) and _ETCD_STORE.fullmatch(value)):
+        raise ConfigError(f"must be \"memory\" or \"etcd://HOST:PORT[,HOST:PORT...]\", not {value!r}")
+    return value
+
+
+def _check_store_prefix(value: Any) -> str:
+    if not isinstance(value, str) or not value.startswith("/") or not value.endswith("/") or len(value) < 2:
+        raise ConfigError(f"must be a key prefix such as \"/nmos-ref/\" (starting and ending with "
+                          f"\"/\"), not {value!r}")
+    return value
+
+
 def _check_addresses(parse: Any, example: str) -> Any:
     def check(value: Any) -> list[str] | None:
         if value is None:
@@ -227,6 +249,8 @@ _CHECKS = {
     "tls_certificates": _check_certificates,
     "tls_ca": _check_optional_text,
     "hsts_max_age": _check_max_age,
+    "store": _check_store,
+    "store_prefix": _check_store_prefix,
 }
 
 

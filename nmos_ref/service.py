@@ -32,7 +32,7 @@ FLAGS = {
     "dns_sd_domain": "--dns-sd-domain", "pri": "--pri", "auth": "--auth", "auth_issuers": "--auth-issuers",
     "auth_fqdn": "--auth-fqdn", "auth_client_method": "--auth-client-method", "auth_state_dir": "--auth-state-dir",
     "node_listen": "--node-listen", "registries": "--registry", "node_file": "--node-file", "node_seed": "--seed",
-    "heartbeat_interval": "--heartbeat-interval",
+    "heartbeat_interval": "--heartbeat-interval", "store": "--store",
 }
 
 
@@ -149,6 +149,8 @@ class RegistryFlags(usage.Options):
     optParameters = [
         ["expiry", None, None, "Seconds without a heartbeat before a Node is removed (default 12)"],
         ["pri", None, None, "The pri the Registration and Query APIs advertise (default 10; 100+ is development)"],
+        ["store", None, None, "The registry's store: memory (default) or etcd://HOST:PORT[,HOST:PORT...], the "
+                              "etcd members a registry cluster shares (docs/cluster.md)"],
     ]
 
     def flag_values(self) -> dict[str, Any]:
@@ -160,6 +162,8 @@ class RegistryFlags(usage.Options):
                 values["pri"] = int(self["pri"])
             except ValueError:
                 raise usage.UsageError(f"--pri must be an integer, not {self['pri']!r}") from None
+        if self["store"] is not None:
+            values["store"] = self["store"]
         return values
 
 
@@ -202,7 +206,7 @@ class NodeFlags(usage.Options):
 # they are refused rather than ignored (`twistd nmos-ref --seed x registry`).
 NODE_ONLY = ("node_listen", "registries", "node_file", "node_seed", "heartbeat_interval", "auth_client_method",
              "auth_state_dir")
-REGISTRY_ONLY = ("registration_expiry_interval", "pri")
+REGISTRY_ONLY = ("registration_expiry_interval", "pri", "store")
 
 
 class RegistryOptions(RegistryFlags, CommonOptions):

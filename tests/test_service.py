@@ -172,6 +172,23 @@ class TestCommandLine(UnitTest):
             Options().parseOptions(["--expiri", "5"])
         assert told.getvalue().startswith("twistd nmos-ref: option --expiri not recognized\n")
 
+    def test_the_store(self, tmp_path: Path) -> None:
+        assert parse().store == "memory" and parse().store_prefix == "/nmos-ref/"
+        assert parse("registry", "--store", "etcd://127.0.0.1:2379,[::1]:2379").store == \
+            "etcd://127.0.0.1:2379,[::1]:2379"
+        config = tmp_path / "nmos.json"
+        config.write_text(json.dumps({"store": "etcd://etcd.example:2379", "store_prefix": "/facility-a/"}))
+        settings = parse("--config", str(config))
+        assert settings.store == "etcd://etcd.example:2379" and settings.store_prefix == "/facility-a/"
+        for bad in ("etcd://127.0.0.1", "http://127.0.0.1:2379", "etcd://a:1,", "redis://a:1"):
+            with pytest.raises(usage.UsageError, match="--store must be"):
+                parse("--store", bad)
+        config.write_text(json.dumps({"store_prefix": "no-slashes"}))
+        with pytest.raises(usage.UsageError, match="store_prefix"):
+            parse("--config", str(config))
+        with pytest.raises(usage.UsageError, match="--store"):
+            parse("node", "--store", "etcd://127.0.0.1:2379")
+
     def test_help_lists_the_options_and_the_subcommand(self) -> None:
         text = str(Options())
         for word in ("--listen", "--config", "--expiry", "--host-name", "--log-level", "--api-versions", "registry"):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sized
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -11,7 +11,7 @@ from twisted.internet.task import Cooperator
 from twisted.web.iweb import IRequest
 
 from nmos_ref.api.versioned import VersionedAPI, add_common_routes
-from nmos_ref.model.store import REMOVAL_STEP, Registry, Removal
+from nmos_ref.model.store import REMOVAL_STEP, RegisterOutcome, Registry
 from nmos_ref.model.tai import format_tai
 from nmos_ref.model.versions import SINGULARS, TYPES
 from nmos_ref.validation import Schemas
@@ -42,8 +42,9 @@ class RegistrationAPI(VersionedAPI):
     api_name = "Registration API"
     base = ["resource/", "health/"]
 
-    def __init__(self, registry: Registry, schemas: Schemas, versions: list[str], clock: IReactorTime,
+    def __init__(self, registry: Registry | Any, schemas: Schemas, versions: list[str], clock: IReactorTime,
                  cooperator: Cooperator | None = None) -> None:
+        # The in-memory Registry, answering at once, or a store whose writes answer Deferreds (nmos_ref.cluster).
         self.registry = registry
         self.clock = clock  # read once per request: the store is given the time as a value
         self.schemas = schemas
@@ -52,18 +53,24 @@ class RegistrationAPI(VersionedAPI):
         self.cooperator = cooperator
 
     @app.hot_route("/<version>/resource", "POST")
-    def post_resource(self, request: IRequest, version: str) -> bytes:
+    def post_resource(self, request: IRequest, version: str) -> bytes | Deferred[bytes]:
         self._version(version)
         body = read_json(request)
         kind, data = self._registration(body)
         self.schemas.check(version, kind, data)
         outcome = self.registry.register(kind, data, version, client_id=_client(request), now=self.clock.seconds())
+        if isinstance(outcome, Deferred):  # a store shared through etcd (nmos_ref.cluster); in memory: at once
+            return outcome.addCallback(self._registered, request, version, kind)
+        return self._registered(outcome, request, version, kind)
+
+    def _registered(self, outcome: RegisterOutcome, request: IRequest, version: str, kind: str) -> bytes:
         record = outcome.resource
         if outcome.created and kind == "node":  # a Node's first registration only: never an update or a heartbeat
+            held = self.registry if isinstance(self.registry, Registry) else self.registry.replica
             log.info("Node {id} ({label}) registered at {version} from {client}; the registry holds {nodes} Nodes "
-                     "and {resources} resources", id=record.id, label=data.get("label"), version=version,
-                     client=_address(request), nodes=self.registry.count("node"),
-                     resources=sum(self.registry.count(each) for each in TYPES))
+                     "and {resources} resources", id=record.id, label=record.data.get("label"), version=version,
+                     client=_address(request), nodes=held.count("node"),
+                     resources=sum(held.count(each) for each in TYPES))
         log.debug("{action} {kind} {id} at {version}", action="Registered" if outcome.created else "Updated",
                   kind=kind, id=record.id, version=version)
         request.setHeader(b"location", resource_location(version, kind, record.id).encode())
@@ -111,47 +118,56 @@ class RegistrationAPI(VersionedAPI):
     def delete_resource(self, request: IRequest, version: str, types: str, rid: str) -> bytes | Deferred[bytes]:
         self._version(version)
         kind = self._kind(types)
-        removal = self.registry.removal(kind, rid, version, client_id=_client(request))
-        root = self.registry.get(kind, rid)
+        registry = self.registry
+        root = registry.get(kind, rid)
         label = root.data.get("label") if root is not None and kind == "node" else None
         address = _address(request)
+
+        def deleted(count: int) -> bytes:
+            if kind == "node":
+                log.info("Node {id} ({label}) deleted at {version} by {client}, and {below} resources below it",
+                         id=rid, label=label, version=version, client=address, below=count - 1)
+            else:
+                log.debug("Deleted {kind} {id} at {version} ({count} resources removed)", kind=kind, id=rid,
+                          version=version, count=count)
+            return empty_response(request, 204)
+
+        if not isinstance(registry, Registry):  # a store shared through etcd (nmos_ref.cluster): a Deferred
+            removed: Deferred[Sized] = registry.delete(kind, rid, version, client_id=_client(request))
+            return removed.addCallback(lambda changes: deleted(len(changes)))
+        removal = registry.removal(kind, rid, version, client_id=_client(request))
         if self.cooperator is None:
-            return self._deleted(request, removal, version, label, address, len(removal.step(None)))
+            return deleted(len(removal.step(None)))
         # A Node with thousands of resources is removed REMOVAL_STEP at a time, leaves first, in turns of the
         # reactor (other Nodes' heartbeats are answered between them); the 204 comes once all of it is gone.
-        removed = len(removal.step(REMOVAL_STEP))
+        counted = [len(removal.step(REMOVAL_STEP))]
         if removal.done:
-            return self._deleted(request, removal, version, label, address, removed)
-        counted = [removed]
+            return deleted(counted[0])
 
         def steps() -> Iterator[None]:
             while not removal.done:
                 counted[0] += len(removal.step(REMOVAL_STEP))
                 yield None
 
-        finished = self.cooperator.coiterate(steps())
-        return finished.addCallback(
-            lambda _: self._deleted(request, removal, version, label, address, counted[0]))
-
-    @staticmethod
-    def _deleted(request: IRequest, removal: Removal, version: str, label: Any, client: str, count: int) -> bytes:
-        if removal.kind == "node":
-            log.info("Node {id} ({label}) deleted at {version} by {client}, and {below} resources below it",
-                     id=removal.id, label=label, version=version, client=client, below=count - 1)
-        else:
-            log.debug("Deleted {kind} {id} at {version} ({count} resources removed)", kind=removal.kind,
-                      id=removal.id, version=version, count=count)
-        return empty_response(request, 204)
+        return self.cooperator.coiterate(steps()).addCallback(lambda _: deleted(counted[0]))
 
     @app.hot_route("/<version>/health/nodes/<rid>", "POST")
-    def heartbeat(self, request: IRequest, version: str, rid: str) -> bytes:
+    def heartbeat(self, request: IRequest, version: str, rid: str) -> bytes | Deferred[bytes]:
         self._version(version)
         seen = self.registry.heartbeat(rid, version, client_id=_client(request), now=self.clock.seconds())
+        if isinstance(seen, Deferred):
+            return seen.addCallback(self._beaten, request)
+        return self._beaten(seen, request)
+
+    @staticmethod
+    def _beaten(seen: float, request: IRequest) -> bytes:
         # {"health": "<seconds>"}, written out: the JSON encoder costs more than the rest of this handler.
         return json_response(request, 200, Encoded(f'{{"health":"{int(seen)}"}}'))
 
     @app.route("/<version>/health/nodes/<rid>", methods=["GET"], strict_slashes=False)
-    def health(self, request: IRequest, version: str, rid: str) -> bytes:
+    def health(self, request: IRequest, version: str, rid: str) -> bytes | Deferred[bytes]:
         self._version(version)
         seen = self.registry.health(rid, version)
+        if isinstance(seen, Deferred):
+            return seen.addCallback(lambda at: json_response(request, 200, {"health": str(int(at))}))
         return json_response(request, 200, {"health": str(int(seen))})

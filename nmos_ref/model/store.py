@@ -117,6 +117,32 @@ class RegisterOutcome:
     resource: Resource
 
 
+class Proposal:
+    """A registration the rules allow, not stored yet (`Registry.propose`): a new resource (no `existing`), a
+    change of `existing` to `text`, or no change at all (`text` None). (A plain class: one is made per
+    registration, and attrs' frozen classes take several times as long to make.)"""
+
+    __slots__ = ("kind", "id", "api_version", "parent_id", "node_id", "client_id", "existing", "text")
+
+    def __init__(self, kind: str, rid: str, api_version: str, parent_id: str | None, node_id: str,
+                 client_id: str | None, existing: Resource | None, text: str | None) -> None:
+        self.kind = kind
+        self.id = rid
+        self.api_version = api_version
+        self.parent_id = parent_id
+        self.node_id = node_id
+        self.client_id = client_id  # the owner the record keeps
+        self.existing = existing
+        self.text = text
+
+    def record(self, stamp: int) -> Resource:
+        """The record to store, updated at `stamp` (and created then, if it is new)."""
+        assert self.text is not None
+        created = self.existing.created if self.existing is not None else stamp
+        return Resource(self.kind, self.id, self.api_version, created, stamp, self.parent_id, self.node_id,
+                        self.client_id, self.text)
+
+
 class ChangeFeed:
     """Passes each batch of changes (all the changes of one request or one expiry) to every subscriber."""
 
@@ -289,6 +315,25 @@ class Registry:
                  now: float) -> RegisterOutcome:
         """Create or update a resource at Unix time `now`. `data` must already be valid for `api_version` and is
         kept as it is."""
+        proposal = self.propose(kind, data, api_version, client_id)
+        existing = proposal.existing
+        if proposal.text is None:
+            assert existing is not None
+            # An identical re-POST changes nothing (nmos-cpp does the same); it still counts as a sign of life.
+            if kind == "node":
+                self._touch(existing.id, now)
+            return RegisterOutcome(False, existing)
+        record = proposal.record(self.tai.stamp(now))
+        DECODED.put(record, data)  # the change feed's readers (indexes, filtered subscriptions) read it next
+        change = self._store(record, existing)
+        if kind == "node":
+            self._touch(record.id, now)
+        self.feed.publish([change])
+        return RegisterOutcome(existing is None, record)
+
+    def propose(self, kind: str, data: dict[str, Any], api_version: str,
+                client_id: str | None = None) -> Proposal:
+        """What registering `data` would store, by the registry's rules (which raise), without storing it."""
         rid = data["id"]
         api_version = _CANONICAL.get(api_version, api_version)  # the same string object in every record
         if not isinstance(rid, str) or _UUID.fullmatch(rid) is None:
@@ -313,62 +358,41 @@ class Registry:
         self._check_owner(node_id if existing is None else existing.node_id, client_id)
         if existing is None:
             owner = self._by_kind["node"][node_id].client_id if node_id != rid else client_id
-            change = self._create(kind, rid, data, api_version, parent_id, node_id, owner, now)
-        else:
-            change = self._update(existing, data, parent_id, now)
-            if change is None:
-                # An identical re-POST changes nothing (nmos-cpp does the same); it still counts as a sign of life.
-                if kind == "node":
-                    self._touch(rid, now)
-                return RegisterOutcome(False, existing)
-        if kind == "node":
-            self._touch(rid, now)
-        self.feed.publish([change])
-        post = change.post
-        assert post is not None
-        return RegisterOutcome(existing is None, post)
-
-    def _create(self, kind: str, rid: str, data: dict[str, Any], api_version: str, parent_id: str | None,
-                node_id: str, client_id: str | None, now: float) -> Change:
-        _version_of(kind, data)
+            _version_of(kind, data)
+            return Proposal(kind, rid, api_version, parent_id, node_id, owner, None, _servable(kind, rid, data))
         text = _servable(kind, rid, data)
-        stamp = self.tai.stamp(now)
-        record = Resource(kind, rid, api_version, stamp, stamp, parent_id, node_id, client_id, text)
-        DECODED.put(record, data)  # the change feed's readers (indexes, filtered subscriptions) read it next
-        self._by_kind[kind][rid] = record
-        self._created[kind].append(stamp, rid)
-        self._updated[kind].append(stamp, rid)
-        if parent_id is not None:
-            siblings = self._children.get(parent_id)
-            if siblings is None:
-                self._children[parent_id] = [rid]
-            else:
-                siblings.append(rid)
-        return Change(kind, rid, None, record, "register")
-
-    def _update(self, existing: Resource, data: dict[str, Any], parent_id: str | None, now: float) -> Change | None:
-        """The change that replaces `existing` by `data`, or None if `data` is the same resource."""
-        kind, rid = existing.kind, existing.id
-        text = _servable(kind, rid, data)
-        if text == existing.json:
-            return None
-        held = existing.data
-        if data == held:  # the same members in another order
-            return None
+        if text == existing.json or data == existing.data:  # the same resource (its members in another order)
+            return Proposal(kind, rid, existing.api_version, parent_id, existing.node_id, existing.client_id,
+                            existing, None)
         if parent_id != existing.parent_id:
             raise InvalidResource(f"the parent of {kind} {rid} cannot change (registered with {existing.parent_id}, "
                                   f"now {parent_id})")
+        held = existing.data
         if _version_of(kind, data) <= _version_of(kind, held):
             # IS-04 v1.3 "Behaviour - Registration": the registry MAY reject an update whose version is earlier;
             # a change without a newer version is refused too, since id + version names one variant.
             raise InvalidResource(f"{kind} {rid} changed but its version {data.get('version')} is not later than "
                                   f"the registered {held.get('version')}")
-        record = Resource(kind, rid, existing.api_version, existing.created, self.tai.stamp(now), parent_id,
-                          existing.node_id, existing.client_id, text)
-        DECODED.put(record, data)
+        return Proposal(kind, rid, existing.api_version, parent_id, existing.node_id, existing.client_id, existing,
+                        text)
+
+    def _store(self, record: Resource, existing: Resource | None) -> Change:
+        """Put `record` in place of `existing` (or as a new resource); the change."""
+        kind, rid = record.kind, record.id
         self._by_kind[kind][rid] = record
-        self._updated[kind].discard()
-        self._updated[kind].append(record.updated, rid)
+        if existing is None:
+            self._created[kind].append(record.created, rid)
+            self._updated[kind].append(record.updated, rid)
+            parent_id = record.parent_id
+            if parent_id is not None:
+                siblings = self._children.get(parent_id)
+                if siblings is None:
+                    self._children[parent_id] = [rid]
+                else:
+                    siblings.append(rid)
+        else:
+            self._updated[kind].discard()
+            self._updated[kind].append(record.updated, rid)
         return Change(kind, rid, existing, record, "register")
 
     def _check_owner(self, node_id: str, client_id: str | None) -> None:
@@ -385,6 +409,10 @@ class Registry:
     def removal(self, kind: str, rid: str, api_version: str, client_id: str | None = None) -> Removal:
         """The deletion of a resource and everything below it, checked (it exists, at `api_version`, owned by
         `client_id`) and not begun: the caller takes its steps (`Removal.step`)."""
+        return Removal(self, self.deletable(kind, rid, api_version, client_id), "delete")
+
+    def deletable(self, kind: str, rid: str, api_version: str, client_id: str | None = None) -> Resource:
+        """The resource `delete` would remove, by the registry's rules (which raise), without removing it."""
         existing = self._by_kind[kind].get(rid)
         if existing is None:
             raise UnknownResource(f"no {kind} {rid} is registered")
@@ -392,7 +420,7 @@ class Registry:
             raise VersionConflict(f"{kind} {rid} is registered at {existing.api_version}", kind, rid,
                                   existing.api_version)
         self._check_owner(existing.node_id, client_id)
-        return Removal(self, existing, "delete")
+        return existing
 
     def _remove(self, records: list[Resource], root: Resource, cause: str) -> list[Change]:
         """Remove `records`, which hold the descendants of each of them (children before parents); the root's change
@@ -442,6 +470,31 @@ class Registry:
                     break
         return order
 
+    # Replication (nmos_ref.cluster): records another store decided, applied with their own stamps
+
+    def apply(self, records: Sequence[Resource], removed: Sequence[str]) -> list[Change]:
+        """Remove the resources whose ids are `removed` (each with its descendants) and store `records` (each new
+        or replacing the resource of its id), as decided elsewhere (by the etcd cluster) and stamped there; the
+        changes, published as one batch. A record equal to the stored one changes nothing. Nodes stored here have
+        no deadline: whoever decides also expires them."""
+        changes: list[Change] = []
+        for rid in removed:
+            existing = self.find(rid)
+            if existing is not None:
+                changes.extend(self._remove(self._subtree(existing, None), existing, "delete"))
+        for record in records:
+            existing = self.find(record.id)
+            if existing is not None:
+                if existing.updated == record.updated and existing.json == record.json:
+                    continue
+                if existing.kind != record.kind or existing.parent_id != record.parent_id:
+                    # not an update: another resource
+                    changes.extend(self._remove(self._subtree(existing, None), existing, "delete"))
+                    existing = None
+            changes.append(self._store(record, existing))
+        self.feed.publish(changes)
+        return changes
+
     # Health and garbage collection
 
     def heartbeat(self, node_id: str, api_version: str, client_id: str | None = None, *, now: float) -> float:
@@ -450,6 +503,12 @@ class Registry:
         node = self._node(node_id, api_version)
         self._check_owner(node_id, client_id)
         return self._touch(node.id, now)  # the stored id: the queue keeps no copy of the one in the URL
+
+    def heartbeat_target(self, node_id: str, api_version: str, client_id: str | None = None) -> Resource:
+        """The Node a heartbeat would refresh, by the registry's rules (which raise), without refreshing it."""
+        node = self._node(node_id, api_version)
+        self._check_owner(node_id, client_id)
+        return node
 
     def health(self, node_id: str, api_version: str) -> float:
         """When a Node was last seen, without refreshing it."""

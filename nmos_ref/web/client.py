@@ -15,7 +15,8 @@ from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.error import ConnectError, ConnectingCancelledError, DNSLookupError
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
-from twisted.web.client import RequestTransmissionFailed, ResponseFailed, ResponseNeverReceived
+from twisted.web.client import (HTTPConnectionPool, RequestTransmissionFailed, ResponseFailed, ResponseNeverReceived,
+                                _HTTP11ClientFactory)
 from twisted.web.iweb import IResponse
 
 from nmos_ref.model.jsontext import compact, decode
@@ -25,6 +26,17 @@ from nmos_ref.model.jsontext import compact, decode
 # certificate that could not be verified, included), or no answer in time.
 _UNREACHABLE = (ConnectError, DNSLookupError, RequestTransmissionFailed, ResponseFailed, ResponseNeverReceived,
                 TimeoutError, CancelledError, ConnectingCancelledError, ConnectionError)
+
+
+def quiet_pool(reactor: Any, persistent: bool = True) -> HTTPConnectionPool:
+    """A connection pool that logs no line per connection it opens (a client's connections come and go all day)."""
+    pool = HTTPConnectionPool(reactor, persistent=persistent)
+    pool._factory = _QuietFactory  # type: ignore[misc]
+    return pool
+
+
+class _QuietFactory(_HTTP11ClientFactory):
+    noisy = False
 
 
 class Unreachable(Exception):

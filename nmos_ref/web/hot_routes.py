@@ -9,6 +9,7 @@ from typing import Any
 
 from klein import Klein
 from klein.resource import KleinResource
+from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.server import NOT_DONE_YET
@@ -31,7 +32,8 @@ class HotKlein(Klein):
     exception answered by the same NMOS error handler; so the answer is the same, byte for byte. Anything else
     (another method or path, an empty segment, which Werkzeug would redirect) goes to Klein as before. A hot route
     must be the only route of its method that can match its paths, with plain `<name>` variables (Werkzeug's default
-    converter: one non-empty segment, taken as it is), and its handler must return bytes, synchronously.
+    converter: one non-empty segment, taken as it is), and its handler must return bytes, or a Deferred of bytes
+    (the etcd store's writes, nmos_ref.cluster), answered when it fires.
     """
 
     def __init__(self) -> None:
@@ -102,6 +104,9 @@ class HotResource(KleinResource):
         request.postpath = request.postpath[count:]
         try:
             body = self._app.execute_endpoint(endpoint, request, **arguments)
+            if isinstance(body, Deferred):
+                _answer_later(request, body, endpoint)
+                return NOT_DONE_YET
             if not isinstance(body, bytes):
                 raise TypeError(f"the hot route {endpoint} answered {type(body).__name__}, not bytes")
         except Exception:
@@ -110,3 +115,23 @@ class HotResource(KleinResource):
         request.write(body)
         request.finish()
         return NOT_DONE_YET
+
+
+def _answer_later(request: IRequest, answer: Deferred[Any], endpoint: str) -> None:
+    """Write the bytes `answer` fires with (or its failure's NMOS error), unless the client went away first."""
+    gone: list[bool] = []
+    request.notifyFinish().addErrback(lambda _: gone.append(True))
+
+    def done(body: Any) -> None:
+        if not isinstance(body, bytes):
+            raise TypeError(f"the hot route {endpoint} answered {type(body).__name__}, not bytes")
+        if not gone:
+            request.write(body)
+            request.finish()
+
+    def failed(failure: Failure) -> None:
+        if not gone:
+            request.write(render_error(request, as_nmos_error(failure, request)))
+            request.finish()
+
+    answer.addCallback(done).addErrback(failed)

@@ -26,7 +26,7 @@ log = Logger()
 
 ALLOWED_HEADERS = "Content-Type, Accept, Authorization"
 EXPOSED_HEADERS = "Link, Location, X-Paging-Limit, X-Paging-Since, X-Paging-Until, X-Paging-Timestamp, " \
-                  "X-Ancestry-Generations"
+                  "X-Ancestry-Generations, X-Registry-Stale"
 MAX_BODY = 1 << 20  # bytes; a registration is a few KB, so 1 MiB leaves room and bounds memory
 
 

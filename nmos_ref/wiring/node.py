@@ -15,7 +15,7 @@ from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
+from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
 
 from nmos_ref.api.node import ManifestAPI, NodeAPI
@@ -33,6 +33,7 @@ from nmos_ref.node.target import ReceiverTargets
 from nmos_ref.tls.server import listen_service, serves_tls
 from nmos_ref.tls.trust import tls_policy
 from nmos_ref.validation import Schemas
+from nmos_ref.web.client import quiet_pool
 from nmos_ref.web.root import root_resource
 from nmos_ref.web.server import make_site
 from nmos_ref.wiring.dnssd import DnsSd, build_dns_sd
@@ -44,10 +45,6 @@ if TYPE_CHECKING:
     from nmos_ref.wiring.auth import Authorization
 
 log = Logger()
-
-
-class _QuietFactory(_HTTP11ClientFactory):
-    noisy = False
 
 
 class NodeService(MultiService):
@@ -155,8 +152,7 @@ def build_node(settings: Settings, reactor: Any, clock: IReactorTime, *,
                   versions=settings.api_versions, schemas=schemas)
     model = NodeModel(built, tai, settings.api_versions, schemas)
     timeout = min(settings.registry_timeout, settings.heartbeat_interval)
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    pool._factory = _QuietFactory  # no log line per connection to a registry
+    pool = quiet_pool(reactor)  # no log line per connection to a registry
     if http is None:  # BCP-003-01: registries (and authorization servers) checked against tls_ca when given
         http = HTTPClient(Agent(reactor, contextFactory=tls_policy(settings.tls_ca), pool=pool,
                                 connectTimeout=timeout))

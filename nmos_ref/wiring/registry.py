@@ -188,13 +188,28 @@ def build_registry(settings: Settings, reactor: Any, clock: IReactorTime, dns_sd
     translations = Translations()  # the served forms, shared by the Query API and its subscriptions
     registry.feed.subscribe(translations.changed)
     subscriptions = subscription_service(registry, translations, clock, reactor)
+    store: Any = registry  # what the Registration API writes to; the Query API reads `registry`
+    listed: Any = subscriptions.manager  # the subscriptions the Query API lists
+    shared = None
+    if settings.store != "memory":
+        # A registry cluster (docs/cluster.md): writes go to etcd, `registry` is this member's replica of it and
+        # etcd's leases expire the Nodes; every member's subscriptions are listed. treq and the etcd client only
+        # then (idle footprint, issue 13).
+        from nmos_ref.wiring.cluster import cluster_store
+
+        shared = cluster_store(settings, reactor, clock, registry, subscriptions.manager)
+        store, listed = shared.store, shared.subscriptions
     # Long work (a big Node's DELETE, a v1.0 list of many resources) in slices, one per turn of the reactor.
     cooperator = Cooperator(scheduler=partial(reactor.callLater, 0))
-    registration = RegistrationAPI(registry, Schemas(), settings.api_versions, clock, cooperator)
+    registration = RegistrationAPI(store, Schemas(), settings.api_versions, clock, cooperator)
     query = QueryAPI(registry, settings.api_versions, host_name=settings.host_name, authorization=settings.auth,
-                     translations=translations, subscriptions=subscriptions.manager,
-                     websockets=subscriptions.resource, cooperator=cooperator)
+                     translations=translations, subscriptions=listed, websockets=subscriptions.resource,
+                     cooperator=cooperator)
     apis = {"registration": registration.app.resource(), "query": query.app.resource()}
+    if shared is not None:
+        from nmos_ref.wiring.cluster import StaleMarker
+
+        apis["query"] = StaleMarker(apis["query"], shared.store)
     keys = None
     if settings.auth:  # IS-10: every API behind the token check (docs/security.md)
         # pyjwt and the key fetcher's HTTP client only with auth on (idle footprint, issue 13)
@@ -204,7 +219,7 @@ def build_registry(settings: Settings, reactor: Any, clock: IReactorTime, dns_sd
         if guard is None:
             guard = authorization(settings, reactor, clock, dns_sd)
             services.append(guard.services)
-        apis = guard_apis(apis, guard.server, {"query": partial(subscription_path, subscriptions.manager)})
+        apis = guard_apis(apis, guard.server, {"query": partial(subscription_path, listed)})
         keys = guard.server.keys
     site = make_site(root_resource(apis), settings.access_log, settings.hsts_max_age)
     if stapler is None:  # BCP-003-01: OCSP stapling for ssl: listeners (certificates naming an OCSP responder)
@@ -214,10 +229,15 @@ def build_registry(settings: Settings, reactor: Any, clock: IReactorTime, dns_sd
     listeners = [listen_service(description, site, reactor, settings.tls_certificates, stapler)
                  for description in settings.listen]
     services += listeners
+    if shared is not None:
+        services.append(shared)
     if dns_sd.multicast is not None:
         services.append(RegistryAdvertiser(dns_sd.multicast, partial(listening, listeners), settings.api_versions,
                                            settings.pri, settings.auth, dns_sd.host, dns_sd.interfaces))
-    services += [subscriptions, ExpirySweep(registry, clock), FreezeAfterFullCollection(clock),
+    services.append(subscriptions)
+    if shared is None:  # in a cluster, etcd's leases expire the Nodes
+        services.append(ExpirySweep(registry, clock))
+    services += [FreezeAfterFullCollection(clock),
                  LongestTurn(reactor)]  # the reactor's own turns, whatever clock drives the timers
     top = RegistryService(registry, site, keys, listeners, settings)
     for service in services:

@@ -490,3 +490,45 @@ class TestRemovalInSteps(StoreTest):
         big_node(registry, now=START)
         made = registry.collect_garbage(START + registry.expiry + 1)
         assert len(made) == 1 + 3 * (3 + 24) and held(registry) == [] and not registry.collecting
+
+
+class TestReplication(StoreTest):
+    """What a registry cluster's member does with its replica (nmos_ref.cluster.store): judge without storing, and
+    apply what etcd decided, with its stamps."""
+
+    def test_propose_judges_without_storing(self, registry: Registry) -> None:
+        node = res()
+        proposal = registry.propose("node", node, "v1.3")
+        assert proposal.existing is None and proposal.text == json.dumps(node, separators=(",", ":"))
+        assert registry.count("node") == 0 and self.changes == []
+        registry.register("node", node, "v1.3", now=self.clock.seconds())
+        assert registry.propose("node", dict(node), "v1.3").text is None  # the same resource: nothing to change
+        newer = registry.propose("node", {**node, "version": "101:0"}, "v1.3")
+        assert newer.existing is registry.get("node", node["id"]) and newer.text is not None
+        with self.assertRaises(InvalidResource):
+            registry.propose("node", {**node, "label": "y"}, "v1.3")  # changed, but not a later version
+        with self.assertRaises(VersionConflict):
+            registry.propose("node", node, "v1.2")
+        assert registry.deletable("node", node["id"], "v1.3").id == node["id"]
+        assert registry.heartbeat_target(node["id"], "v1.3").id == node["id"]
+        with self.assertRaises(UnknownResource):
+            registry.deletable("device", node["id"], "v1.3")
+        assert registry.count("node") == 1 and len(self.changes) == 1
+
+    def test_apply_keeps_the_stamps_it_is_given(self, registry: Registry) -> None:
+        source = Registry()
+        items = family(source, now=self.clock.seconds())
+        records = sorted((record for kind in items for record in source.resources(kind)), key=lambda r: r.updated)
+        registry.apply(records, [])
+        assert snapshot(registry) == snapshot(source) and len(self.changes) == 6
+        assert [c.cause for c in self.changes] == ["register"] * 6
+        assert registry.apply(records, []) == []  # the same records again: nothing changes
+        node = items["node"]
+        updated = source.register("node", {**node, "version": "101:0"}, "v1.3", now=self.clock.seconds() + 1)
+        (change,) = registry.apply([updated.resource], [])
+        assert change.pre is records[0] and change.post is updated.resource
+        assert list(registry.index("node").newest_first()) == [updated.resource]
+        removed = registry.apply([], [items["device"]["id"]])
+        assert [c.kind for c in removed][-1] == "device" and len(removed) == 5
+        assert registry.count("device") == 0 and not registry.children(node["id"])
+        assert registry.collect_garbage(self.clock.seconds() + 3600) == []  # expiry is the cluster's to decide

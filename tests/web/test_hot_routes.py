@@ -8,6 +8,8 @@ import re
 from typing import Any
 
 from klein.resource import KleinResource
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -18,6 +20,7 @@ from nmos_ref.api.registration import RegistrationAPI
 from nmos_ref.api.versioned import add_error_handlers
 from nmos_ref.model.store import Registry
 from nmos_ref.validation import Schemas
+from nmos_ref.web.errors import NmosError
 from nmos_ref.web.hot_routes import HotKlein, HotResource
 from nmos_ref.web.root import root_resource
 from nmos_ref.web.server import make_site
@@ -170,6 +173,47 @@ class _Odd:
     @app.hot_route("/<name>/text", "POST")
     def text(self, request: IRequest, name: str) -> Any:
         return name  # not bytes: a mistake a hot route must not hide
+
+
+class _Later:
+    """Hot routes whose handlers answer later (the etcd store's writes, nmos_ref.cluster)."""
+
+    app = HotKlein()
+    add_error_handlers(app)
+
+    def __init__(self) -> None:
+        self.pending: Deferred[bytes] = Deferred()
+
+    @app.hot_route("/<name>/later", "POST")
+    def later(self, request: IRequest, name: str) -> Deferred[bytes]:
+        return self.pending
+
+
+class DeferredAnswerTests(UnitTest):
+    def test_the_answer_is_written_when_it_comes(self) -> None:
+        api = _Later()
+        request = _dummy(b"POST", "abc/later")
+        api.app.resource().render(request)
+        assert not request.finished
+        api.pending.callback(b"done")
+        assert request.finished and request.written == [b"done"]
+
+    def test_a_failure_is_the_nmos_error(self) -> None:
+        api = _Later()
+        request = _dummy(b"POST", "abc/later")
+        api.app.resource().render(request)
+        api.pending.errback(NmosError(503, "the store cannot be reached", None, {"Retry-After": "5"}))
+        assert request.finished and request.responseCode == 503
+        assert request.responseHeaders.getRawHeaders(b"retry-after") == [b"5"]
+        assert json.loads(b"".join(request.written))["code"] == 503
+
+    def test_nothing_is_written_once_the_client_went_away(self) -> None:
+        api = _Later()
+        request = _dummy(b"POST", "abc/later")
+        api.app.resource().render(request)
+        request.processingFailed(Failure(ConnectionDone()))
+        api.pending.callback(b"too late")
+        assert request.written == []
 
 
 class DeclarationTests(UnitTest):

@@ -6,12 +6,15 @@ from __future__ import annotations
 from typing import Any
 
 import treq
+from attrs import evolve
 from twisted.internet import reactor
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from nmos_ref.config import Settings
+from nmos_ref.wiring.cluster import ClusterStoreService
 from nmos_ref.wiring.registry import build_registry
-from tests.support.cases import SocketTest
+from tests.support.cases import SocketTest, cases
+from tests.support.etcd import shared_member, unique_prefix
 from tests.support.samples import Answer, Family, check, node, port_of
 
 
@@ -34,10 +37,16 @@ class RegistryOnLoopbackTests(SocketTest):
         self.http = treq.client.HTTPClient(Agent(reactor, pool=pool))
         self.addCleanup(pool.closeCachedConnections)
 
-    async def test_query_api_on_a_loopback_port(self, http: Any) -> None:
-        top = build_registry(Settings(listen=["tcp:0:interface=127.0.0.1"], dns_sd="off"), reactor, reactor)
+    @cases("store", ["memory", "etcd"])
+    async def test_query_api_on_a_loopback_port(self, http: Any, store: str) -> None:
+        settings = Settings(listen=["tcp:0:interface=127.0.0.1"], dns_sd="off")
+        if store == "etcd":  # the same test on a registry cluster's store (docs/cluster.md), one member
+            settings = evolve(settings, store=shared_member().store, store_prefix=unique_prefix())
+        top = build_registry(settings, reactor, reactor)
         top.startService()
         try:
+            if store == "etcd":
+                await next(service for service in top if isinstance(service, ClusterStoreService)).loaded
             base = f"http://127.0.0.1:{await port_of(top)}/x-nmos"
             assert "query/" in (await call(http, f"{base}/")).body
             old, new = Family.build("v1.2"), Family.build("v1.3")

@@ -1,0 +1,398 @@
+"""The registry shared by several nmos-ref members through etcd: writes are etcd transactions that only the rules
+let through, reads come from this member's replica (a `Registry` fed by one prefix watch). docs/cluster.md.
+
+Keys, under a prefix (default `/nmos-ref/`):
+- `resource/<id>` → the record as JSON (`encode_record`): kind, API version, TAI stamps, parent, Node, owner, the
+  Node's lease and the resource's JSON text as registered. A Node and every resource below it are put with the
+  Node's lease (TTL = the registration expiry), so etcd's expiry removes the whole subtree at once, and a
+  heartbeat at any member is a renewal of that lease.
+- `stamp` → the last TAI stamp handed out: every write puts it in the same transaction, with a compare on its
+  mod_revision, so stamps strictly increase in revision order across the cluster (paging gives the same pages at
+  every member).
+- `subscription/<id>` → a Query API subscription, put by the member that made it (nmos_ref.cluster.subscriptions);
+  the watch hands them to a `SubscriptionTable`.
+
+A write is judged against the replica by `Registry.propose` (the in-memory store's own rules), then committed
+with compares on what it was judged by: the resource's mod_revision (0: absent), its parent's, and the stamp's. A
+child's transaction also touches its parent (a put that keeps the value and the lease), so deleting the parent
+(whose transaction compares every known descendant) cannot miss a child registered meanwhile at another member.
+A lost compare means another member wrote first: wait until the replica has seen what won, judge again. A write
+answers only once this member's replica has applied its revision (read-your-writes).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+
+from nmos_ref.cluster.etcd import (Delete, EtcdClient, EtcdUnavailable, Event, Get, LeaseNotFound, Put, RangeResult,
+                                   Watch, unchanged)
+from nmos_ref.cluster.subscriptions import SUBSCRIPTION, SubscriptionTable
+from nmos_ref.model.errors import UnknownResource
+from nmos_ref.model.store import Registry, RegisterOutcome, Resource
+from nmos_ref.model.tai import unix_to_tai_ns
+from nmos_ref.model.versions import TYPES
+from nmos_ref.web.errors import NmosError
+
+log = Logger()
+
+DEFAULT_PREFIX = "/nmos-ref/"
+RETRY_AFTER = 5  # seconds a client is told to wait when etcd cannot be reached
+
+
+def encode_record(record: Resource, lease: int) -> bytes:
+    return json.dumps({"kind": record.kind, "api_version": record.api_version, "created": record.created,
+                       "updated": record.updated, "parent_id": record.parent_id, "node_id": record.node_id,
+                       "client_id": record.client_id, "lease": lease, "json": record.json},
+                      separators=(",", ":")).encode("utf-8")
+
+
+def decode_record(rid: str, value: bytes) -> tuple[Resource, int]:
+    """The record stored under `resource/<rid>`, and its Node's lease."""
+    held = json.loads(value)
+    return (Resource(held["kind"], rid, held["api_version"], held["created"], held["updated"], held["parent_id"],
+                     held["node_id"], held["client_id"], held["json"]), int(held.get("lease") or 0))
+
+
+class ClusterStore:
+    """The Registration API's store on etcd (`register`, `delete`, `heartbeat`, `health`, `get` as the in-memory
+    `Registry` has them, the writes answering Deferreds); `replica` is what the Query API and the subscriptions
+    read."""
+
+    def __init__(self, etcd: EtcdClient, replica: Registry, clock: IReactorTime, prefix: str = DEFAULT_PREFIX,
+                 attempts: int = 8, apply_timeout: float = 5.0,
+                 subscriptions: SubscriptionTable | None = None) -> None:
+        self.etcd = etcd
+        self.replica = replica
+        self.subscriptions = subscriptions if subscriptions is not None else SubscriptionTable()  # every member's
+        self.clock = clock
+        self.prefix = prefix
+        self.attempts = attempts
+        self.apply_timeout = apply_timeout  # how long a write waits for the replica to apply it
+        self.applied = 0  # the etcd revision the replica reflects
+        self._revisions: dict[str, int] = {}  # resource id -> mod_revision of its key
+        self._leases: dict[str, int] = {}  # Node id -> its lease
+        self._stamp = (0, 0)  # (the last stamp handed out, the stamp key's mod_revision)
+        self._waiters: list[tuple[int, Deferred[None]]] = []
+        self._watch: Watch | None = None
+        self._pause: Deferred[None] | None = None  # the wait before reading etcd again
+        self._stopped = False
+        self._outage = False  # etcd could not be reached at the last write (logged once per outage)
+
+    # Keys
+
+    def _key(self, rid: str) -> str:
+        return f"{self.prefix}resource/{rid}"
+
+    @property
+    def _stamp_key(self) -> str:
+        return self.prefix + "stamp"
+
+    @property
+    def _subscription_keys(self) -> str:
+        return self.prefix + SUBSCRIPTION
+
+    # The replica
+
+    def start(self) -> Deferred[None]:
+        """Load everything under the prefix into the replica, then watch for changes after it."""
+        self._stopped = False
+        return ensureDeferred(self._resync())
+
+    def stop(self) -> Deferred[None]:
+        self._stopped = True
+        watch, self._watch = self._watch, None
+        for _, waiter in self._waiters:
+            waiter.cancel()
+        if self._pause is not None:
+            self._pause.cancel()
+        return watch.stop() if watch is not None else succeed(None)
+
+    async def _resync(self) -> None:
+        """Make the replica what etcd holds now (changes published for what differs), then watch from there."""
+        while not self._stopped:
+            try:
+                snapshot = await self.etcd.range_all(self.prefix)
+                break
+            except EtcdUnavailable as exc:
+                log.warn("etcd store: cannot read {prefix} ({why}); trying again in {delay} s", prefix=self.prefix,
+                         why=exc, delay=RETRY_AFTER)
+                self._pause = deferLater(self.clock, RETRY_AFTER, lambda: None)
+                try:
+                    await self._pause
+                except CancelledError:
+                    return  # stopped
+                finally:
+                    self._pause = None
+        else:
+            return
+        self._load(snapshot)
+        self._watch = self.etcd.watch(self.prefix, snapshot.revision + 1, self._events, self._compacted)
+
+    def _load(self, snapshot: RangeResult) -> None:
+        records, seen, subscriptions = [], set(), {}
+        self._revisions.clear()
+        self._leases.clear()
+        for kv in snapshot.kvs:
+            if kv.key == self._stamp_key:
+                self._stamp = (int(kv.value), kv.mod_revision)
+                continue
+            if kv.key.startswith(self._subscription_keys):
+                subscriptions[kv.key[len(self._subscription_keys):]] = kv.value
+                continue
+            rid = self._id(kv.key)
+            if rid is None:
+                continue
+            record, lease = decode_record(rid, kv.value)
+            records.append(record)
+            seen.add(rid)
+            self._revisions[rid] = kv.mod_revision
+            if record.kind == "node":
+                self._leases[rid] = lease
+        gone = [record.id for kind in TYPES for record in self.replica.resources(kind) if record.id not in seen]
+        records.sort(key=lambda record: record.updated)  # what is new is appended to the paging indexes in order
+        self.replica.apply(records, gone)
+        self.subscriptions.load(subscriptions)
+        self._advance(snapshot.revision)
+
+    def _compacted(self, revision: int) -> None:
+        self._watch = None
+        if not self._stopped:
+            log.warn("etcd store: the watch fell behind etcd's history (compacted at {revision}): reloading",
+                     revision=revision)
+            ensureDeferred(self._resync()).addErrback(lambda f: log.failure("etcd store: reload failed", f))
+
+    def _id(self, key: str) -> str | None:
+        start = self.prefix + "resource/"
+        return key[len(start):] if key.startswith(start) else None
+
+    def _events(self, events: list[Event], revision: int) -> None:
+        records, removed = [], []
+        for event in events:
+            key = event.kv.key
+            if key == self._stamp_key:
+                if event.type == "put" and event.kv.mod_revision > self._stamp[1]:
+                    self._stamp = (int(event.kv.value), event.kv.mod_revision)
+                continue
+            if key.startswith(self._subscription_keys):
+                sid = key[len(self._subscription_keys):]
+                if event.type == "put":
+                    self.subscriptions.put(sid, event.kv.value)
+                else:
+                    self.subscriptions.delete(sid)
+                continue
+            rid = self._id(key)
+            if rid is None:
+                continue
+            if event.type == "put":
+                record, lease = decode_record(rid, event.kv.value)
+                records.append(record)
+                self._revisions[rid] = event.kv.mod_revision
+                if record.kind == "node":
+                    self._leases[rid] = lease
+            else:
+                removed.append(rid)
+                self._revisions.pop(rid, None)
+                self._leases.pop(rid, None)
+        try:
+            self.replica.apply(records, removed)
+        except Exception:
+            log.failure("etcd store: revision {revision} could not be applied to the replica", revision=revision)
+        self._advance(revision)
+
+    def _advance(self, revision: int) -> None:
+        self.applied = max(self.applied, revision)
+        if self._waiters:
+            ready = [waiter for at, waiter in self._waiters if at <= self.applied]
+            self._waiters = [(at, waiter) for at, waiter in self._waiters if at > self.applied]
+            for waiter in ready:
+                waiter.callback(None)
+
+    async def _caught_up(self, revision: int) -> None:
+        """Wait until the replica has applied `revision` (at most `apply_timeout` seconds: then it is late, and
+        the caller answers from what it committed)."""
+        if self.applied >= revision:
+            return
+        waiter: Deferred[None] = Deferred()
+        self._waiters.append((revision, waiter))
+        waiter.addTimeout(self.apply_timeout, self.clock)
+        try:
+            await waiter
+        except Exception:
+            self._waiters = [(at, other) for at, other in self._waiters if other is not waiter]
+            log.warn("etcd store: the replica did not apply revision {revision} within {timeout} s",
+                     revision=revision, timeout=self.apply_timeout)
+
+    @property
+    def current(self) -> bool:
+        """The replica is being fed: the watch is open at an etcd member that has a leader."""
+        return self._watch is not None and self._watch.connected
+
+    # Reading (from the replica)
+
+    def get(self, kind: str, rid: str) -> Resource | None:
+        return self.replica.get(kind, rid)
+
+    def health(self, node_id: str, api_version: str) -> Deferred[float]:
+        """When the Node was last seen: its lease's renewal, read from etcd (heartbeats may go to any member)."""
+        self.replica.heartbeat_target(node_id, api_version)
+
+        async def seen() -> float:
+            left = await self._etcd(self.etcd.lease_ttl(self._leases.get(node_id, 0)))
+            if left is None:
+                raise UnknownResource(f"no node {node_id} is registered (expired)")
+            return self.clock.seconds() - max(0.0, self.replica.expiry - left)
+        return ensureDeferred(seen())
+
+    # Writing
+
+    def register(self, kind: str, data: dict[str, Any], api_version: str, client_id: str | None = None, *,
+                 now: float) -> Deferred[RegisterOutcome]:
+        return ensureDeferred(self._register(kind, data, api_version, client_id, now))
+
+    async def _register(self, kind: str, data: dict[str, Any], api_version: str, client_id: str | None,
+                        now: float) -> RegisterOutcome:
+        for _ in range(self.attempts):
+            proposal = self.replica.propose(kind, data, api_version, client_id)
+            existing, rid = proposal.existing, proposal.id
+            if proposal.text is None:  # the same resource again: nothing to write; a Node's is a sign of life
+                assert existing is not None
+                if kind == "node":
+                    await self._renew(rid)
+                return RegisterOutcome(False, existing)
+            key = self._key(rid)
+            compares = [unchanged(key, self._revisions.get(rid, 0))]
+            writes: list[Put | Get | Delete] = []
+            checks: list[Put | Get | Delete] = [Get(key), Get(self._stamp_key)]
+            granted = None
+            if kind == "node":
+                if existing is None:
+                    granted = (await self._etcd(self.etcd.lease_grant(math.ceil(self.replica.expiry)))).id
+                lease = granted or self._leases.get(rid, 0)
+            else:
+                lease = self._leases.get(proposal.node_id, 0)
+                parent_id = proposal.parent_id
+                assert parent_id is not None
+                parent_key = self._key(parent_id)
+                compares.append(unchanged(parent_key, self._revisions.get(parent_id, -1)))
+                # Touch the parent: a delete of it, at another member, then fails its compare and sees this child.
+                writes.append(Put(parent_key, b"", keep=True))
+                checks.append(Get(parent_key))
+            last, stamp_revision = self._stamp
+            record = proposal.record(max(unix_to_tai_ns(now), last + 1))
+            compares.append(unchanged(self._stamp_key, stamp_revision))
+            writes += [Put(key, encode_record(record, lease), lease),
+                       Put(self._stamp_key, str(record.updated).encode("ascii"))]
+            try:
+                result = await self._etcd(self.etcd.txn(compares, writes, checks))
+            except LeaseNotFound:
+                result = None  # the Node expired meanwhile: the replica will say so
+            if result is not None and result.succeeded:
+                await self._caught_up(result.revision)
+                if kind == "node" and existing is not None:
+                    await self._renew(rid)  # an update is a sign of life too
+                return RegisterOutcome(existing is None, self.replica.find(rid) or record)
+            if granted:
+                try:
+                    await self.etcd.lease_revoke(granted)  # unused: let it go at once
+                except Exception:
+                    pass  # it expires on its own
+            await self._after_conflict(result)
+        raise _contention(f"{kind} {data.get('id')}", self.attempts)
+
+    async def _after_conflict(self, result: Any) -> None:
+        """After a lost compare: take the stamp etcd has, and wait for the replica to see whatever else won."""
+        if result is None:
+            await deferLater(self.clock, 0.1, lambda: None)
+            return
+        newest = 0
+        for found in result.responses:
+            for kv in found.kvs:
+                if kv.key == self._stamp_key:
+                    if kv.mod_revision > self._stamp[1]:
+                        self._stamp = (int(kv.value), kv.mod_revision)
+                else:
+                    rid = self._id(kv.key)
+                    if rid is not None and self._revisions.get(rid) != kv.mod_revision:
+                        newest = max(newest, kv.mod_revision)
+            if not found.kvs:
+                newest = max(newest, result.revision)  # a key went: wait for its deletion
+        if newest:
+            await self._caught_up(newest)
+
+    def delete(self, kind: str, rid: str, api_version: str, client_id: str | None = None) -> Deferred[list[str]]:
+        """Remove a resource and everything below it; the ids removed (leaves first)."""
+        return ensureDeferred(self._delete(kind, rid, api_version, client_id))
+
+    async def _delete(self, kind: str, rid: str, api_version: str, client_id: str | None) -> list[str]:
+        for _ in range(self.attempts):
+            root = self.replica.deletable(kind, rid, api_version, client_id)
+            ids = self._subtree(root.id)
+            if kind == "node":
+                # The Node's lease holds every resource below it, those this replica has not seen yet included.
+                try:
+                    revision = await self._etcd(self.etcd.lease_revoke(self._leases.get(root.id, 0)))
+                except LeaseNotFound:
+                    raise UnknownResource(f"no node {rid} is registered (it expired)") from None
+                await self._caught_up(revision)
+                return ids
+            compares = [unchanged(self._key(each), self._revisions.get(each, -1)) for each in ids]
+            result = await self._etcd(self.etcd.txn(compares, [Delete(self._key(each)) for each in ids],
+                                                    [Get(self._key(each)) for each in ids]))
+            if result.succeeded:
+                await self._caught_up(result.revision)
+                return ids
+            await self._after_conflict(result)
+        raise _contention(f"{kind} {rid}", self.attempts)
+
+    def _subtree(self, rid: str) -> list[str]:
+        """`rid` and its descendants in the replica, leaves first."""
+        order, stack = [], [rid]
+        while stack:
+            each = stack.pop()
+            order.append(each)
+            stack.extend(self.replica.children(each))
+        return order[::-1]
+
+    def heartbeat(self, node_id: str, api_version: str, client_id: str | None = None, *,
+                  now: float) -> Deferred[float]:
+        node = self.replica.heartbeat_target(node_id, api_version, client_id)
+
+        async def renew() -> float:
+            await self._renew(node.id)
+            return now
+        return ensureDeferred(renew())
+
+    async def _renew(self, node_id: str) -> None:
+        try:
+            await self._etcd(self.etcd.lease_keepalive(self._leases.get(node_id, 0)))
+        except LeaseNotFound:
+            raise UnknownResource(f"no node {node_id} is registered (it expired)") from None
+
+    async def _etcd(self, call: Deferred[Any]) -> Any:
+        """The answer of one etcd call; etcd out of reach is a 503 with Retry-After, logged once per outage."""
+        try:
+            answer = await call
+        except EtcdUnavailable as exc:
+            if not self._outage:
+                self._outage = True
+                log.error("etcd store: etcd cannot be reached; the Registration API answers 503 until it can "
+                          "({why})", why=exc)
+            raise NmosError(503, "The registry's shared store (etcd) cannot be reached", str(exc),
+                            {"Retry-After": str(RETRY_AFTER)}) from None
+        if self._outage:
+            self._outage = False
+            log.info("etcd store: etcd answers again")
+        return answer
+
+
+def _contention(what: str, attempts: int) -> NmosError:
+    """A write that lost its compares to other members `attempts` times: the client may try again soon."""
+    return NmosError(503, f"{what} is being changed at other members of the registry cluster",
+                     f"lost {attempts} times in a row", {"Retry-After": "1"})
