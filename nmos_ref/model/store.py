@@ -278,6 +278,7 @@ class Registry:
         self._last_seen: dict[str, float] = {}  # Node id -> Unix time of its registration or last heartbeat
         self._deadlines: deque[tuple[float, str]] = deque()  # (expiry time, Node id), in time order
         self._expiring: deque[Removal] = deque()  # expired Nodes not yet wholly removed, oldest first
+        self.heartbeats = 0  # answered, since start (for /metrics)
 
     # Reading
 
@@ -502,6 +503,7 @@ class Registry:
         unknown one)."""
         node = self._node(node_id, api_version)
         self._check_owner(node_id, client_id)
+        self.heartbeats += 1
         return self._touch(node.id, now)  # the stored id: the queue keeps no copy of the one in the URL
 
     def heartbeat_target(self, node_id: str, api_version: str, client_id: str | None = None) -> Resource:

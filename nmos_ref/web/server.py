@@ -13,6 +13,7 @@ import base64
 import binascii
 import re
 from http import HTTPStatus
+from time import perf_counter
 from urllib.parse import unquote_to_bytes
 
 from twisted.internet.interfaces import IAddress
@@ -32,6 +33,7 @@ from twisted.web.resource import IResource
 
 from nmos_ref.web.errors import NmosError
 from nmos_ref.web.logs import Logger
+from nmos_ref.web.metrics import Metrics
 from nmos_ref.web.responses import MAX_BODY, render_error
 from nmos_ref.web.root import ErrorResource
 
@@ -321,6 +323,7 @@ class NmosRequest(server.Request):
         return path + question + query
 
     def process(self) -> None:
+        self.began = perf_counter()  # what /metrics times the answer from (nmos_ref.web.metrics)
         # BCP-003-01: HTTPS answers carry HSTS (the site's hsts_max_age; 0 leaves it out).
         max_age = getattr(self.channel.site, "hsts_max_age", 0) if self.channel is not None else 0
         if max_age and self.isSecure():
@@ -405,13 +408,27 @@ def check_websocket_handshake(request: IRequest) -> None:
 # --- the site
 
 
-def make_site(root: IResource, access_log: bool = False, hsts_max_age: int = 31536000) -> server.Site:
+def make_site(root: IResource, access_log: bool = False, hsts_max_age: int = 31536000,
+              metrics: Metrics | None = None) -> server.Site:
+    """The site serving `root`; with `metrics`, every finished request is counted and timed there (Twisted calls
+    the site's log hook once per request, as it finishes)."""
     # Form uploads are not parsed into request.args: the APIs take JSON only, so it would be work (and a refusal
     # Twisted could not explain) for nothing.
     site = NmosSite(root, requestFactory=NmosRequest, parsePOSTFormSubmission=False)
     site.hsts_max_age = hsts_max_age  # type: ignore[attr-defined]
     site.displayTracebacks = False
-    if not access_log:
+    if metrics is not None:
+        if access_log:
+            access = site.log
+
+            def both(request: IRequest) -> None:
+                metrics.request_done(request)
+                access(request)
+
+            site.log = both  # type: ignore[method-assign]
+        else:
+            site.log = metrics.request_done  # type: ignore[method-assign]
+    elif not access_log:
         site.log = _no_access_log  # type: ignore[method-assign]
     return site
 

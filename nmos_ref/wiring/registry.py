@@ -23,6 +23,7 @@ from nmos_ref.model.downgrade import Translations
 from nmos_ref.model.store import REMOVAL_STEP, Change, Registry
 from nmos_ref.tls.server import Listener, listen_service
 from nmos_ref.validation import Schemas
+from nmos_ref.web.metrics import CheckResource, Metrics, StoreCounts, operations, subscription_families
 from nmos_ref.web.root import root_resource
 from nmos_ref.web.server import make_site
 from nmos_ref.wiring.dnssd import DnsSd, build_dns_sd
@@ -168,6 +169,12 @@ class RegistryService(MultiService):
                  expiry=self.expiry)
 
 
+def not_listening(listeners: list[Any]) -> str | None:
+    """For /ready: the listen descriptions not listening (yet, or any more), if any."""
+    idle = [getattr(listener, "description", repr(listener)) for listener in listeners if not listener.running]
+    return f"not listening on {', '.join(idle)}" if idle else None
+
+
 def base_url(protocol: str, address: Any) -> str:
     """http://127.0.0.1:8235/ for a listening address ([::1] for IPv6; 0.0.0.0 and :: as they are)."""
     host = f"[{address.host}]" if ":" in address.host else address.host
@@ -175,11 +182,14 @@ def base_url(protocol: str, address: Any) -> str:
 
 
 def build_registry(settings: Settings, reactor: Any, clock: IReactorTime, dns_sd: DnsSd | None = None,
-                   guard: Authorization | None = None, stapler: OCSPStapler | None = None) -> RegistryService:
+                   guard: Authorization | None = None, stapler: OCSPStapler | None = None,
+                   metrics: Metrics | None = None) -> RegistryService:
     """The registry's service tree for `settings`, timed by `clock` (the reactor in service, a Clock in tests);
     `dns_sd` defaults to the DNS-SD of the settings (started and stopped here), `guard` (with auth) to a resource
-    server made here, `stapler` (for ssl: listeners) to an OCSP stapler made here."""
+    server made here, `stapler` (for ssl: listeners) to an OCSP stapler made here, `metrics` (the process's) to
+    metrics of its own."""
     services: list[IService] = []
+    metrics = metrics if metrics is not None else Metrics()
     if dns_sd is None:
         dns_sd = build_dns_sd(settings, reactor, clock, settings.listen, browse=settings.auth)
         if dns_sd.multicast is not None:
@@ -221,7 +231,12 @@ def build_registry(settings: Settings, reactor: Any, clock: IReactorTime, dns_sd
             services.append(guard.services)
         apis = guard_apis(apis, guard.server, {"query": partial(subscription_path, listed)})
         keys = guard.server.keys
-    site = make_site(root_resource(apis), settings.access_log, settings.hsts_max_age)
+    counts = StoreCounts(registry)
+    metrics.collect(counts.families)
+    metrics.collect(partial(subscription_families, subscriptions.manager))
+    ready = CheckResource()  # /ready: every listener listens, and in a cluster the replica is fed
+    site = make_site(root_resource(apis, operations(metrics, ready)), settings.access_log, settings.hsts_max_age,
+                     metrics)
     if stapler is None:  # BCP-003-01: OCSP stapling for ssl: listeners (certificates naming an OCSP responder)
         stapler = ocsp_stapler(reactor, settings.listen, settings.tls_ca, clock)
         if stapler is not None:
@@ -229,8 +244,12 @@ def build_registry(settings: Settings, reactor: Any, clock: IReactorTime, dns_sd
     listeners = [listen_service(description, site, reactor, settings.tls_certificates, stapler)
                  for description in settings.listen]
     services += listeners
+    ready.checks.append(partial(not_listening, listeners))
     if shared is not None:
         services.append(shared)
+        cluster = shared.store
+        ready.checks.append(lambda: None if cluster.current else "the etcd store is not reachable (the Query API "
+                                                                  "answers from a replica that may be stale)")
     if dns_sd.multicast is not None:
         services.append(RegistryAdvertiser(dns_sd.multicast, partial(listening, listeners), settings.api_versions,
                                            settings.pri, settings.auth, dns_sd.host, dns_sd.interfaces))

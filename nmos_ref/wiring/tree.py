@@ -4,6 +4,7 @@ server of the process; the only place that decides the clock.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,7 @@ from twisted.python.components import Componentized
 from nmos_ref.config import ConfigError, Settings
 from nmos_ref.discovery import InterfaceUnusable
 from nmos_ref.model.store import Registry
+from nmos_ref.web.metrics import Family, Metrics
 from nmos_ref.wiring.dnssd import build_dns_sd
 from nmos_ref.wiring.listeners import listening, ocsp_stapler
 from nmos_ref.wiring.registry import build_registry
@@ -96,6 +98,12 @@ def cannot_start(reason: Exception) -> CannotStart:
     return CannotStart(str(reason))
 
 
+def refusal_families(server: Any) -> Iterable[Family]:
+    """IS-10: requests refused for their token (a `nmos_ref.auth.guard.ResourceServer`'s count), by status."""
+    yield ("nmos_auth_refusals_total", "counter", "Requests refused for their bearer token, by status",
+           [((("code", str(code)),), server.refused.get(code, 0)) for code in (401, 403)])
+
+
 def build_all(settings: Settings, reactor: Any, clock: IReactorTime | None = None,
               parts: tuple[str, ...] = ("registry", "node"), log_observer: ILogObserver | None = None) -> ProcessTree:
     """What `twistd nmos-ref` runs: the registry, a Node, or both, the Node then registered with this registry.
@@ -103,6 +111,7 @@ def build_all(settings: Settings, reactor: Any, clock: IReactorTime | None = Non
     `log_observer`: the process's log output (twistd's application is offered it)."""
     clock = reactor if clock is None else clock
     services: list[IService] = [DebugEvents(settings.log_level)]
+    metrics = Metrics()  # one for the process: /metrics on every port it serves
     # One DNS-SD for the process, stopped last (after the adverts are withdrawn); the Node browses only without
     # the registry of this process.
     served = (settings.listen if "registry" in parts else []) + (settings.node_listen if "node" in parts else [])
@@ -120,9 +129,10 @@ def build_all(settings: Settings, reactor: Any, clock: IReactorTime | None = Non
 
         guard = authorization(settings, reactor, clock, dns_sd)
         services.append(guard.services)
+        metrics.collect(partial(refusal_families, guard.server))
     registry, local, node = None, None, None
     if "registry" in parts:
-        registry = build_registry(settings, reactor, clock, dns_sd, guard, stapler)
+        registry = build_registry(settings, reactor, clock, dns_sd, guard, stapler, metrics)
         services.append(registry)
         listeners = [child for child in registry if isinstance(child, StreamServerEndpointService)]
         local = partial(listening, listeners)
@@ -131,6 +141,6 @@ def build_all(settings: Settings, reactor: Any, clock: IReactorTime | None = Non
         from nmos_ref.wiring.node import build_node
 
         node = build_node(settings, reactor, clock, local_registries=local, dns_sd=dns_sd, guard=guard,
-                          stapler=stapler)
+                          stapler=stapler, metrics=metrics)
         services.append(node)
     return ProcessTree(services, registry.registry if registry is not None else None, node, log_observer)
