@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     options = Options()
     try:
         options.parse(arguments)
+    except BrokenPipeError:  # --help or --version into `| head`: what was read was enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (Python's own flush at exit would fail too)
+        return 0
     except usage.UsageError as exc:
         command = "nmos-ref" + (f" {options.subCommand}" if options.subCommand else "")
         print(f"{command}: {exc}\nSee '{command} --help' for the options.", file=sys.stderr)
