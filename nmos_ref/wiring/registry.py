@@ -24,6 +24,7 @@ from nmos_ref.model.store import REMOVAL_STEP, Change, Registry
 from nmos_ref.tls.server import Listener, listen_service
 from nmos_ref.validation import Schemas
 from nmos_ref.web.root import root_resource
+from nmos_ref.web.ui_page import UiResource
 from nmos_ref.web.server import make_site
 from nmos_ref.wiring.dnssd import DnsSd, build_dns_sd
 from nmos_ref.wiring.listeners import listening, ocsp_stapler
@@ -206,7 +207,10 @@ def build_registry(settings: Settings, reactor: Any, clock: IReactorTime, dns_sd
             services.append(guard.services)
         apis = guard_apis(apis, guard.server, {"query": partial(subscription_path, subscriptions.manager)})
         keys = guard.server.keys
-    site = make_site(root_resource(apis), settings.access_log, settings.hsts_max_age)
+    # The live registry page (an extension beside /x-nmos), linked from the page a browser gets for `/`.
+    page = UiResource(settings.api_versions, settings.registration_expiry_interval, settings.auth)
+    site = make_site(root_resource(apis, {"ui": page}, [("Live registry page", "/ui/")]), settings.access_log,
+                     settings.hsts_max_age)
     if stapler is None:  # BCP-003-01: OCSP stapling for ssl: listeners (certificates naming an OCSP responder)
         stapler = ocsp_stapler(reactor, settings.listen, settings.tls_ca, clock)
         if stapler is not None:
