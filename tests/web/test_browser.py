@@ -111,8 +111,8 @@ class RegistryProcess:
         except urllib.error.HTTPError as error:
             return error.code, json.loads(error.read() or b"null")
 
-    def register(self, kind: str, data: dict[str, Any]) -> dict[str, Any]:
-        status, body = self.call("POST", "/x-nmos/registration/v1.3/resource", {"type": kind, "data": data})
+    def register(self, kind: str, data: dict[str, Any], version: str = "v1.3") -> dict[str, Any]:
+        status, body = self.call("POST", f"/x-nmos/registration/{version}/resource", {"type": kind, "data": data})
         assert status in (200, 201), body
         return data
 
@@ -228,7 +228,6 @@ class PageTests(BrowserTests):
                           "receivers": "2"}
         # each Node's last heartbeat, from the Registration API's health GET
         self.until(lambda: " s ago" in self.text("tbody"), what="the Node's heartbeat age")
-        self.screenshot("ui-nodes.png")
         self.click("#tab-receivers")
         row = f'#tbody tr[data-id="{the_receiver["id"]}"]'
         assert "camera 1 out" in self.retry(lambda: self.browser.find_element(By.CSS_SELECTOR, row).text)
@@ -268,6 +267,19 @@ class PageTests(BrowserTests):
         self.until(lambda: sorted(self.rows()) == sorted([beta["id"], gamma["id"]]), what="beta and gamma")
         filter_by("")
         self.until(lambda: len(self.rows()) == 4, what="all four again")
+        assert self.console_errors() == []
+
+
+class OldVersionTests(BrowserTests):
+    """A registry serving v1.0 only: the page subscribes with what v1.0 knows (no secure, no authorization)."""
+
+    flags = ("--api-versions", "v1.0")
+
+    def test_the_page_at_v1_0(self) -> None:
+        self.open_page()
+        added = self.registry.register("node", node("v1.0", label="old node"), "v1.0")
+        self.until(lambda: added["id"] in self.rows(), what="the v1.0 Node shown")
+        self.until(lambda: " s ago" in self.text("tbody"), what="its heartbeat age, from the v1.0 health GET")
         assert self.console_errors() == []
 
 

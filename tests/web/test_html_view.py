@@ -182,3 +182,24 @@ class TestPages(UnitTest):
         get = self.registry.call("GET", "/x-nmos/query/v1.3/nodes", accept=BROWSER)
         head = self.registry.call("HEAD", "/x-nmos/query/v1.3/nodes", accept=BROWSER)
         assert head.headers["content-type"] == get.headers["content-type"]
+
+
+class TestNodeApiPages(UnitTest):
+    """The Node API's pages: its own Node is at self/, the rest by collection."""
+
+    def test_ids_link_within_the_node_api(self) -> None:
+        from tests.api.test_node import NodeHarness
+
+        harness = NodeHarness()
+        json_answer = harness.call("/x-nmos/node/v1.3/senders")
+        answer = harness.call("/x-nmos/node/v1.3/senders", headers={"Accept": BROWSER})
+        assert answer.headers["content-type"] == "text/html; charset=utf-8"
+        page = answer.raw.decode()
+        assert page_json(page) == json_answer.body
+        found = links(page)
+        first = json_answer.body[0]
+        assert found[json.dumps(first["id"])] == f"/x-nmos/node/v1.3/senders/{first['id']}"
+        assert found[json.dumps(first["flow_id"])] == f"/x-nmos/node/v1.3/flows/{first['flow_id']}"
+        assert found[json.dumps(first["manifest_href"])] == first["manifest_href"]
+        device = harness.call(f"/x-nmos/node/v1.3/devices/{first['device_id']}", headers={"Accept": BROWSER})
+        assert links(device.raw.decode())[json.dumps(harness.model.node_id)] == "/x-nmos/node/v1.3/self"

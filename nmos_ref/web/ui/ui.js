@@ -123,9 +123,10 @@ async function subscribeAll() {
 }
 
 async function subscribe(kind, generation) {
-  const request = {max_update_rate_ms: 100, resource_path: "/" + kind, params: state.params, persist: false,
-                   secure: location.protocol === "https:"};
-  if (state.config.query_version === "v1.3") request.authorization = Boolean(state.config.auth);
+  const version = state.config.query_version;
+  const request = {max_update_rate_ms: 100, resource_path: "/" + kind, params: state.params, persist: false};
+  if (version !== "v1.0") request.secure = location.protocol === "https:";  // (from v1.1)
+  if (version === "v1.3") request.authorization = Boolean(state.config.auth);  // (from v1.3)
   const {data} = await call("POST", base("query") + "/subscriptions", request);
   if (generation !== state.generation) return;
   // The socket at this page's own origin (the registry may name itself otherwise in ws_href): wss under https.
