@@ -203,3 +203,23 @@ class TestNodeApiPages(UnitTest):
         assert found[json.dumps(first["manifest_href"])] == first["manifest_href"]
         device = harness.call(f"/x-nmos/node/v1.3/devices/{first['device_id']}", headers={"Accept": BROWSER})
         assert links(device.raw.decode())[json.dumps(harness.model.node_id)] == "/x-nmos/node/v1.3/self"
+
+
+class TestEscaping(UnitTest):
+    """Whatever a registered resource holds is shown as text: in the JSON, in link targets and in headers."""
+
+    def test_hostile_values(self) -> None:
+        from twisted.web.test.requesthelper import DummyRequest
+
+        from nmos_ref.web.html_view import html_page
+
+        request = DummyRequest([b""])
+        request.path = b"/x-nmos/query/v1.3/nodes/<b>"
+        request.responseHeaders.setRawHeaders(b"location", [b'/x"><script>alert(1)</script>'])
+        value = {"id": '"><script>alert(1)</script>', "label": "<img src=x onerror=alert(1)>",
+                 "href": 'http://x/"><script>alert(2)</script>', "manifest_href": "javascript:alert(3)",
+                 "device_id": "</pre><script>alert(4)</script>"}
+        page = html_page(request, 200, value).decode()
+        assert "<script" not in page and "<img" not in page and "<b>" not in page
+        assert 'href="javascript:' not in page
+        assert page_json(page) == value
