@@ -4,7 +4,8 @@ failed: an `NmosError`, a model refusal, a schema violation, Werkzeug routing), 
 IS-04 "APIs": every response, errors included, carries CORS headers; JSON is served as `application/json` (the AMWA
 tool warns on a charset parameter); every error is `{"code", "error", "debug"}`; GET answers with and without a
 trailing slash and no 3xx is sent. One exception type (`NmosError`) and one renderer (`render_error`) serve them all,
-so no HTML page from Twisted, Klein or Werkzeug ever reaches a client.
+so no HTML page from Twisted, Klein or Werkzeug ever reaches a client. A browser (a GET preferring text/html) gets
+the same answer as a page of our own instead (nmos_ref.web.html_view); every other client the JSON.
 """
 
 from __future__ import annotations

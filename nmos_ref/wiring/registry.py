@@ -24,8 +24,8 @@ from nmos_ref.model.store import REMOVAL_STEP, Change, Registry
 from nmos_ref.tls.server import Listener, listen_service
 from nmos_ref.validation import Schemas
 from nmos_ref.web.root import root_resource
-from nmos_ref.web.ui_page import UiResource
 from nmos_ref.web.server import make_site
+from nmos_ref.web.ui_page import UiResource
 from nmos_ref.wiring.dnssd import DnsSd, build_dns_sd
 from nmos_ref.wiring.listeners import listening, ocsp_stapler
 from nmos_ref.wiring.tuning import FreezeAfterFullCollection, LongestTurn
