@@ -4,12 +4,14 @@ failed: an `NmosError`, a model refusal, a schema violation, Werkzeug routing), 
 IS-04 "APIs": every response, errors included, carries CORS headers; JSON is served as `application/json` (the AMWA
 tool warns on a charset parameter); every error is `{"code", "error", "debug"}`; GET answers with and without a
 trailing slash and no 3xx is sent. One exception type (`NmosError`) and one renderer (`render_error`) serve them all,
-so no HTML page from Twisted, Klein or Werkzeug ever reaches a client.
+so no HTML page from Twisted, Klein or Werkzeug ever reaches a client. A browser (a GET preferring text/html) gets
+the same answer as a page of our own instead (nmos_ref.web.html_view); every other client the JSON.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from twisted.logger import Logger
@@ -21,6 +23,7 @@ from nmos_ref.model.errors import InvalidResource, ModelError, NotOwner, Unknown
 from nmos_ref.model.jsontext import BadJSON, compact, decode
 from nmos_ref.validation import SchemaViolation
 from nmos_ref.web.errors import NmosError, error_body
+from nmos_ref.web.html_view import html_page, prefers_html
 
 log = Logger()
 
@@ -51,11 +54,28 @@ def set_cors(request: IRequest) -> None:
 _REASONS = {426: b"Upgrade Required"}
 
 
-def json_response(request: IRequest, status: int, body: Any) -> bytes:
-    """Set status, `Content-Type: application/json` (exactly) and CORS; the encoded body."""
+# The methods a browser browses with; any other (the hot POSTs among them) never looks at Accept.
+_BROWSED = (b"GET", b"HEAD")
+
+
+def json_response(request: IRequest, status: int, body: Any, see_also: Sequence[tuple[str, str]] = ()) -> bytes:
+    """Set status, `Content-Type: application/json` (exactly) and CORS; the encoded body. A GET that prefers
+    `text/html` (a browser) gets the same answer as an HTML page instead (nmos_ref.web.html_view), with `see_also`
+    links on it."""
     request.setResponseCode(status, _REASONS.get(status))
     request.setHeader(b"content-type", b"application/json")
     set_cors(request)
+    if request.method in _BROWSED:
+        # The answer depends on Accept: caches must keep the JSON and the page apart.
+        request.setHeader(b"vary", b"Accept")
+        if prefers_html(request.getHeader(b"accept")):
+            value = json.loads(body) if isinstance(body, Encoded) else body
+            page = html_page(request, status, value, see_also)
+            request.setHeader(b"content-type", b"text/html; charset=utf-8")
+            request.setHeader(b"content-security-policy", b"default-src 'none'; style-src 'unsafe-inline'")
+            request.setHeader(b"x-content-type-options", b"nosniff")
+            request.setHeader(b"content-length", b"%d" % len(page))
+            return page
     # Stored resources are servable by construction (nmos_ref.model.jsontext.servable); "replace" only keeps an
     # error text that echoes a client's lone surrogate from ever failing to send.
     data = (body if isinstance(body, Encoded) else compact(body)).encode("utf-8", "replace")

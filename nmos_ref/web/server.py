@@ -61,6 +61,8 @@ def _show(raw: bytes, limit: int = 200) -> str:
 class _Answer:
     """What `render_error` sets on a request, collected for an answer that no `Request` writes."""
 
+    method = b""  # (no method: a refusal at the HTTP edge is always the JSON)
+
     def __init__(self) -> None:
         self.code = 500
         self.headers = Headers()

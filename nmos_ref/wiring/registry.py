@@ -26,6 +26,7 @@ from nmos_ref.validation import Schemas
 from nmos_ref.web.metrics import CheckResource, Metrics, StoreCounts, operations, subscription_families
 from nmos_ref.web.root import root_resource
 from nmos_ref.web.server import make_site
+from nmos_ref.web.ui_page import UiResource
 from nmos_ref.wiring.dnssd import DnsSd, build_dns_sd
 from nmos_ref.wiring.listeners import listening, ocsp_stapler
 from nmos_ref.wiring.tuning import FreezeAfterFullCollection, LongestTurn
@@ -235,8 +236,10 @@ def build_registry(settings: Settings, reactor: Any, clock: IReactorTime, dns_sd
     metrics.collect(counts.families)
     metrics.collect(partial(subscription_families, subscriptions.manager))
     ready = CheckResource()  # /ready: every listener listens, and in a cluster the replica is fed
-    site = make_site(root_resource(apis, operations(metrics, ready)), settings.access_log, settings.hsts_max_age,
-                     metrics)
+    # The live registry page (an extension beside /x-nmos), linked from the page a browser gets for `/`.
+    page = UiResource(settings.api_versions, settings.registration_expiry_interval, settings.auth)
+    site = make_site(root_resource(apis, {"ui": page, **operations(metrics, ready)}, [("Live registry page", "/ui/")]),
+                     settings.access_log, settings.hsts_max_age, metrics)
     if stapler is None:  # BCP-003-01: OCSP stapling for ssl: listeners (certificates naming an OCSP responder)
         stapler = ocsp_stapler(reactor, settings.listen, settings.tls_ca, clock)
         if stapler is not None:

@@ -1355,8 +1355,11 @@ def http_oddities(target: Target, rng: random.Random, scale: int = 1) -> Iterato
          {"answerless": True}),
         ("random bytes", rng.randbytes(300) + b"\r\n\r\n", {400, 404, 405, 501, 505}, {"answerless": True}),
         ("a path that is only spaces", _raw(target, b"GET   HTTP/1.1"), {400, 404}, {"answerless": True}),
-        ("Accept: text/html", _raw(target, b"GET /x-nmos/query/v1.3/nodez HTTP/1.1", [b"Accept: text/html"]),
-         {404}, {}),
+        # (a request that prefers text/html, a browser, gets the error as an HTML page: tests/web/test_html_view.py)
+        ("Accept: text/html below JSON", _raw(target, b"GET /x-nmos/query/v1.3/nodez HTTP/1.1",
+                                             [b"Accept: text/html;q=0.9, application/json"]), {404}, {}),
+        ("Accept: text/html at q=0", _raw(target, b"GET /x-nmos/query/v1.3/nodez HTTP/1.1",
+                                          [b"Accept: text/html;q=0, */*"]), {404}, {}),
         ("a 404 on the root", _raw(target, b"GET /nope HTTP/1.1"), {404}, {}),
         ("a 405 on the root", _raw(target, b"POST / HTTP/1.1", [b"Content-Length: 0"]), {405}, {}),
         ("a query on the root", _raw(target, b"GET /?%ff HTTP/1.1"), {200, 400}, {}),
