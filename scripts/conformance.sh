@@ -8,6 +8,9 @@
 #                --version V [V ...]  the IS-04 versions to run, one run each (default v1.0 v1.1 v1.2 v1.3)
 #                --out DIR            results folder (default $NMOS_SCRATCH/conformance-results/nmos-ref-<time>)
 #                --https              BCP-003-01: everything over TLS (the tool's ENABLE_HTTPS), see below
+#                --cluster            issue 14: the registry under test is one member of a cluster (three etcd
+#                                     members, three nmos-ref members on PORT, PORT+10 and PORT+20 sharing them,
+#                                     scripts/conformance_cluster.sh), and the seeder registers at PORT+10
 # Each run starts, inside the harness's network namespace:
 #   twistd -n --pidfile= --logfile=OUT/VER/registry.log nmos-ref registry --listen tcp:8235:interface=127.0.0.1
 #   scripts/conformance_seed.py: registers one Node (node, device, source, flow, sender, receiver) at the
@@ -40,6 +43,7 @@ PYTHON=${PYTHON:-python3}
 read -r -a VERSIONS <<<"${NMOS_VERSIONS:-v1.0 v1.1 v1.2 v1.3}"
 OUT=""
 https=0
+cluster=0
 
 die() { echo "conformance.sh: $*" >&2; exit 64; }
 
@@ -63,6 +67,7 @@ while (($#)); do
     --out) OUT=${2:?--out needs a folder}; shift 2 ;;
     --port|--host|--start|--wait) die "$1 is set by this script (see NMOS_REF_PORT)" ;;
     --https) https=1; shift ;;
+    --cluster) cluster=1; shift ;;
     *) extra+=("$1"); shift ;;
   esac
 done
@@ -100,6 +105,10 @@ echo "nmos-ref $rev${dirty:+ (uncommitted changes)} | ${suites[*]} at ${VERSIONS
 
 auth=0
 for arg in ${extra[@]+"${extra[@]}"}; do [[ $arg == --auth ]] && auth=1; done
+if ((cluster)); then
+  ((auth || https)) && die "--cluster runs without --auth and --https so far"
+  command -v etcd >/dev/null || die "--cluster needs etcd on PATH (Debian package etcd-server)"
+fi
 NODE_PORT=${NMOS_REF_NODE_PORT:-8236}
 auth_extra=()
 if ((https)); then
@@ -144,6 +153,12 @@ JSON
   registry=$(printf 'cd %q && PYTHONPATH=%q exec %q -n --pidfile= --logfile=%q nmos-ref' \
     "$ROOT" "$ROOT" "$TWISTD" "$out/registry.log")
   registry+=$(printf ' %q' ${config[@]+"${config[@]}"} registry --listen "$LISTEN")
+  seed_at="$SCHEME://$HOST:$PORT"
+  if ((cluster)); then  # three members on one etcd cluster; the seeder's Node registers at another member
+    registry=$(printf 'cd %q && PYTHONPATH=%q TWISTD=%q exec %q %q %q %q %q' "$ROOT" "$ROOT" "$TWISTD" \
+      "$ROOT/scripts/conformance_cluster.sh" "$out/cluster" "$PORT" "$((PORT + 10))" "$((PORT + 20))")
+    seed_at="$SCHEME://$HOST:$((PORT + 10))"
+  fi
   if ((auth)); then
     registry+=$(printf ' %q' "${AUTH_FLAGS[@]}")
     seeder=$(printf 'cd %q && PYTHONPATH=%q exec %q -n --pidfile= --logfile=%q nmos-ref' \
@@ -159,7 +174,7 @@ JSON
     if ((${#SEED_CA[@]})); then seeder2+=$(printf ' %q' "${SEED_CA[@]}"); fi
   else
     seeder=$(printf 'exec %q %q --registry %q --version %q --ready-port %q' \
-      "$PYTHON" "$ROOT/scripts/conformance_seed.py" "$SCHEME://$HOST:$PORT" "$ver" "$READY_PORT")
+      "$PYTHON" "$ROOT/scripts/conformance_seed.py" "$seed_at" "$ver" "$READY_PORT")
     if ((${#SEED_CA[@]})); then seeder+=$(printf ' %q' "${SEED_CA[@]}"); fi
     ready="127.0.0.1:$READY_PORT"
   fi

@@ -9,6 +9,7 @@ from .harness import HEARTBEAT_INTERVAL
 from .heartbeats import HEARTBEAT_LATE_MS, HEARTBEAT_WAIT_LIMIT_MS
 from .http import percentile
 from .phase_register import RSS_TARGET_AT_RESOURCES
+from .phase_storm import REACTOR_TURN_TARGET_MS
 from .phase_websocket import WS_P99_TARGET_MS
 from .query_api import QUERY
 from .ws_load import SCENARIO_NODE_LIFETIME
@@ -384,8 +385,12 @@ def storm_report(st: dict) -> list[str]:
     if st.get("heartbeat_process_cpu_ms") is not None:
         lines.append(f"  {heartbeat_process_text(st)}")
     if st.get("big_node_delete_ms") is not None:
-        lines.append(f"  the big Node's DELETE (every resource at once) answered {st['big_node_delete_status']} in "
-                     f"{st['big_node_delete_ms']:.0f} ms, after the heartbeats stopped")
+        turn = st.get("big_node_delete_turn_ms")
+        lines.append(f"  the big Node's DELETE (every resource in one request) answered {st['big_node_delete_status']} "
+                     f"in {st['big_node_delete_ms']:.0f} ms while the others heartbeat; longest reactor turn the "
+                     f"registry logged next: {fmt(turn, '.1f')} ms"
+                     + (f" <= {REACTOR_TURN_TARGET_MS} ms: {'yes' if turn <= REACTOR_TURN_TARGET_MS else 'NO'}"
+                        if turn is not None else ""))
     verdicts = []
     if (hb := rows_.get("storm-hb")) is not None:
         verdicts.append(f"worst heartbeat wait {fmt(hb['latency_max_ms'], '.0f')} ms <= {HEARTBEAT_WAIT_LIMIT_MS:.0f}: "

@@ -146,8 +146,9 @@ def start_registry(command: str, startup_timeout: float, log_path: Path | None) 
     """Starts the registry on a free loopback port and waits for it; RuntimeError (after stopping it) if it fails."""
     port = free_loopback_port()
     argv = [part.format(port=port) for part in shlex.split(command)]
-    # Prefer the twistd beside this interpreter: a pyenv-style shim would put a shell in front of the PID we measure.
-    if argv[0] == "twistd" and (local := Path(sys.executable).with_name("twistd")).exists():
+    # Prefer the twistd (or nmos-ref) beside this interpreter: a pyenv-style shim would put a shell in front of the
+    # PID we measure.
+    if argv[0] in ("twistd", "nmos-ref") and (local := Path(sys.executable).with_name(argv[0])).exists():
         argv[0] = str(local)
     workdir = Path(tempfile.mkdtemp(prefix="bench-registry-"))  # twistd's droppings (logs, pid files) land here
     log_path = log_path or workdir / "registry.log"

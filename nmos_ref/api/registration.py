@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sized
+from collections.abc import Iterator, Sized
 from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import Cooperator
 from twisted.web.iweb import IRequest
 
 from nmos_ref.api.versioned import VersionedAPI, add_common_routes
-from nmos_ref.model.store import RegisterOutcome, Registry
+from nmos_ref.model.store import REMOVAL_STEP, RegisterOutcome, Registry
 from nmos_ref.model.tai import format_tai
 from nmos_ref.model.versions import SINGULARS, TYPES
 from nmos_ref.validation import Schemas
@@ -27,6 +28,12 @@ def _client(request: IRequest) -> str | None:
     return getattr(request, "nmos_client_id", None)
 
 
+def _address(request: IRequest) -> str:
+    """The client's address, as the log names it."""
+    address = request.getClientAddress()
+    return str(getattr(address, "host", address))
+
+
 class RegistrationAPI(VersionedAPI):
     """Resources in, heartbeats in; the rules themselves live in the `Registry`."""
 
@@ -35,12 +42,15 @@ class RegistrationAPI(VersionedAPI):
     api_name = "Registration API"
     base = ["resource/", "health/"]
 
-    def __init__(self, registry: Registry | Any, schemas: Schemas, versions: list[str], clock: IReactorTime) -> None:
+    def __init__(self, registry: Registry | Any, schemas: Schemas, versions: list[str], clock: IReactorTime,
+                 cooperator: Cooperator | None = None) -> None:
         # The in-memory Registry, answering at once, or a store whose writes answer Deferreds (nmos_ref.cluster).
         self.registry = registry
         self.clock = clock  # read once per request: the store is given the time as a value
         self.schemas = schemas
         self.versions = list(versions)
+        # Takes the steps of a large DELETE in turns of the reactor; without one a DELETE is done in one go.
+        self.cooperator = cooperator
 
     @app.hot_route("/<version>/resource", "POST")
     def post_resource(self, request: IRequest, version: str) -> bytes | Deferred[bytes]:
@@ -53,9 +63,14 @@ class RegistrationAPI(VersionedAPI):
             return outcome.addCallback(self._registered, request, version, kind)
         return self._registered(outcome, request, version, kind)
 
-    @staticmethod
-    def _registered(outcome: RegisterOutcome, request: IRequest, version: str, kind: str) -> bytes:
+    def _registered(self, outcome: RegisterOutcome, request: IRequest, version: str, kind: str) -> bytes:
         record = outcome.resource
+        if outcome.created and kind == "node":  # a Node's first registration only: never an update or a heartbeat
+            held = self.registry if isinstance(self.registry, Registry) else self.registry.replica
+            log.info("Node {id} ({label}) registered at {version} from {client}; the registry holds {nodes} Nodes "
+                     "and {resources} resources", id=record.id, label=record.data.get("label"), version=version,
+                     client=_address(request), nodes=held.count("node"),
+                     resources=sum(held.count(each) for each in TYPES))
         log.debug("{action} {kind} {id} at {version}", action="Registered" if outcome.created else "Updated",
                   kind=kind, id=record.id, version=version)
         request.setHeader(b"location", resource_location(version, kind, record.id).encode())
@@ -102,13 +117,39 @@ class RegistrationAPI(VersionedAPI):
     @app.route("/<version>/resource/<types>/<rid>", methods=["DELETE"], strict_slashes=False)
     def delete_resource(self, request: IRequest, version: str, types: str, rid: str) -> bytes | Deferred[bytes]:
         self._version(version)
-        removed = self.registry.delete(self._kind(types), rid, version, client_id=_client(request))
+        kind = self._kind(types)
+        registry = self.registry
+        root = registry.get(kind, rid)
+        label = root.data.get("label") if root is not None and kind == "node" else None
+        address = _address(request)
 
-        def deleted(changes: Sized) -> bytes:
-            log.debug("Deleted {types} {id} at {version} ({count} resources removed)", types=types, id=rid,
-                      version=version, count=len(changes))
+        def deleted(count: int) -> bytes:
+            if kind == "node":
+                log.info("Node {id} ({label}) deleted at {version} by {client}, and {below} resources below it",
+                         id=rid, label=label, version=version, client=address, below=count - 1)
+            else:
+                log.debug("Deleted {kind} {id} at {version} ({count} resources removed)", kind=kind, id=rid,
+                          version=version, count=count)
             return empty_response(request, 204)
-        return removed.addCallback(deleted) if isinstance(removed, Deferred) else deleted(removed)
+
+        if not isinstance(registry, Registry):  # a store shared through etcd (nmos_ref.cluster): a Deferred
+            removed: Deferred[Sized] = registry.delete(kind, rid, version, client_id=_client(request))
+            return removed.addCallback(lambda changes: deleted(len(changes)))
+        removal = registry.removal(kind, rid, version, client_id=_client(request))
+        if self.cooperator is None:
+            return deleted(len(removal.step(None)))
+        # A Node with thousands of resources is removed REMOVAL_STEP at a time, leaves first, in turns of the
+        # reactor (other Nodes' heartbeats are answered between them); the 204 comes once all of it is gone.
+        counted = [len(removal.step(REMOVAL_STEP))]
+        if removal.done:
+            return deleted(counted[0])
+
+        def steps() -> Iterator[None]:
+            while not removal.done:
+                counted[0] += len(removal.step(REMOVAL_STEP))
+                yield None
+
+        return self.cooperator.coiterate(steps()).addCallback(lambda _: deleted(counted[0]))
 
     @app.hot_route("/<version>/health/nodes/<rid>", "POST")
     def heartbeat(self, request: IRequest, version: str, rid: str) -> bytes | Deferred[bytes]:

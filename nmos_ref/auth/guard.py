@@ -75,6 +75,7 @@ class ResourceServer:
         self.leeway = leeway
         self._verified: OrderedDict[str, Mapping[str, Any]] = OrderedDict()  # token -> its signed claims
         self._verified_at = keys.generation
+        self.refused: dict[int, int] = {}  # requests refused, by status (401, 403), for /metrics
 
     def verify(self, token: str) -> Granted | Denial | Unavailable:
         """The token's claims, once signature, issuer, times and audience check out. The signature check is
@@ -209,6 +210,8 @@ class Guarded(Resource):
             # IS-10 "Audit": every refusal logged with the reason, never the token itself.
             log.info("Refused {method} {path}: {status} {reason}", method=request.method, path=request.path,
                      status=verdict.status, reason=verdict.description)
+            refused = self.server.refused
+            refused[verdict.status] = refused.get(verdict.status, 0) + 1
             denial = verdict if verdict.error else None
             return render_error(request, NmosError(verdict.status, "Unauthorized" if verdict.status == 401
                                                    else "Forbidden", verdict.description,

@@ -136,6 +136,7 @@ class OAuthClient(Service):
         self._endpoints: dict[str, _Endpoints] = {}  # metadata by issuer, dropped when that server fails
         self._held: _Held | None = None
         self._fetching: Deferred[_Held] | None = None
+        self.fetches = {"ok": 0, "failed": 0}  # token requests answered, by outcome (for /metrics)
         self._waiting: list[Deferred[str]] = []
         self._timer: IDelayedCall | None = None  # the next refresh, or the next try after a failure
         self._failures = 0  # attempts failed in a row
@@ -217,6 +218,7 @@ class OAuthClient(Service):
         if epoch != self._epoch:  # stopped meanwhile: stopService told the waiting already
             return None
         self._fetching = None
+        self.fetches["failed" if isinstance(result, Failure) else "ok"] += 1
         if isinstance(result, Failure):
             if result.check(NoToken):
                 error = result.value

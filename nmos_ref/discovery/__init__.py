@@ -132,6 +132,10 @@ class Discovery(Protocol):
         """Call `added`, `updated` (its records changed) and `removed` as instances of `service_type` come and go."""
 
 
+class InterfaceUnusable(RuntimeError):
+    """mDNS cannot use the interfaces it was given; the message says which and what setting to change."""
+
+
 class Unsupported(Exception):
     """What this implementation cannot do (unicast DNS-SD cannot advertise)."""
 

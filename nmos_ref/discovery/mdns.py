@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 from zeroconf import ServiceInfo, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo
 
-from nmos_ref.discovery import Advert, Found, Instance, fits_rfc6763, host_label
+from nmos_ref.discovery import Advert, Found, Instance, InterfaceUnusable, fits_rfc6763, host_label
 
 log = Logger()
 
@@ -64,8 +64,8 @@ class MulticastDiscovery(Service):
         try:
             self._zc = Zeroconf(interfaces=self.interfaces, use_asyncio=False)
         except OSError as exc:
-            raise RuntimeError(f"mDNS cannot use the interfaces {', '.join(self.interfaces)} ({exc}); set "
-                               f"mdns_interfaces to addresses of this machine, or dns_sd to off") from exc
+            raise InterfaceUnusable(f"mDNS cannot use the interfaces {', '.join(self.interfaces)} ({exc}); set "
+                                    f"mdns_interfaces to addresses of this machine, or dns_sd to off") from None
         super().startService()
         log.info("mDNS: on {interfaces} as {host}.local", interfaces=", ".join(self.interfaces), host=self.host)
 

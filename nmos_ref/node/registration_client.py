@@ -114,6 +114,7 @@ class RegistrationClient(Service):
         self._unsubscribe: Callable[[], None] | None = None
         self._watchers: list[Callable[[str], None]] = []
         self._changed_while_choosing = False
+        self.failovers = 0  # registries given up for the next one (for /metrics)
 
     # --- the service
 
@@ -341,6 +342,7 @@ class RegistrationClient(Service):
         if epoch != self._epoch or not self.running:
             return
         log.warn("Registry {choice} failed: {reason}; moving to the next one", choice=self.current, reason=reason)
+        self.failovers += 1
         if self.current is not None:
             self._tried.add(self.current.candidate.url)
         self._next()

@@ -7,13 +7,14 @@ loading an RSA and an ECDSA pair into the same context offers both and lets the 
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from twisted.application import strports
 from twisted.application.internet import StreamServerEndpointService
-from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IOpenSSLContextFactory, IStreamServerEndpoint
 from zope.interface import implementer
 
@@ -44,6 +45,13 @@ def _read(path: str, what: str) -> bytes:
         return Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read the TLS {what} {path}: {exc.strerror}") from None
+
+
+def check_pem_file(path: str, what: str) -> None:
+    """ConfigError unless `path` can be read and holds a PEM block, without pyOpenSSL (whether the pair can be used
+    together is checked by `server_context`, when a listener needs it)."""
+    if b"-----BEGIN " not in _read(path, what):
+        raise ConfigError(f"the TLS {what} {path} holds no PEM block (-----BEGIN ...)")
 
 
 def server_context(pairs: Sequence[tuple[str, str]], dh_params: str | None = None,
@@ -158,10 +166,42 @@ def serves_tls(descriptions: Sequence[str]) -> bool:
     return any(description.startswith("ssl:") for description in descriptions)
 
 
+class Listener(StreamServerEndpointService):
+    """A listen description as a service whose failure to listen stops the start with a ConfigError naming the
+    description and its setting (`setting`), instead of a CannotListenError traceback."""
+
+    _raiseSynchronously = True  # as Twisted's strports services: a port that cannot be opened fails the start
+
+    def __init__(self, endpoint: IStreamServerEndpoint, factory: Any, description: str, setting: str) -> None:
+        super().__init__(endpoint, factory)
+        self.description = description
+        self.setting = setting
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as exc:
+            raise ConfigError(f"cannot listen on {self.description} ({self.setting}): "
+                              f"{_why(exc.socketError)}") from None
+        except (OSError, OverflowError) as exc:
+            raise ConfigError(f"cannot listen on {self.description} ({self.setting}): {exc}") from None
+
+
+def _why(error: Any) -> str:
+    """A listening socket's OSError, said with what to do about it."""
+    reason = getattr(error, "strerror", None) or str(error)
+    hint = {errno.EADDRINUSE: "another process listens there; stop it or choose another port",
+            errno.EACCES: "ports below 1024 need privileges",
+            errno.EADDRNOTAVAIL: "no interface of this machine has that address"}.get(getattr(error, "errno", None))
+    return f"{reason} ({hint})" if hint else reason
+
+
 def listen_service(description: str, site: Any, reactor: Any, certificates: Sequence[dict[str, str]] = (),
-                   stapler: Stapler | None = None) -> StreamServerEndpointService:
-    """The service listening on one description: `ssl:` ones through `ssl_endpoint` (both key types, BCP-003-01
-    ciphers, OCSP stapling with a `stapler`), anything else through Twisted's strports."""
+                   stapler: Stapler | None = None, setting: str = "listen") -> Listener:
+    """The service listening on one description of `setting`: `ssl:` ones through `ssl_endpoint` (both key types,
+    BCP-003-01 ciphers, OCSP stapling with a `stapler`), anything else through Twisted's strports."""
     if description.startswith("ssl:"):
-        return StreamServerEndpointService(ssl_endpoint(reactor, description, certificates, stapler), site)
-    return strports.service(description, site, reactor=reactor)
+        endpoint = ssl_endpoint(reactor, description, certificates, stapler)
+    else:
+        endpoint = serverFromString(reactor, description)
+    return Listener(endpoint, site, description, setting)

@@ -13,6 +13,7 @@ import base64
 import binascii
 import re
 from http import HTTPStatus
+from time import perf_counter
 from urllib.parse import unquote_to_bytes
 
 from twisted.internet.interfaces import IAddress
@@ -31,8 +32,12 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
 from nmos_ref.web.errors import NmosError
+from nmos_ref.web.logs import Logger
+from nmos_ref.web.metrics import Metrics
 from nmos_ref.web.responses import MAX_BODY, render_error
 from nmos_ref.web.root import ErrorResource
+
+log = Logger()
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 §5.6.2
 _VERSION = re.compile(rb"HTTP/[0-9]+(?:\.[0-9]+)?")
@@ -176,6 +181,15 @@ class NmosChannel(HTTPChannel):
         lines.append(b"\r\n")
         self.transport.write(b"\r\n".join(lines))
 
+    def timeoutConnection(self) -> None:
+        # Twisted logs "Timing out client" at info each time it closes a connection left idle: routine with
+        # keep-alive clients (every Node keeps one open to its registry), so a debug line here; the rest is
+        # HTTPChannel.timeoutConnection's.
+        log.debug("Timing out client: {peer}", peer=str(self.transport.getPeer()))
+        if self.abortTimeout is not None:
+            self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
+        self.loseConnection()
+
     def _respondToBadRequestAndDisconnect(self) -> None:
         error, self.pending_error = self.pending_error or self._explain(), None
         self._refuse(error)
@@ -309,6 +323,7 @@ class NmosRequest(server.Request):
         return path + question + query
 
     def process(self) -> None:
+        self.began = perf_counter()  # what /metrics times the answer from (nmos_ref.web.metrics)
         # BCP-003-01: HTTPS answers carry HSTS (the site's hsts_max_age; 0 leaves it out).
         max_age = getattr(self.channel.site, "hsts_max_age", 0) if self.channel is not None else 0
         if max_age and self.isSecure():
@@ -393,13 +408,27 @@ def check_websocket_handshake(request: IRequest) -> None:
 # --- the site
 
 
-def make_site(root: IResource, access_log: bool = False, hsts_max_age: int = 31536000) -> server.Site:
+def make_site(root: IResource, access_log: bool = False, hsts_max_age: int = 31536000,
+              metrics: Metrics | None = None) -> server.Site:
+    """The site serving `root`; with `metrics`, every finished request is counted and timed there (Twisted calls
+    the site's log hook once per request, as it finishes)."""
     # Form uploads are not parsed into request.args: the APIs take JSON only, so it would be work (and a refusal
     # Twisted could not explain) for nothing.
     site = NmosSite(root, requestFactory=NmosRequest, parsePOSTFormSubmission=False)
     site.hsts_max_age = hsts_max_age  # type: ignore[attr-defined]
     site.displayTracebacks = False
-    if not access_log:
+    if metrics is not None:
+        if access_log:
+            access = site.log
+
+            def both(request: IRequest) -> None:
+                metrics.request_done(request)
+                access(request)
+
+            site.log = both  # type: ignore[method-assign]
+        else:
+            site.log = metrics.request_done  # type: ignore[method-assign]
+    elif not access_log:
         site.log = _no_access_log  # type: ignore[method-assign]
     return site
 

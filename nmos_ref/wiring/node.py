@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from attrs import evolve
@@ -35,6 +36,7 @@ from nmos_ref.tls.trust import tls_policy
 from nmos_ref.validation import Schemas
 from nmos_ref.web.client import quiet_pool
 from nmos_ref.web.root import root_resource
+from nmos_ref.web.metrics import CheckResource, Family, Metrics, operations
 from nmos_ref.web.server import make_site
 from nmos_ref.wiring.dnssd import DnsSd, build_dns_sd
 from nmos_ref.wiring.listeners import listening, ocsp_stapler
@@ -74,7 +76,7 @@ class NodeService(MultiService):
             service.setServiceParent(self)
         if registries is not None:
             registries.setServiceParent(self)
-        self.listeners = [listen_service(description, site, reactor, certificates, stapler)
+        self.listeners = [listen_service(description, site, reactor, certificates, stapler, setting="node_listen")
                           for description in listen]
         for listener in self.listeners:
             listener.setServiceParent(self)
@@ -133,10 +135,29 @@ def client_servers(settings: Settings) -> list[str]:
     return [url.rstrip("/") for url in settings.auth_issuers if url != ANY_ISSUER]
 
 
+REGISTRATION_STATES = ("idle", "choosing", "registering", "registered", "refused", "backoff", "no registry",
+                       "stopped")
+
+
+def node_families(client: RegistrationClient, oauth: Any) -> Iterable[Family]:
+    """The Node's registration (its state, the registry in use, failovers) and, with IS-10, its token requests."""
+    yield ("nmos_node_registration_state", "gauge", "The Node's registration state: 1 for the state it is in",
+           [((("state", state),), int(client.state == state)) for state in REGISTRATION_STATES])
+    current = client.current
+    yield ("nmos_node_registry", "gauge", "The Registration API the Node uses (1), if any",
+           [((("url", current.candidate.url),), 1)] if current is not None else [])
+    yield ("nmos_node_registry_failovers_total", "counter", "Registries the Node gave up for the next one",
+           [((), client.failovers)])
+    if oauth is not None:
+        yield ("nmos_node_token_requests_total", "counter", "Access tokens asked of authorization servers, by outcome",
+               [((("outcome", outcome),), count) for outcome, count in sorted(oauth.fetches.items())])
+
+
 def build_node(settings: Settings, reactor: Any, clock: IReactorTime, *,
                local_registries: Callable[[], Deferred[list[tuple[str, Any]]]] | None = None,
                http: Any = None, schemas: Schemas | None = None, dns_sd: DnsSd | None = None,
-               guard: Authorization | None = None, stapler: OCSPStapler | None = None) -> NodeService:
+               guard: Authorization | None = None, stapler: OCSPStapler | None = None,
+               metrics: Metrics | None = None) -> NodeService:
     """The Node of `settings`: its description (file or demo), model, APIs, listeners, registration client and
     DNS-SD. `local_registries` gives the addresses of a registry in this process, used first; `http` replaces the
     treq client (tests); `dns_sd` is the process's DNS-SD (default: made from the settings, for this Node alone).
@@ -203,7 +224,10 @@ def build_node(settings: Settings, reactor: Any, clock: IReactorTime, *,
         x_authorization = Resource()
         x_authorization.putChild(b"jwks", JWKSResource(oauth))
         others["x-authorization"] = x_authorization
-    site = make_site(root_resource(apis, others), settings.access_log, settings.hsts_max_age)
+    metrics = metrics if metrics is not None else Metrics()
+    ready = CheckResource()  # /ready: the Node API listens (the Node serves whether or not a registry holds it)
+    others.update(operations(metrics, ready))
+    site = make_site(root_resource(apis, others), settings.access_log, settings.hsts_max_age, metrics)
     configured = [evolve(parse_registry_url(url, index), authorization=authorization)
                   for index, url in enumerate(settings.registries)]
 
@@ -223,6 +247,7 @@ def build_node(settings: Settings, reactor: Any, clock: IReactorTime, *,
         candidates = registries.candidates
     client = RegistrationClient(model, http, clock, candidates, protocol=protocol, authorization=authorization,
                                 tokens=oauth, interval=settings.heartbeat_interval, timeout=timeout)
+    metrics.collect(partial(node_families, client, oauth))
     if registries is not None:
         registries.changed = client.registries_changed
     if oauth is not None:
@@ -237,8 +262,10 @@ def build_node(settings: Settings, reactor: Any, clock: IReactorTime, *,
              senders=len(model.all("sender")), receivers=len(model.all("receiver")))
     # api.endpoints name the configured host name, else the addresses listened on (not the machine's name, which
     # other hosts may not resolve).
-    return NodeService(model, site, settings.node_listen, reactor, client, targets, pool, settings.host_name,
-                       registries=registries, advertiser=advertiser, own_discovery=own_discovery,
-                       authorization=authorization, oauth=oauth, auth_services=auth_services,
-                       certificates=settings.tls_certificates,
-                       stapler=stapler or ocsp_stapler(reactor, settings.node_listen, settings.tls_ca, clock))
+    service = NodeService(model, site, settings.node_listen, reactor, client, targets, pool, settings.host_name,
+                          registries=registries, advertiser=advertiser, own_discovery=own_discovery,
+                          authorization=authorization, oauth=oauth, auth_services=auth_services,
+                          certificates=settings.tls_certificates,
+                          stapler=stapler or ocsp_stapler(reactor, settings.node_listen, settings.tls_ca, clock))
+    ready.checks.append(lambda: None if service.ready.called else "the Node API is not listening yet")
+    return service

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.application.internet import TimerService
 from twisted.application.service import IService, MultiService
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 from twisted.web.server import Site
@@ -20,14 +20,15 @@ from nmos_ref.api.subscription_service import SubscriptionService
 from nmos_ref.config import Settings
 from nmos_ref.discovery.registry_advert import RegistryAdvertiser
 from nmos_ref.model.downgrade import Translations
-from nmos_ref.model.store import Registry
-from nmos_ref.tls.server import listen_service
+from nmos_ref.model.store import REMOVAL_STEP, Change, Registry
+from nmos_ref.tls.server import Listener, listen_service
 from nmos_ref.validation import Schemas
+from nmos_ref.web.metrics import CheckResource, Metrics, StoreCounts, operations, subscription_families
 from nmos_ref.web.root import root_resource
 from nmos_ref.web.server import make_site
 from nmos_ref.wiring.dnssd import DnsSd, build_dns_sd
 from nmos_ref.wiring.listeners import listening, ocsp_stapler
-from nmos_ref.wiring.tuning import FreezeAfterFullCollection, LogLevelService, LongestTurn
+from nmos_ref.wiring.tuning import FreezeAfterFullCollection, LongestTurn
 from nmos_ref.ws.connection import SubscriptionLimits
 from nmos_ref.ws.subscriptions import SubscriptionManager
 
@@ -67,16 +68,28 @@ class ExpirySweep(TimerService):
     """
 
     def __init__(self, registry: Registry, clock: IReactorTime, period: float = GC_PERIOD,
-                 tolerance: float = LATE_TOLERANCE) -> None:
+                 tolerance: float = LATE_TOLERANCE, step: int = REMOVAL_STEP) -> None:
         super().__init__(period, self._sweep)
         self.clock = clock  # TimerService's LoopingCall reads it when the service starts
         self.registry = registry
         self.tolerance = tolerance
+        self.removal_step = step  # resources removed per reactor turn when many expire at once
         self._last: float | None = None  # when the previous sweep ran
+        self._more: IDelayedCall | None = None  # the next turn of a removal still under way
+        self._stopping = False  # TimerService counts itself running until its current call has returned
+        self._below = 0  # resources of the Node being expired removed so far (for its log line)
 
     def startService(self) -> None:
         self._last = None
+        self._stopping = False
         super().startService()
+
+    def stopService(self) -> Any:
+        self._stopping = True
+        if self._more is not None and self._more.active():
+            self._more.cancel()
+        self._more = None
+        return super().stopService()
 
     def _sweep(self) -> None:
         now = self.clock.seconds()  # the time read once per tick
@@ -88,9 +101,41 @@ class ExpirySweep(TimerService):
                          "postponed by {late:.1f} s, since heartbeats sent meanwhile may still be unread",
                          late=late)
                 self.registry.postpone_expiry(late, now)
-            self.registry.collect_garbage(now)
+            self._collect(now)
         except Exception:
             log.failure("Garbage collection failed; trying again in {period} s", period=self.step)
+
+    def _collect(self, now: float) -> None:
+        """Remove up to `removal_step` resources of expired Nodes; the rest in the next turns of the reactor, so that
+        heartbeats are answered between them even when thousands of resources expire at once."""
+        self._more = None
+        removed = self.registry.collect_garbage(now, self.removal_step)
+        if removed:
+            self._log_expired(removed)
+        if self.registry.collecting and not self._stopping:
+            self._more = self.clock.callLater(0, self._continue)
+
+    def _continue(self) -> None:
+        try:
+            self._collect(self.clock.seconds())
+        except Exception:
+            log.failure("Garbage collection failed; trying again in {period} s", period=self.step)
+
+
+    def _log_expired(self, removed: list[Change]) -> None:
+        """One line per expired Node, with how many resources went with it. The store removes one expired Node's
+        tree at a time, leaves first and the Node last, over as many calls as it takes: the count goes on from one
+        call to the next."""
+        below = self._below
+        for change in removed:
+            if change.cause != "expire":
+                below += 1
+                continue
+            label = change.pre.data.get("label") if change.pre is not None else None
+            log.info("Node {id} ({label}) expired, and {below} resources below it", id=change.id, label=label,
+                     below=below)
+            below = 0
+        self._below = below
 
 
 def subscription_path(manager: SubscriptionManager, version: str, sid: str) -> str | None:
@@ -100,21 +145,51 @@ def subscription_path(manager: SubscriptionManager, version: str, sid: str) -> s
 
 
 class RegistryService(MultiService):
-    """The registry's service tree, with what tests and the process tree read of it."""
+    """The registry's service tree, with what tests and the process tree read of it; once every listener listens,
+    it says where it serves (only then: a port that cannot be opened stops the start instead)."""
 
-    def __init__(self, registry: Registry, site: Site, keys: KeyCache | None) -> None:
+    def __init__(self, registry: Registry, site: Site, keys: KeyCache | None, listeners: list[Listener],
+                 settings: Settings) -> None:
         super().__init__()
         self.registry = registry
         self.site = site
         self.keys = keys  # with authorization: the resource server's key cache
+        self.listeners = listeners  # children too
+        self.versions = settings.api_versions
+        self.expiry = settings.registration_expiry_interval
+
+    def startService(self) -> None:
+        super().startService()
+        listening(self.listeners).addCallbacks(self._serving, lambda _failure: None)
+
+    def _serving(self, addresses: list[tuple[str, Any]]) -> None:
+        log.info("nmos-ref: registry serving IS-04 {versions} at {urls}; Nodes expire after {expiry:g} s",
+                 versions=", ".join(self.versions), urls=", ".join(base_url(protocol, address)
+                                                                   for protocol, address in addresses),
+                 expiry=self.expiry)
+
+
+def not_listening(listeners: list[Any]) -> str | None:
+    """For /ready: the listen descriptions not listening (yet, or any more), if any."""
+    idle = [getattr(listener, "description", repr(listener)) for listener in listeners if not listener.running]
+    return f"not listening on {', '.join(idle)}" if idle else None
+
+
+def base_url(protocol: str, address: Any) -> str:
+    """http://127.0.0.1:8235/ for a listening address ([::1] for IPv6; 0.0.0.0 and :: as they are)."""
+    host = f"[{address.host}]" if ":" in address.host else address.host
+    return f"{protocol}://{host}:{address.port}/"
 
 
 def build_registry(settings: Settings, reactor: Any, clock: IReactorTime, dns_sd: DnsSd | None = None,
-                   guard: Authorization | None = None, stapler: OCSPStapler | None = None) -> RegistryService:
+                   guard: Authorization | None = None, stapler: OCSPStapler | None = None,
+                   metrics: Metrics | None = None) -> RegistryService:
     """The registry's service tree for `settings`, timed by `clock` (the reactor in service, a Clock in tests);
     `dns_sd` defaults to the DNS-SD of the settings (started and stopped here), `guard` (with auth) to a resource
-    server made here, `stapler` (for ssl: listeners) to an OCSP stapler made here."""
+    server made here, `stapler` (for ssl: listeners) to an OCSP stapler made here, `metrics` (the process's) to
+    metrics of its own."""
     services: list[IService] = []
+    metrics = metrics if metrics is not None else Metrics()
     if dns_sd is None:
         dns_sd = build_dns_sd(settings, reactor, clock, settings.listen, browse=settings.auth)
         if dns_sd.multicast is not None:
@@ -134,11 +209,12 @@ def build_registry(settings: Settings, reactor: Any, clock: IReactorTime, dns_sd
 
         shared = cluster_store(settings, reactor, clock, registry, subscriptions.manager)
         store, listed = shared.store, shared.subscriptions
-    registration = RegistrationAPI(store, Schemas(), settings.api_versions, clock)
+    # Long work (a big Node's DELETE, a v1.0 list of many resources) in slices, one per turn of the reactor.
+    cooperator = Cooperator(scheduler=partial(reactor.callLater, 0))
+    registration = RegistrationAPI(store, Schemas(), settings.api_versions, clock, cooperator)
     query = QueryAPI(registry, settings.api_versions, host_name=settings.host_name, authorization=settings.auth,
-                     translations=translations, subscriptions=listed,
-                     websockets=subscriptions.resource,
-                     cooperator=Cooperator(scheduler=partial(reactor.callLater, 0)))
+                     translations=translations, subscriptions=listed, websockets=subscriptions.resource,
+                     cooperator=cooperator)
     apis = {"registration": registration.app.resource(), "query": query.app.resource()}
     if shared is not None:
         from nmos_ref.wiring.cluster import StaleMarker
@@ -155,7 +231,12 @@ def build_registry(settings: Settings, reactor: Any, clock: IReactorTime, dns_sd
             services.append(guard.services)
         apis = guard_apis(apis, guard.server, {"query": partial(subscription_path, listed)})
         keys = guard.server.keys
-    site = make_site(root_resource(apis), settings.access_log, settings.hsts_max_age)
+    counts = StoreCounts(registry)
+    metrics.collect(counts.families)
+    metrics.collect(partial(subscription_families, subscriptions.manager))
+    ready = CheckResource()  # /ready: every listener listens, and in a cluster the replica is fed
+    site = make_site(root_resource(apis, operations(metrics, ready)), settings.access_log, settings.hsts_max_age,
+                     metrics)
     if stapler is None:  # BCP-003-01: OCSP stapling for ssl: listeners (certificates naming an OCSP responder)
         stapler = ocsp_stapler(reactor, settings.listen, settings.tls_ca, clock)
         if stapler is not None:
@@ -163,8 +244,12 @@ def build_registry(settings: Settings, reactor: Any, clock: IReactorTime, dns_sd
     listeners = [listen_service(description, site, reactor, settings.tls_certificates, stapler)
                  for description in settings.listen]
     services += listeners
+    ready.checks.append(partial(not_listening, listeners))
     if shared is not None:
         services.append(shared)
+        cluster = shared.store
+        ready.checks.append(lambda: None if cluster.current else "the etcd store is not reachable (the Query API "
+                                                                  "answers from a replica that may be stale)")
     if dns_sd.multicast is not None:
         services.append(RegistryAdvertiser(dns_sd.multicast, partial(listening, listeners), settings.api_versions,
                                            settings.pri, settings.auth, dns_sd.host, dns_sd.interfaces))
@@ -172,12 +257,8 @@ def build_registry(settings: Settings, reactor: Any, clock: IReactorTime, dns_sd
     if shared is None:  # in a cluster, etcd's leases expire the Nodes
         services.append(ExpirySweep(registry, clock))
     services += [FreezeAfterFullCollection(clock),
-                 LongestTurn(reactor),  # the reactor's own turns, whatever clock drives the timers
-                 LogLevelService(settings.log_level)]
-    top = RegistryService(registry, site, keys)
+                 LongestTurn(reactor)]  # the reactor's own turns, whatever clock drives the timers
+    top = RegistryService(registry, site, keys, listeners, settings)
     for service in services:
         service.setServiceParent(top)
-    log.info("nmos-ref: registry serving IS-04 {versions} on {listen}; Nodes expire after {expiry} s",
-             versions=", ".join(settings.api_versions), listen=", ".join(settings.listen),
-             expiry=settings.registration_expiry_interval)
     return top

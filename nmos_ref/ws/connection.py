@@ -61,6 +61,7 @@ class Connection:
         self._syncing = False  # waiting for the snapshot to build the next chunk
         self._queue: deque[tuple[str, str]] = deque()  # (resource id, event) that happened since
         self.backlog = 0  # bytes in _queue
+        self.overflowed = False  # dropped because the backlog passed limits.backlog_bytes
         self._last_sent: float | None = None
         self._paused = False
         self._closed = False
@@ -89,6 +90,7 @@ class Connection:
             self._queue.append(event)
             self.backlog += len(event[1])
         if self._paused and self.backlog > self.limits.backlog_bytes:
+            self.overflowed = True
             log.warn("Dropping a WebSocket of subscription {id}: its client stopped reading and {size} bytes of "
                      "events are waiting (limit {limit})", id=self.name, size=self.backlog,
                      limit=self.limits.backlog_bytes)

@@ -247,7 +247,17 @@ class SubscriptionManager:
         # type -> view -> the subscriptions with sockets that see it: each change is matched once per view
         self._watching: dict[str, dict[SubscriptionFilter, set[Subscription]]] = {}
         self.running = True  # False once stopped: no expiry timers are left behind
+        self.dropped = 0  # sockets closed because their client stopped reading (backlog over the limit)
         registry.feed.subscribe(self._changed)
+
+    def stats(self) -> tuple[int, int, int]:
+        """(subscriptions, open sockets, bytes of events waiting in the sockets' backlogs), for /metrics."""
+        sockets = backlog = 0
+        for subscription in self._subscriptions.values():
+            for connection in subscription.connections:
+                sockets += 1
+                backlog += connection.backlog
+        return len(self._subscriptions), sockets, backlog
 
     # The HTTP side
 
@@ -355,6 +365,8 @@ class SubscriptionManager:
     def disconnect(self, connection: Connection) -> None:
         """A socket closed."""
         connection.lost()
+        if connection.overflowed:
+            self.dropped += 1
         subscription = self._subscriptions.get(connection.name)
         if subscription is None or connection not in subscription.connections:
             return

@@ -7,12 +7,12 @@ from typing import Any
 
 from attrs import define
 from treq.testing import StubTreq
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, Cooperator
 
 from tests.support.samples import VERSIONS, Answer, Family, bump, device, new_id, node, source, stub_call
 from nmos_ref.web.root import root_resource
 from nmos_ref.api.registration import RegistrationAPI
-from nmos_ref.model.store import Registry
+from nmos_ref.model.store import REMOVAL_STEP, Registry
 from nmos_ref.model.tai import format_tai
 from nmos_ref.validation import Schemas
 from tests.support.cases import UnitTest, cases
@@ -330,3 +330,91 @@ class TestOptions(RegistrationTest):
     def test_echoes_requested_headers(self, api: Harness) -> None:
         answer = api.call("OPTIONS", "/v1.3/resource", headers={"Access-Control-Request-Headers": "X-Custom"})
         assert answer.headers["access-control-allow-headers"] == "X-Custom"
+
+
+class TestLargeDelete(UnitTest):
+    """A Node with more than REMOVAL_STEP resources is deleted a step per reactor turn (a Cooperator on the clock):
+    other Nodes' heartbeats are answered between the steps, and the 204 comes once everything has gone."""
+
+    def setUp(self) -> None:
+        clock = Clock()
+        clock.advance(1_760_000_000)
+        registry = Registry()
+        cooperator = Cooperator(scheduler=lambda work: clock.callLater(0, work))
+        api = RegistrationAPI(registry, SCHEMAS, list(VERSIONS), clock, cooperator)
+        self.api = Harness(clock, registry, StubTreq(root_resource({"registration": api.app.resource()})))
+
+    def test_the_204_comes_after_the_last_step(self) -> None:
+        api = self.api
+        big = node("v1.3")
+        other = node("v1.3")
+        assert api.post("v1.3", "node", big).code == 201 and api.post("v1.3", "node", other).code == 201
+        dev = device(big["id"], "v1.3")
+        assert api.post("v1.3", "device", dev).code == 201
+        for _ in range(REMOVAL_STEP + 200):
+            api.registry.register("source", source(dev["id"], "v1.3"), "v1.3", now=api.clock.seconds())
+        steps: list[int] = []
+        api.registry.feed.subscribe(lambda changes: steps.append(len(changes)))
+        answers: list[Any] = []
+        api.stub.request("DELETE", f"{BASE}/v1.3/resource/nodes/{big['id']}").addBoth(answers.append)
+        api.stub.flush()
+        assert answers == [] and steps == [REMOVAL_STEP]  # the first step, in the request's own turn
+        assert api.registry.count("source") == 200 and api.registry.find(big["id"]) is not None
+        beat = api.call("POST", f"/v1.3/health/nodes/{other['id']}")  # between two steps
+        assert beat.code == 200
+        while not answers:
+            api.clock.advance(0)
+            api.stub.flush()
+        assert answers[0].code == 204 and steps == [REMOVAL_STEP, 202]
+        assert api.registry.find(big["id"]) is None and api.registry.count("source") == 0
+        assert api.call("GET", f"/v1.3/resource/nodes/{big['id']}").code == 404
+        assert api.call("GET", f"/v1.3/resource/nodes/{other['id']}").code == 200
+
+    def test_a_small_delete_answers_at_once(self) -> None:
+        members = registered(self.api, "v1.3")
+        answer = self.api.call("DELETE", f"/v1.3/resource/nodes/{members[0][1]['id']}")
+        assert answer.code == 204 and self.api.registry.count("node") == 0
+
+
+class TestNodeLogLines(RegistrationTest):
+    """issue 15: one info line when a Node registers for the first time or is deleted, with its id, label, the
+    client's address, the API version and how many resources; nothing at info for an update, a heartbeat or another
+    type (the hot path logs nothing more)."""
+
+    def lines(self) -> list[dict[str, Any]]:
+        from twisted.logger import LogLevel, globalLogPublisher
+
+        seen: list[dict[str, Any]] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            if event.get("log_namespace") == "nmos_ref.api.registration" and event["log_level"] >= LogLevel.info:
+                seen.append(event)
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        return seen
+
+    def test_register_and_delete(self, api: Harness) -> None:
+        from twisted.logger import formatEvent
+
+        seen = self.lines()
+        members = registered(api, "v1.3")  # a Node and one of everything below it
+        node_data = members[0][1]
+        assert len(seen) == 1, [formatEvent(e) for e in seen]
+        registered_line = seen[0]
+        assert (registered_line["id"], registered_line["label"], registered_line["version"]) == (
+            node_data["id"], node_data["label"], "v1.3")
+        assert registered_line["client"] and registered_line["nodes"] == 1 and registered_line["resources"] == 1
+        assert formatEvent(registered_line) == (f"Node {node_data['id']} ({node_data['label']}) registered at v1.3 "
+                                                f"from {registered_line['client']}; the registry holds 1 Nodes and 1 "
+                                                f"resources")
+        del seen[:]
+        assert api.post("v1.3", "node", bump(node_data, label="renamed")).code == 200  # an update
+        assert api.call("POST", f"/v1.3/health/nodes/{node_data['id']}").code == 200  # a heartbeat
+        device_id = next(data["id"] for kind, data in members if kind == "device")
+        assert api.call("DELETE", f"/v1.3/resource/devices/{device_id}").code == 204  # not a Node
+        assert seen == []
+        left = sum(api.registry.count(kind) for kind in ("node", "device", "source", "flow", "sender", "receiver"))
+        assert api.call("DELETE", f"/v1.3/resource/nodes/{node_data['id']}").code == 204
+        assert [formatEvent(e) for e in seen] == [
+            f"Node {node_data['id']} (renamed) deleted at v1.3 by {registered_line['client']}, and {left - 1} "
+            f"resources below it"]

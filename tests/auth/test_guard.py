@@ -144,6 +144,7 @@ class ResourceServerTests(ServedTest):
             assert answer.code == 401 and challenge(answer)["error"] == "invalid_token", token
         answer = stub_call(served.stub, "GET", "http://x" + V, headers={"Authorization": "Basic dXNlcjpwYXNz"})
         assert answer.code == 401
+        assert served.server.refused == {401: 5}  # counted for /metrics (nmos_auth_refusals_total)
 
     @cases("changes", [
         {"exp": NOW - 3600}, {"exp": NOW - 6}, {"nbf": NOW + 60}, {"iat": NOW + 60}, {"exp": None}, {"sub": None},

@@ -259,24 +259,25 @@ class DnsSdSettingsTests(UnitTest):
 
     def test_dns_sd_flags(self) -> None:
         options = Options()
-        options.parseOptions(["--dns-sd", "unicast", "--mdns-interface", "127.0.0.1", "node", "--mdns-interface",
-                              "192.0.2.1", "--dns-server", "127.0.0.1:5353", "--dns-sd-domain", "example.test",
-                              "--pri", "5"])
+        options.parse(["--dns-sd", "unicast", "--mdns-interface", "127.0.0.1", "node", "--mdns-interface",
+                              "192.0.2.1", "--dns-server", "127.0.0.1:5353", "--dns-sd-domain", "example.test"])
         settings = options["settings"]
         assert settings.dns_sd == "unicast" and settings.mdns_interfaces == ["127.0.0.1", "192.0.2.1"]
         assert settings.dns_servers == ["127.0.0.1:5353"] and settings.dns_sd_domain == "example.test"
-        assert settings.pri == 5
+        registry = Options()
+        registry.parse(["registry", "--pri", "5"])  # the registry's adverts have a pri; a Node's have none
+        assert registry["settings"].pri == 5
 
     @cases("argv,message", [
-        (["--dns-sd", "mdns"], "dns_sd must be one of both, multicast, unicast, off"),
-        (["--mdns-interface", "eth0"], "mdns_interfaces: 'eth0' is not an address"),
-        (["--dns-server", "dns.example"], "dns_servers: 'dns.example' is not an address"),
+        (["--dns-sd", "mdns"], "--dns-sd must be one of both, multicast, unicast, off"),
+        (["--mdns-interface", "eth0"], "--mdns-interface: 'eth0' is not an address"),
+        (["--dns-server", "dns.example"], "--dns-server: 'dns.example' is not an address"),
         (["--pri", "high"], "--pri must be an integer"),
-        (["--pri", "-1"], "pri must be an integer from 0"),
+        (["--pri", "-1"], "--pri must be an integer from 0"),
     ])
     def test_bad_dns_sd_flags(self, argv: list[str], message: str) -> None:
         with pytest.raises(usage.UsageError, match=re.escape(message)):
-            Options().parseOptions(argv)
+            Options().parse(argv)
 
     def test_adverts_are_values(self) -> None:
         one = Advert(NODE, "n", 1, ("127.0.0.1",), {"a": "b"})

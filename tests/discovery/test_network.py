@@ -16,7 +16,7 @@ from twisted.internet.task import Clock
 from tests.support.cases import SocketTest
 from tests.support.dnssd import DOMAIN, Zone, serve_zone
 from nmos_ref.config import Settings
-from nmos_ref.discovery import NODE, QUERY, REGISTER, REGISTRATION, Advert, Instance
+from nmos_ref.discovery import NODE, QUERY, REGISTER, REGISTRATION, Advert, Instance, InterfaceUnusable
 from nmos_ref.discovery.mdns import MulticastDiscovery
 from nmos_ref.discovery.unicast import UnicastDiscovery, make_resolver
 from nmos_ref.wiring.listeners import listening
@@ -90,7 +90,7 @@ class MulticastTests(SocketTest):
 
     def test_mdns_on_an_address_this_machine_lacks_stops_the_start_saying_so(self) -> None:
         discovery = MulticastDiscovery(reactor, ["198.51.100.254"], "nmos-ref-test")  # TEST-NET-2: on no interface here
-        with pytest.raises(RuntimeError,
+        with pytest.raises(InterfaceUnusable,
                            match=r"mDNS cannot use the interfaces 198\.51\.100\.254 .*set mdns_interfaces"):
             discovery.startService()
         assert not discovery.running

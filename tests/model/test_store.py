@@ -11,7 +11,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from nmos_ref.model.errors import InvalidResource, UnknownResource, VersionConflict
-from nmos_ref.model.store import Change, Registry
+from nmos_ref.model.store import Change, Registry, Resource
 from nmos_ref.model.tai import NS, TAIClock, format_tai, leap_offset, parse_tai, unix_to_tai_ns
 from tests.support.cases import UnitTest, cases
 
@@ -375,6 +375,121 @@ class TestOnlyServableIsStored(StoreTest):
         record = registry.register("node", data, "v1.3", now=self.clock.seconds()).resource
         assert record.json.encode("utf-8").decode("utf-8") == record.json
         assert json.loads(record.json) == data
+
+
+def big_node(registry: Registry, devices: int = 3, senders: int = 12, *, now: float) -> dict[str, Any]:
+    """A Node with `devices` Devices, each with a Source, a Flow, `senders` Senders and `senders` Receivers."""
+    node = res()
+    registry.register("node", node, "v1.3", now=now)
+    for _ in range(devices):
+        dev = res(node_id=node["id"])
+        registry.register("device", dev, "v1.3", now=now)
+        src = res(device_id=dev["id"])
+        registry.register("source", src, "v1.3", now=now)
+        flo = res(device_id=dev["id"], source_id=src["id"])
+        registry.register("flow", flo, "v1.3", now=now)
+        for _ in range(senders):
+            registry.register("sender", res(device_id=dev["id"], flow_id=flo["id"]), "v1.3", now=now)
+            registry.register("receiver", res(device_id=dev["id"]), "v1.3", now=now)
+    return node
+
+
+def held(registry: Registry) -> list[Resource]:
+    return [record for kind in ("node", "device", "source", "flow", "sender", "receiver")
+            for record in registry.resources(kind)]
+
+
+def assert_whole_tree(registry: Registry) -> None:
+    """Every resource's parent is registered, and the family links say exactly who is whose child."""
+    records = held(registry)
+    expected: dict[str, list[str]] = {}
+    for record in records:
+        if record.parent_id is not None:
+            assert registry.find(record.parent_id) is not None, f"{record} outlived its parent"
+            expected.setdefault(record.parent_id, []).append(record.id)
+    for record in records:
+        assert sorted(registry.children(record.id)) == sorted(expected.get(record.id, [])), record
+
+
+class TestRemovalInSteps(StoreTest):
+    """A large removal taken a few resources at a time (a big Node's DELETE, a mass expiry) leaves the store a
+    whole tree after every step, and in the end removes the same as a removal in one go."""
+
+    def test_each_step_leaves_a_whole_tree(self, registry: Registry, changes: list[Change]) -> None:
+        node = big_node(registry, now=START)
+        size = len(held(registry))
+        del changes[:]
+        removal = registry.removal("node", node["id"], "v1.3")
+        steps = 0
+        while not removal.done:
+            step = removal.step(7)
+            steps += 1
+            assert 0 < len(step) <= 7
+            assert changes[-len(step):] == step  # published as it went
+            assert_whole_tree(registry)
+        assert steps == -(-size // 7) and held(registry) == []
+        assert len(changes) == size and len({change.id for change in changes}) == size
+        assert [change.cause for change in changes] == ["cascade"] * (size - 1) + ["delete"]
+        assert removal.step(7) == [] and registry.children(node["id"]) == ()
+
+    def test_what_is_registered_below_meanwhile_goes_too(self, registry: Registry) -> None:
+        node = big_node(registry, now=START)
+        removal = registry.removal("node", node["id"], "v1.3")
+        removal.step(5)
+        device = next(iter(registry.resources("device")))
+        late = res(device_id=device.id)
+        assert registry.register("receiver", late, "v1.3", now=START + 1).created
+        while not removal.done:
+            removal.step(5)
+            assert_whole_tree(registry)
+        assert registry.find(late["id"]) is None and held(registry) == []
+
+    def test_an_update_of_the_root_between_steps_does_not_stop_it(self, registry: Registry,
+                                                                  changes: list[Change]) -> None:
+        node = big_node(registry, devices=1, now=START)
+        removal = registry.removal("node", node["id"], "v1.3")
+        removal.step(3)
+        registry.register("node", dict(node, version="101:0", label="again"), "v1.3", now=START + 1)
+        while not removal.done:
+            removal.step(3)
+        assert held(registry) == []
+        assert changes[-1].cause == "delete" and changes[-1].pre is not None and changes[-1].pre.data["label"] == "again"
+
+    def test_the_checks_come_before_any_step(self, registry: Registry) -> None:
+        node = big_node(registry, devices=1, now=START)
+        with self.assertRaises(VersionConflict):
+            registry.removal("node", node["id"], "v1.2")
+        with self.assertRaises(UnknownResource):
+            registry.removal("node", new_id(), "v1.3")
+        assert len(held(registry)) == 1 + 3 + 24
+
+    def test_a_mass_expiry_with_a_limit(self, registry: Registry, changes: list[Change]) -> None:
+        first, second = big_node(registry, now=START), big_node(registry, devices=2, now=START)
+        alive = family(registry, now=START)["node"]["id"]
+        size = len(held(registry)) - 6
+        registry.heartbeat(alive, "v1.3", now=START + 10)
+        del changes[:]
+        now = START + registry.expiry + 1
+        calls = 0
+        while True:
+            made = registry.collect_garbage(now, 10)
+            calls += 1
+            assert len(made) <= 10
+            assert_whole_tree(registry)
+            if registry.find(first["id"]) is not None:
+                assert registry.health(first["id"], "v1.3") == START  # an expiring Node still answers for itself
+            if not registry.collecting:
+                break
+        assert calls == -(-size // 10) and len(changes) == size
+        assert registry.find(first["id"]) is None and registry.find(second["id"]) is None
+        assert [change.id for change in changes if change.cause == "expire"] == [first["id"], second["id"]]
+        assert registry.find(alive) is not None and len(held(registry)) == 6
+        assert registry.collect_garbage(now, 10) == [] and not registry.collecting
+
+    def test_without_a_limit_everything_expired_goes_at_once(self, registry: Registry) -> None:
+        big_node(registry, now=START)
+        made = registry.collect_garbage(START + registry.expiry + 1)
+        assert len(made) == 1 + 3 * (3 + 24) and held(registry) == [] and not registry.collecting
 
 
 class TestReplication(StoreTest):

@@ -51,7 +51,7 @@ class BadFilesTests(UnitTest):
         with pytest.raises(ConfigError, match="same key type"):
             server_context([(pki["rsa_cert"], pki["rsa_key"]), (pki["rsa_cert"], pki["rsa_key"])])
         with pytest.raises(usage.UsageError, match="cannot be used together"):
-            Options().parseOptions([
+            Options().parse([
                 "registry", "--listen",
                 f"ssl:0:interface=127.0.0.1:certKey={pki['ec_cert']}:privateKey={pki['rsa_key']}"])
 

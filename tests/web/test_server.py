@@ -477,6 +477,26 @@ def _stop(channel: Any) -> None:
 class ChannelInMemoryTests(UnitTest):
     """NmosChannel over a StringTransport, and the error answer it writes."""
 
+    def test_an_idle_connection_timed_out_is_a_debug_line(self) -> None:
+        """issue 15: Twisted's "Timing out client" came at info for every idle keep-alive connection closed."""
+        from twisted.internet.task import Clock
+        from twisted.logger import LogLevel, globalLogPublisher
+
+        seen: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(seen.append)
+        self.addCleanup(globalLogPublisher.removeObserver, seen.append)
+        channel, transport = _channel()
+        clock = Clock()
+        channel._channel.callLater = clock.callLater  # TimeoutMixin's timer, for the forced abort that follows
+        try:
+            channel._channel.timeoutConnection()
+            assert transport.disconnecting
+            timing_out = [e for e in seen if "Timing out client" in (e.get("log_format") or "")]
+            assert [e["log_level"] for e in timing_out] == [LogLevel.debug]
+            assert clock.getDelayedCalls()[0].getTime() == channel._channel.abortTimeout
+        finally:
+            _stop(channel)
+
     def test_the_site_builds_nmos_channels(self) -> None:
         channel, _ = _channel()
         try:

@@ -10,7 +10,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 
 from nmos_ref.model.store import Change, Registry
 from nmos_ref.wiring.registry import ExpirySweep
-from tests.model.test_store import START, StoreTest, family
+from tests.model.test_store import START, StoreTest, assert_whole_tree, big_node, family, held
 
 
 def run_collector(registry: Registry, clock: Clock) -> ExpirySweep:
@@ -51,7 +51,7 @@ class ExpirySweepTests(StoreTest):
     def test_a_failing_sweep_is_logged_and_retried(self, registry: Registry, clock: Clock) -> None:
         calls = []
 
-        def broken(now: float) -> list[Change]:
+        def broken(now: float, limit: int | None = None) -> list[Change]:
             calls.append(1)
             raise RuntimeError("boom")
 
@@ -62,6 +62,51 @@ class ExpirySweepTests(StoreTest):
         assert len(calls) == 3 and collector.running
         collector.stopService()
         assert len(self.flushLoggedErrors(RuntimeError)) == 3
+
+
+    def test_a_mass_expiry_goes_a_step_per_turn(self, registry: Registry, clock: Clock,
+                                                changes: list[Change]) -> None:
+        """Thousands of resources expiring at once are removed `step` at a time, one step per reactor turn (a
+        callLater(0)), so heartbeats are read between the steps; the store is a whole tree after each."""
+        nodes = [big_node(registry, now=clock.seconds())["id"] for _ in range(2)]
+        size = len(held(registry))
+        batches: list[int] = []
+
+        def published(batch: list[Change]) -> None:
+            if batch:
+                batches.append(len(batch))
+                assert_whole_tree(registry)
+
+        registry.feed.subscribe(published)
+        turns: list[float] = []
+        call_later = clock.callLater
+        self.patch(clock, "callLater", lambda delay, *a, **kw: (turns.append(delay), call_later(delay, *a, **kw))[1])
+        collector = ExpirySweep(registry, clock, step=10)
+        collector.startService()
+        del changes[:]
+        for _ in range(30):  # 15 s of sweeps
+            clock.advance(0.5)
+        assert held(registry) == [] and len(changes) == size and not registry.collecting
+        assert batches == [10] * (size // 10) + ([size % 10] if size % 10 else [])
+        assert turns.count(0) == len(batches) - 1  # each step after the first in a turn of its own
+        assert [change.id for change in changes if change.cause == "expire"] == nodes
+        collector.stopService()
+
+    def test_stopping_cancels_the_next_step(self, registry: Registry, clock: Clock) -> None:
+        big_node(registry, now=clock.seconds())
+        collector = ExpirySweep(registry, clock, step=10)
+        batches: list[int] = []
+
+        def published(batch: list[Change]) -> None:
+            if batch:
+                batches.append(len(batch))
+                collector.stopService()  # while the first step's turn is running
+
+        registry.feed.subscribe(published)
+        collector.startService()
+        for _ in range(30):
+            clock.advance(0.5)
+        assert batches == [10] and registry.collecting and clock.getDelayedCalls() == []
 
 
 class StallTests(StoreTest):
@@ -127,3 +172,23 @@ class StallTests(StoreTest):
         assert {change.id for change in registry.collect_garbage(START + 7)} >= {old}
         assert registry.find(recent) is not None and registry.collect_garbage(START + 14) != []
 
+
+
+class ExpiryLogTests(StoreTest):
+    def test_one_line_per_expired_node_with_what_went_with_it(self, registry: Registry, clock: Clock) -> None:
+        """issue 15: the expiry line says how many resources went with the Node."""
+        one, two = family(registry, now=clock.seconds()), family(registry, now=clock.seconds())
+        lines: list[str] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            if event.get("log_namespace") == "nmos_ref.wiring.registry":
+                lines.append(formatEvent(event))
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        collector = run_collector(registry, clock)
+        for _ in range(26):
+            clock.advance(0.5)  # on time: no stall
+        below = len(one) - 1
+        assert sorted(lines) == sorted(f"Node {items['node']['id']} (x) expired, and {below} resources below it"
+                                       for items in (one, two))
+        collector.stopService()

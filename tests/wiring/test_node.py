@@ -34,7 +34,7 @@ COLLECTIONS = ("devices", "sources", "flows", "senders", "receivers")
 
 def parse(*argv: str) -> Options:
     options = Options()
-    options.parseOptions(list(argv))
+    options.parse(list(argv))
     return options
 
 
@@ -73,7 +73,7 @@ class TestCommandLine(UnitTest):
     @cases("argv,message", [
         (("node", "--registry", "ftp://r"), "not a Registration API URL"),
         (("node", "--heartbeat-interval", "soon"), "--heartbeat-interval"),
-        (("node", "--heartbeat-interval", "0"), "heartbeat_interval must be"),
+        (("node", "--heartbeat-interval", "0"), "--heartbeat-interval must be"),
         (("--node-listen", "pigeon:1"), "--node-listen 'pigeon:1' is not a strports"),
         (("node", "--node-file", "/nonexistent/node.json"), "cannot read the Node description"),
     ], ids=["registry_not_http", "heartbeat_not_a_number", "heartbeat_zero", "node_listen_not_strports",
@@ -94,7 +94,7 @@ class TestCommandLine(UnitTest):
         config = tmp_path / "auth.json"
         config.write_text(json.dumps({"auth": True, "auth_initial_token_file": str(token)}))
         assert parse("node", "--config", str(config))["settings"].auth_initial_token_file == str(token)
-        with pytest.raises(usage.UsageError, match="auth_client_method must be one of"):
+        with pytest.raises(usage.UsageError, match="--auth-client-method must be one of"):
             parse("--auth-client-method", "tls_client_auth")
         token.write_text("two tokens")
         with pytest.raises(usage.UsageError, match="must hold one token"):

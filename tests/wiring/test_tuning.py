@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import re
+import sys
 import weakref
 from typing import Any
 
@@ -13,8 +14,8 @@ from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
 
 from nmos_ref.web.logs import Logger
-from nmos_ref.wiring.tuning import FreezeAfterFullCollection, LogLevelService, LongestTurn
-from tests.support.cases import UnitTest
+from nmos_ref.wiring.tuning import DebugEvents, FreezeAfterFullCollection, LongestTurn, release_free_heap
+from tests.support.cases import SkipTest, UnitTest
 
 
 class FakeCollector:
@@ -47,9 +48,10 @@ class FreezeAfterFullCollectionTests(UnitTest):
     def test_freezes_once_per_full_collection(self) -> None:
         clock, collector = Clock(), FakeCollector()
         collector.full = 3  # collections before the service started are not its business
-        policy = FreezeAfterFullCollection(clock, period=1.0, collector=collector)
+        policy = FreezeAfterFullCollection(clock, period=1.0, collector=collector,
+                                           release=lambda: collector.calls.append("release"))
         policy.startService()
-        assert collector.calls == ["collect 2", "freeze"]  # what start-up made, once
+        assert collector.calls == ["collect 2", "freeze", "release"]  # what start-up made, once; then the heap
         clock.advance(1)
         assert collector.frozen == 1
         collector.full += 1
@@ -63,6 +65,11 @@ class FreezeAfterFullCollectionTests(UnitTest):
         assert collector.frozen == 3
         policy.stopService()
         assert collector.unfrozen == 1
+
+    def test_the_heap_is_released_with_glibc(self) -> None:
+        if not sys.platform.startswith("linux"):
+            raise SkipTest("malloc_trim is glibc's")
+        assert release_free_heap() is True
 
     def test_with_the_real_collector(self) -> None:
         clock = Clock()
@@ -99,13 +106,13 @@ class Cycle:
     me: Cycle | None = None
 
 
-class LogLevelServiceTests(UnitTest):
+class DebugEventsTests(UnitTest):
     """The configured level also decides whether the project's Logger builds debug events at all."""
 
     def test_debug_events_are_wanted_only_at_the_debug_level_and_again_once_stopped(self) -> None:
         self.patch(Logger, "debug_wanted", True)
         for level, wanted in (("info", False), ("warn", False), ("debug", True)):
-            service = LogLevelService(level)
+            service = DebugEvents(level)
             service.startService()
             try:
                 assert Logger.debug_wanted is wanted, level
