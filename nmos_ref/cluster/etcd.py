@@ -568,7 +568,7 @@ class _Stream(Protocol):
         if not self._done:
             self._done = True
             if not self.watch._stopped:
-                self.watch._failed(self.member, reason.getErrorMessage() if reason is not None else "closed")
+                self.watch._failed(self.member, _why(reason))
         self.closed.callback(None)
 
     def close(self) -> Deferred[None]:
@@ -576,3 +576,13 @@ class _Stream(Protocol):
             self._done = True
             self.transport.stopProducing()  # type: ignore[union-attr]
         return self.closed
+
+
+def _why(reason: Failure | None) -> str:
+    """One short line for the end of a stream (a ResponseFailed holds a list of failures: its first says it)."""
+    if reason is None:
+        return "closed"
+    inner = getattr(reason.value, "reasons", None)
+    if inner:
+        reason = inner[0]
+    return f"{type(reason.value).__name__}: {reason.getErrorMessage()}"

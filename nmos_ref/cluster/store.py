@@ -26,7 +26,7 @@ import json
 import math
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredLock, ensureDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -35,7 +35,7 @@ from nmos_ref.cluster.etcd import (Delete, EtcdClient, EtcdUnavailable, Event, G
                                    Watch, unchanged)
 from nmos_ref.cluster.subscriptions import SUBSCRIPTION, SubscriptionTable
 from nmos_ref.model.errors import UnknownResource
-from nmos_ref.model.store import Registry, RegisterOutcome, Resource
+from nmos_ref.model.store import Proposal, Registry, RegisterOutcome, Resource
 from nmos_ref.model.tai import unix_to_tai_ns
 from nmos_ref.model.versions import TYPES
 from nmos_ref.web.errors import NmosError
@@ -84,6 +84,8 @@ class ClusterStore:
         self._pause: Deferred[None] | None = None  # the wait before reading etcd again
         self._stopped = False
         self._outage = False  # etcd could not be reached at the last write (logged once per outage)
+        # This member's writes take turns: they all compare the stamp key, so two at once would only make one lose.
+        self._turn = DeferredLock()
 
     # Keys
 
@@ -193,7 +195,7 @@ class ClusterStore:
             if event.type == "put":
                 record, lease = decode_record(rid, event.kv.value)
                 records.append(record)
-                self._revisions[rid] = event.kv.mod_revision
+                self._revisions[rid] = max(self._revisions.get(rid, 0), event.kv.mod_revision)
                 if record.kind == "node":
                     self._leases[rid] = lease
             else:
@@ -258,71 +260,94 @@ class ClusterStore:
 
     async def _register(self, kind: str, data: dict[str, Any], api_version: str, client_id: str | None,
                         now: float) -> RegisterOutcome:
-        for _ in range(self.attempts):
-            proposal = self.replica.propose(kind, data, api_version, client_id)
-            existing, rid = proposal.existing, proposal.id
-            if proposal.text is None:  # the same resource again: nothing to write; a Node's is a sign of life
-                assert existing is not None
-                if kind == "node":
-                    await self._renew(rid)
-                return RegisterOutcome(False, existing)
-            key = self._key(rid)
-            compares = [unchanged(key, self._revisions.get(rid, 0))]
-            writes: list[Put | Get | Delete] = []
-            checks: list[Put | Get | Delete] = [Get(key), Get(self._stamp_key)]
-            granted = None
-            if kind == "node":
-                if existing is None:
-                    granted = (await self._etcd(self.etcd.lease_grant(math.ceil(self.replica.expiry)))).id
-                lease = granted or self._leases.get(rid, 0)
-            else:
-                lease = self._leases.get(proposal.node_id, 0)
-                parent_id = proposal.parent_id
-                assert parent_id is not None
-                parent_key = self._key(parent_id)
-                compares.append(unchanged(parent_key, self._revisions.get(parent_id, -1)))
-                # Touch the parent: a delete of it, at another member, then fails its compare and sees this child.
-                writes.append(Put(parent_key, b"", keep=True))
-                checks.append(Get(parent_key))
-            last, stamp_revision = self._stamp
-            record = proposal.record(max(unix_to_tai_ns(now), last + 1))
-            compares.append(unchanged(self._stamp_key, stamp_revision))
-            writes += [Put(key, encode_record(record, lease), lease),
-                       Put(self._stamp_key, str(record.updated).encode("ascii"))]
-            try:
-                result = await self._etcd(self.etcd.txn(compares, writes, checks))
-            except LeaseNotFound:
-                result = None  # the Node expired meanwhile: the replica will say so
-            if result is not None and result.succeeded:
-                await self._caught_up(result.revision)
-                if kind == "node" and existing is not None:
-                    await self._renew(rid)  # an update is a sign of life too
-                return RegisterOutcome(existing is None, self.replica.find(rid) or record)
+        granted = 0  # a lease for a new Node, asked for before the turn (it takes a round trip of its own)
+        if kind == "node" and self.replica.find(str(data.get("id"))) is None:
+            granted = (await self._etcd(self.etcd.lease_grant(math.ceil(self.replica.expiry)))).id
+        try:
+            for _ in range(self.attempts):
+                async with self._turn:
+                    proposal = self.replica.propose(kind, data, api_version, client_id)
+                    existing, rid = proposal.existing, proposal.id
+                    if proposal.text is None:  # the same resource again: nothing to write
+                        assert existing is not None
+                        outcome = RegisterOutcome(False, existing)
+                    else:
+                        outcome, result, checked = await self._commit(proposal, now, granted)
+                if proposal.text is None:
+                    if kind == "node":
+                        await self._renew(rid)  # a Node's re-registration is a sign of life
+                    return outcome
+                if result is not None and result.succeeded:
+                    if kind == "node" and existing is None:
+                        granted = 0  # in use
+                    await self._caught_up(result.revision)
+                    if kind == "node" and existing is not None:
+                        await self._renew(rid)  # an update is a sign of life too
+                    return RegisterOutcome(outcome.created, self.replica.find(rid) or outcome.resource)
+                await self._after_conflict(result, checked)
+            raise _contention(f"{kind} {data.get('id')}", self.attempts)
+        finally:
             if granted:
                 try:
                     await self.etcd.lease_revoke(granted)  # unused: let it go at once
                 except Exception:
                     pass  # it expires on its own
-            await self._after_conflict(result)
-        raise _contention(f"{kind} {data.get('id')}", self.attempts)
 
-    async def _after_conflict(self, result: Any) -> None:
-        """After a lost compare: take the stamp etcd has, and wait for the replica to see whatever else won."""
+    async def _commit(self, proposal: Proposal, now: float, granted: int) -> tuple[RegisterOutcome, Any, list[str]]:
+        """Send the transaction that stores `proposal` (during this member's turn); the outcome it would be, the
+        result (None: the Node's lease is gone) and the resources whose keys the failure branch reads."""
+        existing, rid, kind = proposal.existing, proposal.id, proposal.kind
+        key = self._key(rid)
+        compares = [unchanged(key, self._revisions.get(rid, 0))]
+        writes: list[Put | Get | Delete] = []
+        checks: list[Put | Get | Delete] = [Get(self._stamp_key), Get(key)]
+        checked = [rid]
+        if kind == "node":
+            lease = self._leases.get(rid, 0) if existing is not None else granted
+        else:
+            lease = self._leases.get(proposal.node_id, 0)
+            parent_id = proposal.parent_id
+            assert parent_id is not None
+            parent_key = self._key(parent_id)
+            compares.append(unchanged(parent_key, self._revisions.get(parent_id, -1)))
+            # Touch the parent: a delete of it, at another member, then fails its compare and sees this child.
+            writes.append(Put(parent_key, b"", keep=True))
+            checks.append(Get(parent_key))
+            checked.append(parent_id)
+        last, stamp_revision = self._stamp
+        record = proposal.record(max(unix_to_tai_ns(now), last + 1))
+        compares.append(unchanged(self._stamp_key, stamp_revision))
+        writes += [Put(key, encode_record(record, lease), lease),
+                   Put(self._stamp_key, str(record.updated).encode("ascii"))]
+        try:
+            result = await self._etcd(self.etcd.txn(compares, writes, checks))
+        except LeaseNotFound:
+            return RegisterOutcome(existing is None, record), None, checked  # the Node expired meanwhile
+        if result.succeeded:
+            # What this member's next write compares, known now: the watch brings the same a little later.
+            self._stamp = max(self._stamp, (record.updated, result.revision), key=lambda held: held[1])
+            if proposal.parent_id is not None:
+                self._revisions[proposal.parent_id] = max(self._revisions.get(proposal.parent_id, 0),
+                                                          result.revision)
+        return RegisterOutcome(existing is None, record), result, checked
+
+    async def _after_conflict(self, result: Any, checked: list[str]) -> None:
+        """After a lost compare: take the stamp etcd has, and wait for the replica to see whatever else won (the
+        failure branch read the stamp, then the keys of `checked`)."""
         if result is None:
             await deferLater(self.clock, 0.1, lambda: None)
             return
+        stamp, *found = result.responses
+        for kv in stamp.kvs:
+            if kv.mod_revision > self._stamp[1]:
+                self._stamp = (int(kv.value), kv.mod_revision)
         newest = 0
-        for found in result.responses:
-            for kv in found.kvs:
-                if kv.key == self._stamp_key:
-                    if kv.mod_revision > self._stamp[1]:
-                        self._stamp = (int(kv.value), kv.mod_revision)
-                else:
-                    rid = self._id(kv.key)
-                    if rid is not None and self._revisions.get(rid) != kv.mod_revision:
-                        newest = max(newest, kv.mod_revision)
-            if not found.kvs:
-                newest = max(newest, result.revision)  # a key went: wait for its deletion
+        for rid, held in zip(checked, found):
+            if held.kvs:
+                if self._revisions.get(rid) != held.kvs[0].mod_revision:
+                    newest = max(newest, held.kvs[0].mod_revision)
+            elif rid in self._revisions:
+                newest = max(newest, result.revision)  # it went: wait for its deletion
         if newest:
             await self._caught_up(newest)
 
@@ -343,12 +368,14 @@ class ClusterStore:
                 await self._caught_up(revision)
                 return ids
             compares = [unchanged(self._key(each), self._revisions.get(each, -1)) for each in ids]
-            result = await self._etcd(self.etcd.txn(compares, [Delete(self._key(each)) for each in ids],
-                                                    [Get(self._key(each)) for each in ids]))
+            async with self._turn:
+                result = await self._etcd(self.etcd.txn(
+                    compares, [Delete(self._key(each)) for each in ids],
+                    [Get(self._stamp_key)] + [Get(self._key(each)) for each in ids]))
             if result.succeeded:
                 await self._caught_up(result.revision)
                 return ids
-            await self._after_conflict(result)
+            await self._after_conflict(result, ids)
         raise _contention(f"{kind} {rid}", self.attempts)
 
     def _subtree(self, rid: str) -> list[str]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from treq.client import HTTPClient
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
@@ -20,12 +19,13 @@ from nmos_ref.cluster.store import ClusterStore
 from nmos_ref.cluster.subscriptions import SharedSubscriptions, SubscriptionTable
 from nmos_ref.config import Settings
 from nmos_ref.model.store import Registry
-from nmos_ref.web.client import quiet_pool
+from nmos_ref.web.client import PlainHTTP, quiet_pool
 from nmos_ref.ws.subscriptions import SubscriptionManager
 
 log = Logger()
 
 ETCD_TIMEOUT = 2.0  # seconds an etcd member has to answer before the next one is asked
+ETCD_CONNECTIONS = 32  # idle connections kept to each etcd member
 
 
 class ClusterStoreService(Service):
@@ -79,7 +79,10 @@ def cluster_store(settings: Settings, reactor: Any, clock: IReactorTime, replica
     """The etcd store named by `settings.store`, feeding `replica`, and the subscriptions of every member, this
     member's own being `manager`'s."""
     pool = quiet_pool(reactor)
-    http = HTTPClient(Agent(reactor, pool=pool, connectTimeout=ETCD_TIMEOUT))
+    # Every write and heartbeat is a request to etcd, many at once: kept-alive connections for them all, not
+    # Twisted's default of two (a new connection per request cost most of a heartbeat's CPU).
+    pool.maxPersistentPerHost = ETCD_CONNECTIONS
+    http = PlainHTTP(Agent(reactor, pool=pool, connectTimeout=ETCD_TIMEOUT))
     etcd = EtcdClient(http, clock, member_urls(settings.store), timeout=ETCD_TIMEOUT)
     log.info("nmos-ref: registry store on etcd at {members}, keys under {prefix}", members=", ".join(etcd.members),
              prefix=settings.store_prefix)

@@ -25,7 +25,7 @@ from nmos_ref.wiring.registry import build_registry
 from tests.cluster.test_etcd import eventually
 from tests.support.cases import SocketTest
 from tests.support.etcd import free_ports, shared_member, unique_prefix
-from tests.support.samples import Answer, bump, check, device, node, port_of, source
+from tests.support.samples import Answer, Family, bump, check, device, node, port_of, source
 from tests.support.websockets import connect
 from tests.test_service import TwistdProcess
 
@@ -277,6 +277,24 @@ class ClusterStoreTests(ClusterTest):
         added, changed = await client.events(2)  # in the order etcd made them
         assert "pre" not in added and added["post"]["id"] == second["id"]
         assert changed["pre"]["label"] == "node" and changed["post"]["label"] == "changed"
+
+    async def test_ancestry_at_every_member(self) -> None:
+        http, a, b = self.http, await self.member(), await self.member()
+        family = Family.build("v1.3")
+        for kind, data in family.members():
+            assert (await self.register(a, kind, data)).code == 201
+        device_id, root = family.device["id"], family.source
+        child = source(device_id, parents=[root["id"]])
+        grandchild = source(device_id, parents=[child["id"]])
+        for data in (child, grandchild):  # registered at the other member
+            assert (await self.register(b, "source", data)).code == 201
+        await eventually(lambda: a.top.registry.find(grandchild["id"]) is not None)
+        for member in (a, b):
+            url = f"{member.query()}/sources?query.ancestry_id={root['id']}&query.ancestry_type=children"
+            answer = await call(http, url)
+            assert {item["id"] for item in answer.body} == {child["id"], grandchild["id"]}
+            url = f"{member.query()}/sources?query.ancestry_id={grandchild['id']}&query.ancestry_type=parents"
+            assert {item["id"] for item in (await call(http, url)).body} == {child["id"], root["id"]}
 
     async def test_etcd_out_of_reach_is_a_503_and_the_query_api_still_answers(self) -> None:
         http = self.http
