@@ -358,7 +358,7 @@ class ClusterStore:
     async def _delete(self, kind: str, rid: str, api_version: str, client_id: str | None) -> list[str]:
         for _ in range(self.attempts):
             root = self.replica.deletable(kind, rid, api_version, client_id)
-            ids = self._subtree(root.id)
+            ids = [record.id for record in self.replica.subtree(root)]
             if kind == "node":
                 # The Node's lease holds every resource below it, those this replica has not seen yet included.
                 try:
@@ -377,15 +377,6 @@ class ClusterStore:
                 return ids
             await self._after_conflict(result, ids)
         raise _contention(f"{kind} {rid}", self.attempts)
-
-    def _subtree(self, rid: str) -> list[str]:
-        """`rid` and its descendants in the replica, leaves first."""
-        order, stack = [], [rid]
-        while stack:
-            each = stack.pop()
-            order.append(each)
-            stack.extend(self.replica.children(each))
-        return order[::-1]
 
     def heartbeat(self, node_id: str, api_version: str, client_id: str | None = None, *,
                   now: float) -> Deferred[float]:

@@ -452,9 +452,13 @@ class Registry:
                 del self._children[parent_id]
         return changes
 
-    def _subtree(self, root: Resource, limit: int | None) -> list[Resource]:
-        """The first `limit` (or all) of `root` and its descendants in post-order: each after its descendants, so
-        any prefix can be removed and leave a whole tree."""
+    def _remove_tree(self, root: Resource, cause: str) -> list[Change]:
+        """Remove `root` and everything below it at once."""
+        return self._remove(self.subtree(root), root, cause)
+
+    def subtree(self, root: Resource, limit: int | None = None) -> list[Resource]:
+        """The first `limit` (or all) of `root` and its descendants in post-order: each after its descendants
+        (leaves first), so any prefix can be removed and leave a whole tree."""
         order: list[Resource] = []
         stack: list[tuple[Resource, Iterator[str]]] = [(root, iter(self._children.get(root.id, ())))]
         while stack:
@@ -482,7 +486,7 @@ class Registry:
         for rid in removed:
             existing = self.find(rid)
             if existing is not None:
-                changes.extend(self._remove(self._subtree(existing, None), existing, "delete"))
+                changes.extend(self._remove_tree(existing, "delete"))
         for record in records:
             existing = self.find(record.id)
             if existing is not None:
@@ -490,7 +494,7 @@ class Registry:
                     continue
                 if existing.kind != record.kind or existing.parent_id != record.parent_id:
                     # not an update: another resource
-                    changes.extend(self._remove(self._subtree(existing, None), existing, "delete"))
+                    changes.extend(self._remove_tree(existing, "delete"))
                     existing = None
             changes.append(self._store(record, existing))
         self.feed.publish(changes)
@@ -501,8 +505,7 @@ class Registry:
     def heartbeat(self, node_id: str, api_version: str, client_id: str | None = None, *, now: float) -> float:
         """Refresh a Node's health at Unix time `now`, which is returned. Never creates a Node (IS-04: 404 for an
         unknown one)."""
-        node = self._node(node_id, api_version)
-        self._check_owner(node_id, client_id)
+        node = self.heartbeat_target(node_id, api_version, client_id)
         self.heartbeats += 1
         return self._touch(node.id, now)  # the stored id: the queue keeps no copy of the one in the URL
 
@@ -556,7 +559,7 @@ class Registry:
                 continue  # deleted since, or heard from again
             node = self._by_kind["node"][node_id]
             log.debug("Node {node_id} expired: no heartbeat for {age:.1f} s (limit {expiry} s)", node_id=node_id,
-                     age=now - seen, expiry=self.expiry)
+                      age=now - seen, expiry=self.expiry)
             expiring.append(Removal(self, node, "expire"))
         self.feed.publish(changes)
         return changes
@@ -601,7 +604,7 @@ class Removal:
         root = registry.get(self.kind, self.id)  # as it is now: it may have been updated since the last step
         if root is None:
             return []
-        changes = registry._remove(registry._subtree(root, limit), root, self.cause)
+        changes = registry._remove(registry.subtree(root, limit), root, self.cause)
         if publish:
             registry.feed.publish(changes)
         return changes
