@@ -6,14 +6,15 @@ Keys, under a prefix (default `/nmos-ref/`):
   Node's lease and the resource's JSON text as registered. A Node and every resource below it are put with the
   Node's lease (TTL = the registration expiry), so etcd's expiry removes the whole subtree at once, and a
   heartbeat at any member is a renewal of that lease.
-- `stamp` → the last TAI stamp handed out: every write puts it in the same transaction, with a compare on its
-  mod_revision, so stamps strictly increase in revision order across the cluster (paging gives the same pages at
-  every member).
+- `stamp` → the last TAI stamp handed out (19 decimal digits, so etcd's byte order is numeric order): every write
+  puts its own stamp there in the same transaction, with a compare that the stamp held is lower, so stamps strictly
+  increase in revision order across the cluster (paging gives the same pages at every member) while writes at
+  different members only collide when a later stamp commits first.
 - `subscription/<id>` → a Query API subscription, put by the member that made it (nmos_ref.cluster.subscriptions);
   the watch hands them to a `SubscriptionTable`.
 
 A write is judged against the replica by `Registry.propose` (the in-memory store's own rules), then committed
-with compares on what it was judged by: the resource's mod_revision (0: absent), its parent's, and the stamp's. A
+with compares on what it was judged by: the resource's mod_revision (0: absent), its parent's, and the stamp. A
 child's transaction also touches its parent (a put that keeps the value and the lease), so deleting the parent
 (whose transaction compares every known descendant) cannot miss a child registered meanwhile at another member.
 A lost compare means another member wrote first: wait until the replica has seen what won, judge again. A write
@@ -31,8 +32,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from nmos_ref.cluster.etcd import (Delete, EtcdClient, EtcdUnavailable, Event, Get, LeaseNotFound, Put, RangeResult,
-                                   Watch, unchanged)
+from nmos_ref.cluster.etcd import (Compare, Delete, EtcdClient, EtcdUnavailable, Event, Get, LeaseNotFound, Put,
+                                   RangeResult, Watch, unchanged)
 from nmos_ref.cluster.subscriptions import SUBSCRIPTION, SubscriptionTable
 from nmos_ref.model.errors import UnknownResource
 from nmos_ref.model.store import Proposal, Registry, RegisterOutcome, Resource
@@ -272,7 +273,10 @@ class ClusterStore:
                         assert existing is not None
                         outcome = RegisterOutcome(False, existing)
                     else:
-                        outcome, result, checked = await self._commit(proposal, now, granted)
+                        # Stamped with the time of this attempt, not of the request: a retry after losing to a later
+                        # stamp takes a stamp later still, ahead of the writes that were under way meanwhile.
+                        attempt = max(now, self.clock.seconds())
+                        outcome, result, checked = await self._commit(proposal, attempt, granted)
                 if proposal.text is None:
                     if kind == "node":
                         await self._renew(rid)  # a Node's re-registration is a sign of life
@@ -316,9 +320,12 @@ class ClusterStore:
             checked.append(parent_id)
         last, stamp_revision = self._stamp
         record = proposal.record(max(unix_to_tai_ns(now), last + 1))
-        compares.append(unchanged(self._stamp_key, stamp_revision))
-        writes += [Put(key, encode_record(record, lease), lease),
-                   Put(self._stamp_key, str(record.updated).encode("ascii"))]
+        stamp = stamp_text(record.updated)
+        # The stamp held must be lower than this one (a write with a higher stamp committed meanwhile makes this one
+        # fail and take a later stamp); while this member has seen no stamp, the key must not exist yet.
+        compares.append(Compare(self._stamp_key, "value", "<", stamp) if stamp_revision
+                        else unchanged(self._stamp_key, 0))
+        writes += [Put(key, encode_record(record, lease), lease), Put(self._stamp_key, stamp)]
         try:
             result = await self._etcd(self.etcd.txn(compares, writes, checks))
         except LeaseNotFound:
@@ -408,6 +415,14 @@ class ClusterStore:
             self._outage = False
             log.info("etcd store: etcd answers again")
         return answer
+
+
+def stamp_text(stamp: int) -> bytes:
+    """A TAI stamp in nanoseconds as the `stamp` key holds it: 19 digits (TAI nanoseconds since 1970 have 19 digits
+    from 2001 to 2286), so that etcd's comparison of values, byte by byte, orders stamps as numbers."""
+    if not 0 <= stamp < 10**19:
+        raise ValueError(f"stamp {stamp} does not fit 19 digits")
+    return b"%019d" % stamp
 
 
 def _contention(what: str, attempts: int) -> NmosError:

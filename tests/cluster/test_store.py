@@ -20,6 +20,7 @@ import nmos_ref
 from nmos_ref.api.subscription_service import SubscriptionService
 from nmos_ref.config import Settings
 from nmos_ref.model.tai import parse_tai
+from nmos_ref.cluster.store import decode_record
 from nmos_ref.wiring.cluster import ClusterStoreService
 from nmos_ref.wiring.registry import build_registry
 from tests.cluster.test_etcd import eventually
@@ -162,6 +163,26 @@ class ClusterStoreTests(ClusterTest):
         assert a.top.registry.count("device") == 1 and a.top.registry.find(kept["id"]) is not None
         gone = await call(http, f"{b.registration()}/health/nodes/{lost['id']}", "POST")
         assert gone.code == 404
+
+    async def test_members_writing_at_once_do_not_refuse_each_other(self) -> None:
+        """Three members each taking 20 registrations at once: all created (a write that loses the stamp to a later
+        one takes a later stamp, it is not refused), and the stamps etcd holds increase in revision order."""
+        members = [await self.member(), await self.member(), await self.member()]
+        families = [(n := node(label=f"n{i}"), device(n["id"])) for i in range(60)]
+
+        async def family(member: Member, n: dict[str, Any], d: dict[str, Any]) -> list[int]:
+            return [(await self.register(member, "node", n)).code, (await self.register(member, "device", d)).code]
+
+        answers = await DeferredList([Deferred.fromCoroutine(family(members[i % 3], n, d))
+                                      for i, (n, d) in enumerate(families)], fireOnOneErrback=True)
+        assert [codes for _, codes in answers] == [[201, 201]] * 60
+        held = await members[0].store.etcd.range_all(f"{self.prefix}resource/")
+        # Each was written once, at its create_revision (a device's put touches its Node: a later mod_revision).
+        stamps = [decode_record(kv.key.rsplit("/", 1)[1], kv.value)[0].updated
+                  for kv in sorted(held.kvs, key=lambda kv: kv.create_revision)]
+        assert len(stamps) == 120 and stamps == sorted(stamps) and len(set(stamps)) == 120
+        for member in members:  # every replica holds them all
+            await eventually(lambda member=member: member.top.registry.count("device") == 60)
 
     async def test_two_members_racing_on_one_id(self) -> None:
         a, b = await self.member(), await self.member()
