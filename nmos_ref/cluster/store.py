@@ -19,24 +19,32 @@ child's transaction also touches its parent (a put that keeps the value and the 
 (whose transaction compares every known descendant) cannot miss a child registered meanwhile at another member.
 A lost compare means another member wrote first: wait until the replica has seen what won, judge again. A write
 answers only once this member's replica has applied its revision (read-your-writes).
+
+The replica applies the watch's revisions one after the other, in order. A revision that removes more than
+`REMOVAL_STEP` resources (a big Node's lease revoked or expired) is applied in steps, one per turn of the shared
+`Cooperator` (`Registry.replication`, leaves first, as the in-memory store's big removals), and the revisions that
+arrive meanwhile wait behind it; the store's own bookkeeping (revisions, leases, `applied`) follows each revision
+once the replica holds all of it.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections import deque
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredLock, ensureDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import deferLater
+from twisted.internet.task import CooperativeTask, Cooperator, TaskStopped, deferLater
 from twisted.logger import Logger
 
 from nmos_ref.cluster.etcd import (Compare, Delete, EtcdClient, EtcdUnavailable, Event, Get, LeaseNotFound, Put,
                                    RangeResult, Watch, unchanged)
 from nmos_ref.cluster.subscriptions import SUBSCRIPTION, SubscriptionTable
 from nmos_ref.model.errors import UnknownResource
-from nmos_ref.model.store import Proposal, Registry, RegisterOutcome, Resource
+from nmos_ref.model.store import REMOVAL_STEP, Proposal, Registry, RegisterOutcome, Replication, Resource
 from nmos_ref.model.tai import unix_to_tai_ns
 from nmos_ref.model.versions import TYPES
 from nmos_ref.web.errors import NmosError
@@ -61,6 +69,18 @@ def decode_record(rid: str, value: bytes) -> tuple[Resource, int]:
                      held["node_id"], held["client_id"], held["json"]), int(held.get("lease") or 0))
 
 
+class _Revision:
+    """One revision of etcd (or a reload of everything) being applied to this member: the replica's part
+    (`replication`), then, once that is done, the store's own (`settle`: revisions, leases, `applied`)."""
+
+    __slots__ = ("replication", "revision", "settle")
+
+    def __init__(self, revision: int, replication: Replication, settle: Callable[[], None]) -> None:
+        self.revision = revision
+        self.replication = replication
+        self.settle = settle
+
+
 class ClusterStore:
     """The Registration API's store on etcd (`register`, `delete`, `heartbeat`, `health`, `get` as the in-memory
     `Registry` has them, the writes answering Deferreds); `replica` is what the Query API and the subscriptions
@@ -68,7 +88,8 @@ class ClusterStore:
 
     def __init__(self, etcd: EtcdClient, replica: Registry, clock: IReactorTime, prefix: str = DEFAULT_PREFIX,
                  attempts: int = 8, apply_timeout: float = 5.0,
-                 subscriptions: SubscriptionTable | None = None) -> None:
+                 subscriptions: SubscriptionTable | None = None, cooperator: Cooperator | None = None,
+                 step: int = REMOVAL_STEP) -> None:
         self.etcd = etcd
         self.replica = replica
         self.subscriptions = subscriptions if subscriptions is not None else SubscriptionTable()  # every member's
@@ -81,6 +102,12 @@ class ClusterStore:
         self._leases: dict[str, int] = {}  # Node id -> its lease
         self._stamp = (0, 0)  # (the last stamp handed out, the stamp key's mod_revision)
         self._waiters: list[tuple[int, Deferred[None]]] = []
+        # A big removal's steps, a turn of the reactor each (None: every revision applied at once), at most `step`
+        # resources a turn; the revisions delivered meanwhile wait in `_behind`.
+        self.cooperator = cooperator
+        self.removal_step = step
+        self._stepping: CooperativeTask | None = None
+        self._behind: deque[tuple[list[Event], int]] = deque()
         self._watch: Watch | None = None
         self._pause: Deferred[None] | None = None  # the wait before reading etcd again
         self._stopped = False
@@ -110,6 +137,7 @@ class ClusterStore:
 
     def stop(self) -> Deferred[None]:
         self._stopped = True
+        self._halt()
         watch, self._watch = self._watch, None
         for _, waiter in self._waiters:
             waiter.cancel()
@@ -139,12 +167,16 @@ class ClusterStore:
         self._watch = self.etcd.watch(self.prefix, snapshot.revision + 1, self._events, self._compacted)
 
     def _load(self, snapshot: RangeResult) -> None:
+        # What was being applied, and what waited behind it, came before the snapshot, which holds all of it: the
+        # replica is made equal to the snapshot from wherever those left it (between two steps it is a whole tree).
+        self._halt()
         records, seen, subscriptions = [], set(), {}
-        self._revisions.clear()
-        self._leases.clear()
+        revisions: dict[str, int] = {}
+        leases: dict[str, int] = {}
+        stamp = self._stamp
         for kv in snapshot.kvs:
             if kv.key == self._stamp_key:
-                self._stamp = (int(kv.value), kv.mod_revision)
+                stamp = (int(kv.value), kv.mod_revision)
                 continue
             if kv.key.startswith(self._subscription_keys):
                 subscriptions[kv.key[len(self._subscription_keys):]] = kv.value
@@ -155,14 +187,17 @@ class ClusterStore:
             record, lease = decode_record(rid, kv.value)
             records.append(record)
             seen.add(rid)
-            self._revisions[rid] = kv.mod_revision
+            revisions[rid] = kv.mod_revision
             if record.kind == "node":
-                self._leases[rid] = lease
+                leases[rid] = lease
         gone = [record.id for kind in TYPES for record in self.replica.resources(kind) if record.id not in seen]
         records.sort(key=lambda record: record.updated)  # what is new is appended to the paging indexes in order
-        self.replica.apply(records, gone)
-        self.subscriptions.load(subscriptions)
-        self._advance(snapshot.revision)
+
+        def settle() -> None:
+            self._revisions, self._leases, self._stamp = revisions, leases, stamp
+            self.subscriptions.load(subscriptions)
+            self._advance(snapshot.revision)
+        self._begin(_Revision(snapshot.revision, self.replica.replication(records, gone), settle))
 
     def _compacted(self, revision: int) -> None:
         self._watch = None
@@ -176,38 +211,103 @@ class ClusterStore:
         return key[len(start):] if key.startswith(start) else None
 
     def _events(self, events: list[Event], revision: int) -> None:
-        records, removed = [], []
+        if self._stopped:
+            return
+        if self._stepping is not None:  # a big removal is under way: this revision waits behind it
+            self._behind.append((events, revision))
+            return
+        self._begin(self._revision(events, revision))
+
+    def _revision(self, events: list[Event], revision: int) -> _Revision:
+        """The watch's `events` of `revision`, to apply to the replica as it is now (so: in revision order)."""
+        records, removed, others = [], [], []
+        revisions: dict[str, int] = {}
+        leases: dict[str, int] = {}
         for event in events:
-            key = event.kv.key
-            if key == self._stamp_key:
-                if event.type == "put" and event.kv.mod_revision > self._stamp[1]:
-                    self._stamp = (int(event.kv.value), event.kv.mod_revision)
-                continue
-            if key.startswith(self._subscription_keys):
-                sid = key[len(self._subscription_keys):]
-                if event.type == "put":
-                    self.subscriptions.put(sid, event.kv.value)
-                else:
-                    self.subscriptions.delete(sid)
-                continue
-            rid = self._id(key)
+            rid = self._id(event.kv.key)
             if rid is None:
-                continue
-            if event.type == "put":
+                others.append(event)
+            elif event.type == "put":
                 record, lease = decode_record(rid, event.kv.value)
                 records.append(record)
-                self._revisions[rid] = max(self._revisions.get(rid, 0), event.kv.mod_revision)
+                revisions[rid] = event.kv.mod_revision
                 if record.kind == "node":
-                    self._leases[rid] = lease
+                    leases[rid] = lease
             else:
                 removed.append(rid)
+
+        def settle() -> None:
+            for event in others:
+                key = event.kv.key
+                if key == self._stamp_key:
+                    if event.type == "put" and event.kv.mod_revision > self._stamp[1]:
+                        self._stamp = (int(event.kv.value), event.kv.mod_revision)
+                elif key.startswith(self._subscription_keys):
+                    sid = key[len(self._subscription_keys):]
+                    if event.type == "put":
+                        self.subscriptions.put(sid, event.kv.value)
+                    else:
+                        self.subscriptions.delete(sid)
+            for rid, at in revisions.items():
+                self._revisions[rid] = max(self._revisions.get(rid, 0), at)
+            self._leases.update(leases)
+            for rid in removed:
                 self._revisions.pop(rid, None)
                 self._leases.pop(rid, None)
+            self._advance(revision)
+        return _Revision(revision, self.replica.replication(records, removed), settle)
+
+    def _begin(self, revision: _Revision) -> None:
+        """Apply `revision` now, or its first step now and the rest through the cooperator."""
+        if self.cooperator is None:
+            self._step(revision, None)
+            return
+        self._step(revision, self.removal_step)
+        if not revision.replication.done:
+            self._stepping = self.cooperator.cooperate(self._steps(revision))
+            self._stepping.whenDone().addErrback(self._steps_ended)
+
+    def _steps(self, current: _Revision | None) -> Iterator[None]:
+        """The rest of `current`, then the revisions delivered meanwhile, in order: at most `removal_step`
+        resources changed per turn of the cooperator, then a yield."""
+        while True:
+            budget = self.removal_step
+            while budget > 0:
+                if current is None:
+                    if not self._behind:
+                        self._stepping = None  # what comes next is applied as it arrives
+                        return
+                    current = self._revision(*self._behind.popleft())
+                budget -= self._step(current, budget)
+                if current.replication.done:
+                    current = None
+            yield None
+
+    def _step(self, revision: _Revision, limit: int | None) -> int:
+        """One step of `revision` (at most `limit` resources); once it is all applied, the store's bookkeeping. How
+        many changes the step made."""
+        replication = revision.replication
         try:
-            self.replica.apply(records, removed)
+            changes = len(replication.step(limit))
         except Exception:
-            log.failure("etcd store: revision {revision} could not be applied to the replica", revision=revision)
-        self._advance(revision)
+            log.failure("etcd store: revision {revision} could not be applied to the replica",
+                        revision=revision.revision)
+            replication.done, changes = True, 0
+        if replication.done:
+            revision.settle()
+        return changes
+
+    def _steps_ended(self, failure: Any) -> None:
+        if not failure.check(TaskStopped):  # stopped by `_halt`
+            self._stepping = None
+            log.failure("etcd store: applying the watch's revisions failed", failure)
+
+    def _halt(self) -> None:
+        """Drop the removal under way and the revisions waiting behind it (stopping, or reloading everything)."""
+        self._behind.clear()
+        stepping, self._stepping = self._stepping, None
+        if stepping is not None:
+            stepping.stop()
 
     def _advance(self, revision: int) -> None:
         self.applied = max(self.applied, revision)

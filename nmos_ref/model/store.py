@@ -482,11 +482,23 @@ class Registry:
         or replacing the resource of its id), as decided elsewhere (by the etcd cluster) and stamped there; the
         changes, published as one batch. A record equal to the stored one changes nothing. Nodes stored here have
         no deadline: whoever decides also expires them."""
-        changes: list[Change] = []
+        return self.replication(records, removed).step(None)
+
+    def replication(self, records: Sequence[Resource], removed: Sequence[str]) -> Replication:
+        """What `apply` does, not begun: the caller takes its steps (`Replication.step`), so a big removal can be
+        spread over several turns of the reactor like a big `removal`."""
+        held = set(removed)
+        find = self.find
+        roots: deque[Removal] = deque()  # the removed resources whose parent stays (the others go with it)
         for rid in removed:
-            existing = self.find(rid)
-            if existing is not None:
-                changes.extend(self._remove_tree(existing, "delete"))
+            record = find(rid)
+            if record is not None and (record.parent_id not in held or find(record.parent_id) is None):
+                roots.append(Removal(self, record, "delete"))
+        return Replication(self, records, roots)
+
+    def _put(self, records: Sequence[Resource]) -> list[Change]:
+        """Store `records` decided elsewhere (`apply`); the changes, not published."""
+        changes: list[Change] = []
         for record in records:
             existing = self.find(record.id)
             if existing is not None:
@@ -497,7 +509,6 @@ class Registry:
                     changes.extend(self._remove_tree(existing, "delete"))
                     existing = None
             changes.append(self._store(record, existing))
-        self.feed.publish(changes)
         return changes
 
     # Health and garbage collection
@@ -546,11 +557,7 @@ class Registry:
         changes: list[Change] = []
         expiring = self._expiring
         while True:
-            while expiring and (limit is None or len(changes) < limit):
-                removal = expiring[0]
-                changes += removal.step(None if limit is None else limit - len(changes), publish=False)
-                if removal.done:
-                    expiring.popleft()
+            changes += take_steps(expiring, None if limit is None else limit - len(changes))
             if expiring or not deadlines or deadlines[0][0] > now or (limit is not None and len(changes) >= limit):
                 break
             _, node_id = deadlines.popleft()
@@ -607,4 +614,38 @@ class Removal:
         changes = registry._remove(registry.subtree(root, limit), root, self.cause)
         if publish:
             registry.feed.publish(changes)
+        return changes
+
+
+def take_steps(removals: deque[Removal], limit: int | None) -> list[Change]:
+    """Remove up to `limit` (None: all) resources, from the first of `removals` on in order, dropping each removal
+    once done; the changes, not published."""
+    changes: list[Change] = []
+    while removals and (limit is None or len(changes) < limit):
+        removal = removals[0]
+        changes += removal.step(None if limit is None else limit - len(changes), publish=False)
+        if removal.done:
+            removals.popleft()
+    return changes
+
+
+class Replication:
+    """Changes decided elsewhere (`Registry.replication`) applied in steps: the removals first, at most a given
+    number of resources a step and leaves first (`Removal`), so the store is a whole tree after every step; then,
+    in the step that ends the removals, the records. Each step's changes are published as one batch."""
+
+    def __init__(self, registry: Registry, records: Sequence[Resource], removals: deque[Removal]) -> None:
+        self.registry = registry
+        self.records = records
+        self.removals = removals  # those not done yet
+        self.done = False
+
+    def step(self, limit: int | None) -> list[Change]:
+        """Remove up to `limit` (None: all) of what remains to remove, store the records once nothing does, publish
+        the changes and return them."""
+        changes = take_steps(self.removals, limit) if self.removals else []
+        if not self.removals and not self.done:
+            self.done = True
+            changes += self.registry._put(self.records)
+        self.registry.feed.publish(changes)
         return changes

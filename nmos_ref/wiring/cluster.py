@@ -9,6 +9,7 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import IRequest
@@ -75,9 +76,9 @@ class StaleMarker(Resource):
 
 
 def cluster_store(settings: Settings, reactor: Any, clock: IReactorTime, replica: Registry,
-                  manager: SubscriptionManager) -> ClusterStoreService:
-    """The etcd store named by `settings.store`, feeding `replica`, and the subscriptions of every member, this
-    member's own being `manager`'s."""
+                  manager: SubscriptionManager, cooperator: Cooperator | None = None) -> ClusterStoreService:
+    """The etcd store named by `settings.store`, feeding `replica` (a big removal in steps taken by `cooperator`),
+    and the subscriptions of every member, this member's own being `manager`'s."""
     pool = quiet_pool(reactor)
     # Every write and heartbeat is a request to etcd, many at once: kept-alive connections for them all, not
     # Twisted's default of two (a new connection per request cost most of a heartbeat's CPU).
@@ -87,5 +88,5 @@ def cluster_store(settings: Settings, reactor: Any, clock: IReactorTime, replica
     log.info("nmos-ref: registry store on etcd at {members}, keys under {prefix}", members=", ".join(etcd.members),
              prefix=settings.store_prefix)
     table = SubscriptionTable()
-    store = ClusterStore(etcd, replica, clock, settings.store_prefix, subscriptions=table)
+    store = ClusterStore(etcd, replica, clock, settings.store_prefix, subscriptions=table, cooperator=cooperator)
     return ClusterStoreService(store, SharedSubscriptions(manager, table, etcd, settings.store_prefix, clock), pool)

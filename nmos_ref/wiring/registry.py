@@ -199,6 +199,9 @@ def build_registry(settings: Settings, reactor: Any, clock: IReactorTime, dns_sd
     translations = Translations()  # the served forms, shared by the Query API and its subscriptions
     registry.feed.subscribe(translations.changed)
     subscriptions = subscription_service(registry, translations, clock, reactor)
+    # Long work (a big Node's DELETE, a v1.0 list of many resources, a cluster replica's big removal) in slices, one
+    # per turn of the reactor.
+    cooperator = Cooperator(scheduler=partial(reactor.callLater, 0))
     store: Any = registry  # what the Registration API writes to; the Query API reads `registry`
     listed: Any = subscriptions.manager  # the subscriptions the Query API lists
     shared = None
@@ -208,10 +211,8 @@ def build_registry(settings: Settings, reactor: Any, clock: IReactorTime, dns_sd
         # then (idle footprint, issue 13).
         from nmos_ref.wiring.cluster import cluster_store
 
-        shared = cluster_store(settings, reactor, clock, registry, subscriptions.manager)
+        shared = cluster_store(settings, reactor, clock, registry, subscriptions.manager, cooperator)
         store, listed = shared.store, shared.subscriptions
-    # Long work (a big Node's DELETE, a v1.0 list of many resources) in slices, one per turn of the reactor.
-    cooperator = Cooperator(scheduler=partial(reactor.callLater, 0))
     registration = RegistrationAPI(store, Schemas(), settings.api_versions, clock, cooperator)
     query = QueryAPI(registry, settings.api_versions, host_name=settings.host_name, authorization=settings.auth,
                      translations=translations, subscriptions=listed, websockets=subscriptions.resource,
