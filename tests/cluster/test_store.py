@@ -12,21 +12,24 @@ from typing import Any
 
 import treq
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.task import deferLater
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
+from twisted.internet.task import Clock, Cooperator, deferLater
 from twisted.web.client import Agent, HTTPConnectionPool
 
 import nmos_ref
 from nmos_ref.api.subscription_service import SubscriptionService
+from nmos_ref.cluster.etcd import Event, KeyValue, Put, RangeResult
+from nmos_ref.cluster.store import ClusterStore, encode_record
 from nmos_ref.config import Settings
+from nmos_ref.model.store import Change, Registry, Resource
 from nmos_ref.model.tai import parse_tai
 from nmos_ref.cluster.store import decode_record
 from nmos_ref.wiring.cluster import ClusterStoreService
 from nmos_ref.wiring.registry import build_registry
 from tests.cluster.test_etcd import eventually
-from tests.support.cases import SocketTest
+from tests.support.cases import SocketTest, UnitTest
 from tests.support.etcd import free_ports, shared_member, unique_prefix
-from tests.support.samples import Answer, Family, bump, check, device, node, port_of, source
+from tests.support.samples import Answer, Family, QueryHarness, bump, check, device, node, port_of, source
 from tests.support.websockets import connect
 from tests.test_service import TwistdProcess
 
@@ -336,6 +339,102 @@ class ClusterStoreTests(ClusterTest):
         assert (await call(self.http, f"{a.query()}/nodes")).headers["x-registry-stale"] == "true"
 
 
+class BigRemovalTests(ClusterTest):
+    """A Node with 1,200 resources goes in one etcd revision; every member's replica removes it REMOVAL_STEP (500)
+    resources a step, a whole tree after each, and applies the revisions after it only then."""
+
+    SIZE = 1200
+
+    async def big_node(self, member: Member, n: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A Node (`n`, or a new one) with a Device and SIZE - 2 Sources at `member`: the Node and the Device
+        registered, the Sources judged by the member's rules and written as it would write them (with the Node's
+        lease and fresh stamps), 100 a transaction rather than one at a time (which takes ten seconds)."""
+        n = n or node()
+        if member.top.registry.find(n["id"]) is None:
+            assert (await self.register(member, "node", n)).code == 201
+        d = device(n["id"])
+        assert (await self.register(member, "device", d)).code == 201
+        store = member.store
+        lease, stamp = store._leases[n["id"]], store._stamp[0]
+        for start in range(0, self.SIZE - 2, 100):
+            writes = []
+            for _ in range(min(100, self.SIZE - 2 - start)):
+                stamp += 1
+                record = member.top.registry.propose("source", source(d["id"]), "v1.3").record(stamp)
+                writes.append(Put(store._key(record.id), encode_record(record, lease), lease))
+            writes.append(Put(store._stamp_key, str(stamp).encode("ascii")))
+            async with store._turn:  # the member's own writes wait
+                assert (await store.etcd.txn([], writes)).succeeded
+        await eventually(lambda: member.top.registry.count("source") == self.SIZE - 2)
+        return n
+
+    @staticmethod
+    def steps(member: Member) -> list[tuple[int, int, int]]:
+        """What `member`'s replica publishes from now on: (removals, other changes, the revision applied) per
+        batch, each checked to leave a whole tree."""
+        seen: list[tuple[int, int, int]] = []
+        registry = member.top.registry
+
+        def published(changes: Any) -> None:
+            for kind in ("device", "source"):
+                for record in registry.resources(kind):
+                    assert registry.find(record.parent_id) is not None, f"{record} outlived its parent"
+            removed = sum(1 for change in changes if change.post is None)
+            seen.append((removed, len(changes) - removed, member.store.applied))
+        registry.feed.subscribe(published)
+        return seen
+
+    async def test_a_big_node_deleted_at_one_member_goes_in_steps_at_every_member(self) -> None:
+        http, a, b = self.http, await self.member(expiry=60), await self.member(expiry=60)  # no heartbeats
+        n = await self.big_node(a)
+        await eventually(lambda: b.top.registry.count("source") == self.SIZE - 2)
+        # b hears nothing for a moment, then gets the deletion and the registration after it in one delivery
+        resume_from = b.store._watch.next_revision
+        await b.store._watch.stop()
+        at_a, at_b = self.steps(a), self.steps(b)
+        before = a.store.applied
+        assert (await call(http, f"{a.registration()}/resource/nodes/{n['id']}", "DELETE")).code == 204
+        # The 204 came once a's replica had applied all of it, in ceil(1200 / 500) steps
+        assert [removed for removed, _, _ in at_a] == [500, 500, 200] and a.top.registry.count("source") == 0
+        deletion = a.store.applied
+        assert [applied for _, _, applied in at_a] == [before, before, before] and deletion > before
+        after = node()
+        assert (await self.register(a, "node", after)).code == 201  # a write at a after it reads its own write
+        assert (await call(http, f"{a.query()}/nodes/{after['id']}")).body == after
+        assert (await call(http, f"{a.query()}/nodes/{n['id']}")).code == 404
+        b.store._watch = b.store.etcd.watch(b.store.prefix, resume_from, b.store._events, b.store._compacted)
+        await eventually(lambda: b.top.registry.find(after["id"]) is not None)
+        # at b: the removal in three steps, the revision that came with it applied after them, `applied` moving
+        # to the deletion's revision only once the whole of it was applied
+        assert at_b == [(500, 0, before), (500, 0, before), (200, 0, before), (0, 1, deletion)]
+        assert (await call(http, f"{b.query()}/sources")).body == []
+        assert (await call(http, f"{b.query()}/nodes")).body == [after]
+
+    async def test_a_big_node_expired_goes_in_steps_at_every_member(self) -> None:
+        http, a, b = self.http, await self.member(expiry=2), await self.member(expiry=2)
+        beating = [True]
+
+        async def heartbeats(node_id: str) -> None:
+            while beating[0]:
+                assert (await call(http, f"{b.registration()}/health/nodes/{node_id}", "POST")).code == 200
+                await deferLater(reactor, 0.5, lambda: None)
+
+        n = node()
+        assert (await self.register(a, "node", n)).code == 201
+        beat = Deferred.fromCoroutine(heartbeats(n["id"]))  # at b, while it grows at a
+        await self.big_node(a, n)
+        await eventually(lambda: b.top.registry.count("source") == self.SIZE - 2)
+        at_a, at_b = self.steps(a), self.steps(b)
+        beating[0] = False
+        await beat
+        await eventually(lambda: a.top.registry.find(n["id"]) is None and b.top.registry.find(n["id"]) is None)
+        for seen in (at_a, at_b):
+            assert [removed for removed, _, _ in seen] == [500, 500, 200]
+            assert len({applied for _, _, applied in seen}) == 1  # the expiry's revision applied after the last
+        assert a.store.applied == b.store.applied > at_a[0][2]
+        assert (await call(http, f"{b.query()}/sources")).body == []
+
+
 class MemberProcessTests(ClusterTest):
     """Members as twistd processes, one of them killed with SIGKILL."""
 
@@ -377,3 +476,167 @@ class MemberProcessTests(ClusterTest):
         assert (await call(http, f"{b.registration()}/health/nodes/{early['id']}", "POST")).code == 200
         ids = [item["id"] for item in (await call(http, f"{b.query()}/nodes")).body]
         assert sorted(ids) == sorted([early["id"]] + [n["id"] for n in late])
+
+
+# The replica fed by a watch whose revisions the test delivers itself, its cooperator's turns on a Clock.
+
+PREFIX = "/unit/"
+TURN = 0.001  # the cooperator's turns are this far apart on the Clock, so that one advance is one turn
+
+
+class HeldEtcd:
+    """What the store reads of etcd to load its replica and watch it (`range_all`, `watch`), held by the test."""
+
+    def __init__(self) -> None:
+        self.snapshot = RangeResult(1, (), 0, False)
+        self.watches: list[HeldWatch] = []
+
+    def range_all(self, prefix: str) -> Deferred[RangeResult]:
+        return succeed(self.snapshot)
+
+    def watch(self, prefix: str, start_revision: int, on_events: Any, on_compacted: Any) -> HeldWatch:
+        self.watches.append(HeldWatch(start_revision, on_events, on_compacted))
+        return self.watches[-1]
+
+
+class HeldWatch:
+    connected = True
+
+    def __init__(self, start_revision: int, on_events: Any, on_compacted: Any) -> None:
+        self.start_revision = start_revision
+        self.deliver = on_events  # (events, revision), as etcd's watch hands them over
+        self.compacted = on_compacted
+
+    def stop(self) -> Deferred[None]:
+        return succeed(None)
+
+
+def put(record: Resource, revision: int) -> Event:
+    return Event("put", KeyValue(f"{PREFIX}resource/{record.id}", encode_record(record, 7), revision, revision, 1, 7))
+
+
+def deleted(rid: str, revision: int) -> Event:
+    return Event("delete", KeyValue(f"{PREFIX}resource/{rid}", b"", 0, revision, 0))
+
+
+class ReplicaStepTests(UnitTest):
+    """A revision that removes more than `step` resources is applied a step per turn of the cooperator (a Clock's
+    turns here), the revisions delivered meanwhile waiting behind it; what the store promises meanwhile holds."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.turns = 0
+
+        def schedule(work: Any) -> Any:
+            return self.clock.callLater(TURN, work)
+
+        cooperator = Cooperator(scheduler=schedule, terminationPredicateFactory=lambda: lambda: True)
+        self.etcd = HeldEtcd()
+        self.replica = Registry()
+        self.store = ClusterStore(self.etcd, self.replica, self.clock, PREFIX, cooperator=cooperator,  # type: ignore
+                                  step=4)
+        self.successResultOf(self.store.start())
+        self.query = QueryHarness(registry=self.replica)
+        self.published: list[list[Change]] = []
+        self.replica.feed.subscribe(lambda changes: self.published.append(list(changes)))
+        self.origin = Registry()  # where the records come from, stamped (as another member would)
+        self.now = 1_760_000_000.0
+        big = self.make("node", node())
+        dev = self.make("device", device(big.id))
+        self.big = [big, dev] + [self.make("source", source(dev.id)) for _ in range(8)]  # 10: 3 steps of 4
+        self.other = self.make("node", node())
+        self.watch.deliver([put(record, 2) for record in self.big + [self.other]], 2)
+        del self.published[:]
+
+    @property
+    def watch(self) -> HeldWatch:
+        return self.etcd.watches[-1]
+
+    def make(self, kind: str, data: dict[str, Any]) -> Resource:
+        self.now += 1  # the origin's own time: the store's Clock moves only by turns
+        return self.origin.register(kind, data, "v1.3", now=self.now).resource
+
+    def turn(self) -> None:
+        self.turns += 1
+        self.clock.advance(TURN)
+
+    def assert_whole_tree_served(self) -> None:
+        """Every device and source the Query API lists has its parent listed too."""
+        nodes = {item["id"] for item in self.query.get("/v1.3/nodes").body}
+        devices = self.query.get("/v1.3/devices").body
+        assert all(item["node_id"] in nodes for item in devices), devices
+        ids = {item["id"] for item in devices}
+        assert all(item["device_id"] in ids for item in self.query.get("/v1.3/sources").body)
+
+    def removals(self) -> list[str]:
+        return [change.id for batch in self.published for change in batch if change.post is None]
+
+    def test_a_big_removal_a_step_per_turn_and_what_follows_after_it(self) -> None:
+        store = self.store
+        assert store.applied == 2
+        written = ensureDeferred(store._caught_up(3))  # a write of revision 3 waits for the replica to apply it
+        self.watch.deliver([deleted(record.id, 3) for record in sorted(self.big, key=lambda r: r.id)], 3)
+        assert [len(batch) for batch in self.published] == [4]  # the first step, in the delivery's own turn
+        late = self.make("device", device(self.other.id))
+        self.watch.deliver([put(late, 4)], 4)  # waits behind the removal
+        assert self.replica.find(late.id) is None and store.applied == 2
+        self.assertNoResult(written)
+        seen = [[len(batch) for batch in self.published]]
+        while store._stepping is not None:
+            self.assert_whole_tree_served()
+            assert store.applied == 2 and self.replica.find(late.id) is None
+            self.assertNoResult(written)
+            self.turn()
+            seen.append([len(batch) for batch in self.published])
+        # ceil(10 / 4) steps, the first in the delivery's turn; revision 4 in the turn that ends revision 3
+        assert seen == [[4], [4, 4], [4, 4, 2, 1]] and self.turns == 2
+        assert self.successResultOf(written) is None and store.applied == 4
+        removed = self.removals()
+        assert sorted(removed) == sorted(record.id for record in self.big)  # each exactly once
+        assert [change.id for change in self.published[-1]] == [late.id] and self.replica.find(late.id) is not None
+        assert self.clock.getDelayedCalls() == []  # nothing left scheduled
+        assert all(record.id not in store._revisions for record in self.big) and self.big[0].id not in store._leases
+        assert store._revisions[late.id] == 4
+        self.assert_whole_tree_served()
+
+    def test_a_small_removal_is_applied_at_once(self) -> None:
+        small = self.big[:2] + self.big[-2:]  # the node, its device and two sources: 4, one step's worth
+        self.watch.deliver([deleted(record.id, 3) for record in self.big[2:-2]], 3)  # 6 sources: two steps
+        self.turn()
+        del self.published[:]
+        self.watch.deliver([deleted(record.id, 4) for record in small], 4)
+        assert [len(batch) for batch in self.published] == [4] and self.store.applied == 4
+        assert self.store._stepping is None and self.clock.getDelayedCalls() == []
+
+    def test_a_reload_while_a_removal_steps_leaves_the_replica_equal_to_etcd(self) -> None:
+        store = self.store
+        self.watch.deliver([deleted(record.id, 3) for record in self.big], 3)
+        new, newer = self.make("node", node()), self.make("node", node())
+        self.watch.deliver([put(new, 4)], 4)  # waits behind, and is then dropped: the snapshot holds it
+        assert self.removals() == [record.id for record in self.published[0]] and len(self.removals()) == 4
+        # etcd compacts its history past the watch; the reload finds revision 6 with two new Nodes
+        self.etcd.snapshot = RangeResult(6, tuple(put(record, 5).kv for record in (self.other, new, newer)), 3,
+                                         False)
+        self.watch.compacted(5)
+        assert self.watch.start_revision == 7  # watched again from after the snapshot
+        last = self.make("device", device(newer.id))
+        self.watch.deliver([put(last, 7)], 7)  # waits behind the reload's own removal (the 6 left: two steps)
+        assert store.applied == 2 and self.replica.find(last.id) is None
+        while store._stepping is not None:
+            self.assert_whole_tree_served()
+            self.turn()
+        assert sorted(self.removals()) == sorted(record.id for record in self.big)  # each exactly once
+        held = sorted(record.id for kind in ("node", "device", "source") for record in self.replica.resources(kind))
+        assert held == sorted(record.id for record in (self.other, new, newer, last))
+        assert store.applied == 7 and self.clock.getDelayedCalls() == []
+        assert sorted(store._revisions) == sorted(record.id for record in (self.other, new, newer, last))
+
+    def test_stop_while_a_removal_steps_leaves_nothing_scheduled(self) -> None:
+        store = self.store
+        self.watch.deliver([deleted(record.id, 3) for record in self.big], 3)
+        self.watch.deliver([put(self.make("node", node()), 4)], 4)
+        assert self.clock.getDelayedCalls() != []  # the next step
+        self.successResultOf(store.stop())
+        assert self.clock.getDelayedCalls() == [] and store._stepping is None
+        self.watch.deliver([put(self.make("node", node()), 5)], 5)  # late: ignored
+        assert [len(batch) for batch in self.published] == [4] and store.applied == 2

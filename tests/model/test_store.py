@@ -463,6 +463,39 @@ class TestRemovalInSteps(StoreTest):
             registry.removal("node", new_id(), "v1.3")
         assert len(held(registry)) == 1 + 3 + 24
 
+    def test_a_replicated_removal_in_steps_then_the_records(self, registry: Registry,
+                                                            changes: list[Change]) -> None:
+        # What the etcd cluster's replica does with a revision that deletes a big Node (and puts another).
+        node = big_node(registry, now=START)
+        other = family(registry, now=START)["node"]["id"]
+        gone = [record.id for record in held(registry) if record.node_id == node["id"]]
+        size = len(gone)
+        origin = Registry()
+        new = origin.register("node", res(), "v1.3", now=START + 1).resource
+        del changes[:]
+        replication = registry.replication([new], list(reversed(gone)))  # in any order: etcd's is by key
+        steps = []
+        while not replication.done:
+            step = replication.step(10)
+            steps.append(step)
+            assert changes[-len(step):] == step  # published as it went, one batch a step
+            assert_whole_tree(registry)
+            assert (registry.find(new.id) is not None) == replication.done  # the records in the last step
+        assert [len(step) for step in steps] == [10] * (size // 10) + [size % 10 + 1]
+        assert [change.id for change in changes[:-1]] == [change.id for change in changes[:-1] if change.post is None]
+        assert {change.id for change in changes[:-1]} == set(gone) and len(changes) == size + 1
+        assert changes[-1].post is new and changes[-2].cause == "delete" and changes[-2].id == node["id"]
+        assert registry.find(other) is not None and len(held(registry)) == 6 + 1
+        assert replication.step(10) == []
+
+    def test_apply_is_a_replication_in_one_step(self, registry: Registry, changes: list[Change]) -> None:
+        node = big_node(registry, devices=1, now=START)
+        size = len(held(registry))
+        del changes[:]
+        removed = registry.apply([], [record.id for record in held(registry)])
+        assert len(removed) == size and changes == removed and held(registry) == []
+        assert removed[-1].id == node["id"] and removed[-1].cause == "delete"
+
     def test_a_mass_expiry_with_a_limit(self, registry: Registry, changes: list[Change]) -> None:
         first, second = big_node(registry, now=START), big_node(registry, devices=2, now=START)
         alive = family(registry, now=START)["node"]["id"]
