@@ -37,7 +37,7 @@ from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredLock, ensureDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import CooperativeTask, Cooperator, TaskStopped, deferLater
+from twisted.internet.task import CooperativeTask, Cooperator, SchedulerStopped, TaskStopped, deferLater
 from twisted.logger import Logger
 
 from nmos_ref.cluster.etcd import (Compare, Delete, EtcdClient, EtcdUnavailable, Event, Get, LeaseNotFound, Put,
@@ -106,7 +106,7 @@ class ClusterStore:
         # resources a turn; the revisions delivered meanwhile wait in `_behind`.
         self.cooperator = cooperator
         self.removal_step = step
-        self._stepping: CooperativeTask | None = None
+        self._stepping: CooperativeTask[Any] | None = None
         self._behind: deque[tuple[list[Event], int]] = deque()
         self._watch: Watch | None = None
         self._pause: Deferred[None] | None = None  # the wait before reading etcd again
@@ -264,8 +264,12 @@ class ClusterStore:
             return
         self._step(revision, self.removal_step)
         if not revision.replication.done:
-            self._stepping = self.cooperator.cooperate(self._steps(revision))
-            self._stepping.whenDone().addErrback(self._steps_ended)
+            self._cooperate(revision)
+
+    def _cooperate(self, current: _Revision | None) -> None:
+        assert self.cooperator is not None
+        self._stepping = self.cooperator.cooperate(self._steps(current))
+        self._stepping.whenDone().addErrback(self._steps_ended)
 
     def _steps(self, current: _Revision | None) -> Iterator[None]:
         """The rest of `current`, then the revisions delivered meanwhile, in order: at most `removal_step`
@@ -298,9 +302,13 @@ class ClusterStore:
         return changes
 
     def _steps_ended(self, failure: Any) -> None:
-        if not failure.check(TaskStopped):  # stopped by `_halt`
-            self._stepping = None
-            log.failure("etcd store: applying the watch's revisions failed", failure)
+        if failure.check(TaskStopped, SchedulerStopped):  # stopped by `_halt`, or the whole cooperator stopped
+            return
+        log.failure("etcd store: applying the watch's revisions failed", failure)
+        # Go on with those that wait (in order: nothing is applied before them while they do)
+        self._stepping = None
+        if self._behind:
+            self._cooperate(None)
 
     def _halt(self) -> None:
         """Drop the removal under way and the revisions waiting behind it (stopping, or reloading everything)."""

@@ -631,6 +631,19 @@ class ReplicaStepTests(UnitTest):
         assert store.applied == 7 and self.clock.getDelayedCalls() == []
         assert sorted(store._revisions) == sorted(record.id for record in (self.other, new, newer, last))
 
+    def test_a_revision_that_cannot_be_read_does_not_stop_those_behind_it(self) -> None:
+        store = self.store
+        self.watch.deliver([deleted(record.id, 3) for record in self.big], 3)
+        broken = Event("put", KeyValue(f"{PREFIX}resource/{self.other.id}", b"not JSON", 2, 4, 2, 7))
+        self.watch.deliver([broken], 4)
+        late = self.make("node", node())
+        self.watch.deliver([put(late, 5)], 5)
+        while store._stepping is not None:
+            self.turn()
+        assert len(self.flushLoggedErrors(ValueError)) == 1
+        assert self.replica.find(late.id) is not None and store.applied == 5 and self.clock.getDelayedCalls() == []
+        assert self.replica.find(self.other.id) is not None  # as it was
+
     def test_stop_while_a_removal_steps_leaves_nothing_scheduled(self) -> None:
         store = self.store
         self.watch.deliver([deleted(record.id, 3) for record in self.big], 3)
