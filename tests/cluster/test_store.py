@@ -19,7 +19,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 import nmos_ref
 from nmos_ref.api.subscription_service import SubscriptionService
 from nmos_ref.cluster.etcd import Event, KeyValue, Put, RangeResult
-from nmos_ref.cluster.store import ClusterStore, encode_record
+from nmos_ref.cluster.store import ClusterStore, encode_record, stamp_text
 from nmos_ref.config import Settings
 from nmos_ref.model.store import Change, Registry, Resource
 from nmos_ref.model.tai import parse_tai
@@ -362,7 +362,7 @@ class BigRemovalTests(ClusterTest):
                 stamp += 1
                 record = member.top.registry.propose("source", source(d["id"]), "v1.3").record(stamp)
                 writes.append(Put(store._key(record.id), encode_record(record, lease), lease))
-            writes.append(Put(store._stamp_key, str(stamp).encode("ascii")))
+            writes.append(Put(store._stamp_key, stamp_text(stamp)))
             async with store._turn:  # the member's own writes wait
                 assert (await store.etcd.txn([], writes)).succeeded
         await eventually(lambda: member.top.registry.count("source") == self.SIZE - 2)
