@@ -402,7 +402,13 @@ class BigRemovalTests(ClusterTest):
         assert (await self.register(a, "node", after)).code == 201  # a write at a after it reads its own write
         assert (await call(http, f"{a.query()}/nodes/{after['id']}")).body == after
         assert (await call(http, f"{a.query()}/nodes/{n['id']}")).code == 404
+        # b still holds the Node: a Device registered there is judged against it, loses its compare at etcd and
+        # waits for b's replica to apply what won, then is judged again, against the replica without it
+        late = Deferred.fromCoroutine(self.register(b, "device", device(n["id"])))
+        await eventually(lambda: b.store._waiters)  # lost, waiting for b's replica
         b.store._watch = b.store.etcd.watch(b.store.prefix, resume_from, b.store._events, b.store._compacted)
+        refused = await late
+        assert refused.code == 400 and "not registered" in refused.body["error"]
         await eventually(lambda: b.top.registry.find(after["id"]) is not None)
         # at b: the removal in three steps, the revision that came with it applied after them, `applied` moving
         # to the deletion's revision only once the whole of it was applied
