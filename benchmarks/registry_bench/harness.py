@@ -62,6 +62,9 @@ class Context:
     storm: StormOptions = field(default_factory=lambda: StormOptions())
     population: list[list[tuple[str, dict]]] = field(default_factory=list)  # every Node built so far, in order
     registered: list[str] = field(default_factory=list)  # node ids the registry accepted
+    # A cluster's members: the pool's connections are spread over them (connection i to member i % len); without
+    # them every connection goes to `server`.
+    targets: list[tuple[str, int]] = field(default_factory=list)
 
     @property
     def host_header(self) -> str:
@@ -103,8 +106,11 @@ def run_pool(ctx: Context, units: Sequence[Any], work: Callable[[Connection, Any
 
     def worker() -> None:
         recorders = {kind: Recorder() for kind in kinds}
-        per_thread.append(recorders)
-        conn = Connection(ctx.server.host, ctx.server.port, ctx.request_timeout)
+        with lock:
+            per_thread.append(recorders)
+            number = len(per_thread) - 1
+        host, port = ctx.targets[number % len(ctx.targets)] if ctx.targets else (ctx.server.host, ctx.server.port)
+        conn = Connection(host, port, ctx.request_timeout)
         try:
             while True:
                 if time.monotonic() > ctx.deadline:
