@@ -5,6 +5,7 @@
   (under pytest too, since trial's own `run` does it). Marked `sockets` for `pytest -m "not sockets"`.
 - `@cases("a, b", [(1, 2), ...], ids=[...])` replaces a test method by one method per case, named
   `<test>__<id>`, so both runners see and count every case.
+- `Bodies`: test methods shared by several of those classes (one per store: tests/support/backends.py).
 - Fixtures are attributes: what `setUp` (or `asyncSetUp` for SocketTest: an `async def setUp`) stores as
   `self.<name>` is passed to a test method's parameter of that name, so the bodies of former pytest functions
   keep their parameters. `tmp_path` is a fresh folder per test; `self.patch` replaces monkeypatch.setattr.
@@ -24,7 +25,7 @@ import pytest
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
-__all__ = ["SkipTest", "SocketTest", "UnitTest", "cases", "skip_case"]
+__all__ = ["Bodies", "SkipTest", "SocketTest", "UnitTest", "cases", "skip_case"]
 
 
 class skip_case:  # noqa: N801  (a value, like pytest.param(..., marks=skip))
@@ -117,6 +118,12 @@ def open_selectables() -> set[Any]:
 
     internal = getattr(reactor, "_internalReaders", set())  # the reactor's own wakers
     return {selectable for selectable in (*reactor.getReaders(), *reactor.getWriters()) if selectable not in internal}
+
+
+class Bodies(_Expand):
+    """Test methods without a runner of their own, for several test case classes to share (mixed in before a
+    `UnitTest` or `SocketTest` base): their `@cases` are expanded here, once, and inherited as they are.
+    tests/support/backends.py runs the same bodies on the in-memory and the etcd store this way."""
 
 
 class UnitTest(_Expand, SynchronousTestCase):
