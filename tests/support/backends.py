@@ -78,6 +78,7 @@ class Apis:
 
     def __init__(self) -> None:
         self.stamps: dict[str, str] = {}  # resource id -> the X-Paging-Timestamp of its last registration
+        self.created: dict[str, str] = {}  # resource id -> that of its creation (a 201)
 
     async def request(self, method: str, url: str, data: bytes | None, headers: dict[str, str] | None) -> Answer:
         raise NotImplementedError
@@ -108,6 +109,8 @@ class Apis:
         answer = await self.call("POST", f"/{version}/resource", {"type": kind, "data": data})
         if answer.code in (200, 201):
             self.stamps[data["id"]] = answer.headers["x-paging-timestamp"]
+        if answer.code == 201:
+            self.created[data["id"]] = answer.headers["x-paging-timestamp"]
         return answer
 
     async def register(self, kind: str, data: dict[str, Any], version: str) -> dict[str, Any]:
