@@ -12,6 +12,7 @@ deletes the key.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -33,9 +34,11 @@ MEMBER_TTL = 10  # seconds a dead member's subscriptions stay listed
 SYNC_PERIOD = 2.0  # seconds between renewals of the member's lease (and retries of what failed)
 
 
-def encode_subscription(subscription: Subscription) -> bytes:
+def encode_subscription(subscription: Subscription, member: str | None = None) -> bytes:
+    """The value of `subscription/<id>`; `member` names the run of the member that made it."""
     return json.dumps({"wanted": asdict(subscription.wanted), "ws_href": subscription.ws_href,
-                       "created": subscription.created}, separators=(",", ":")).encode("utf-8")
+                       "created": subscription.created, "member": member},
+                      separators=(",", ":")).encode("utf-8")
 
 
 def decode_subscription(sid: str, value: bytes) -> Subscription | None:
@@ -52,6 +55,7 @@ class SubscriptionTable:
 
     def __init__(self) -> None:
         self.held: dict[str, Subscription] = {}
+        self.members: dict[str, str] = {}  # subscription id -> the member (run) that made it, when the key says
         self._observers: list[Callable[[str], None]] = []
 
     def observe(self, callback: Callable[[str], None]) -> None:
@@ -65,25 +69,32 @@ class SubscriptionTable:
             log.failure("etcd store: subscription {id} cannot be read", id=sid)
             return
         if subscription is None:
-            self.held.pop(sid, None)
+            self.delete(sid)
             for callback in list(self._observers):
                 callback(sid)
         else:
             self.held[sid] = subscription
+            member = json.loads(value).get("member")
+            if member is not None:
+                self.members[sid] = member
 
     def delete(self, sid: str) -> None:
         self.held.pop(sid, None)
+        self.members.pop(sid, None)
 
     def load(self, values: dict[str, bytes]) -> None:
         """Everything etcd holds now, in place of what was held."""
         self.held.clear()
+        self.members.clear()
         for sid, value in values.items():
             self.put(sid, value)
 
 
 class SharedSubscriptions:
     """What the Query API asks of its subscriptions (`subscribe`, `get`, `listing`, `delete`), at one member of a
-    registry cluster: this member's own, from `manager`, and every other member's, from `table`."""
+    registry cluster: this member's own, from `manager`, and every other member's, from `table`. The table also
+    holds this member's own (the watch brings back its puts) until etcd's deletion of one comes back too: the manager
+    alone says which of its own still are."""
 
     def __init__(self, manager: SubscriptionManager, table: SubscriptionTable, etcd: EtcdClient, prefix: str,
                  clock: IReactorTime) -> None:
@@ -92,6 +103,7 @@ class SharedSubscriptions:
         self.etcd = etcd
         self.prefix = prefix
         self.clock = clock
+        self.member = uuid.uuid4().hex  # this run of the member, named in the keys it puts
         self._lease = 0  # this member's lease, which its subscriptions' keys are put with
         self._published: set[str] = set()  # own subscriptions whose keys are in etcd
         self._loop = LoopingCall(self._tick)
@@ -111,15 +123,21 @@ class SharedSubscriptions:
             self._publish(subscription)
         return subscription, created
 
+    def _others(self, sid: str) -> bool:
+        return self.table.members.get(sid) != self.member
+
     def get(self, sid: str) -> Subscription | None:
-        return self.manager.get(sid) or self.table.held.get(sid)
+        own = self.manager.get(sid)
+        if own is not None:
+            return own
+        return self.table.held.get(sid) if self._others(sid) else None  # one of its own that went here: gone
 
     def listing(self, version: str) -> list[Subscription]:
         """Every member's subscriptions made at `version`, oldest first."""
         own = self.manager.listing(version)
         mine = {subscription.id for subscription in own}
         others = [subscription for sid, subscription in self.table.held.items()
-                  if sid not in mine and subscription.version == version]
+                  if sid not in mine and self._others(sid) and subscription.version == version]
         return sorted(own + others, key=lambda subscription: subscription.created)
 
     def delete(self, sid: str) -> None:
@@ -180,7 +198,7 @@ class SharedSubscriptions:
                for subscription in self.manager.listing(version)}
         for sid, subscription in own.items():
             if sid not in self._published:
-                await self.etcd.put(self._key(sid), encode_subscription(subscription), self._lease)
+                await self.etcd.put(self._key(sid), encode_subscription(subscription, self.member), self._lease)
                 self._published.add(sid)
         for sid in self._published - own.keys():  # expired here (non-persistent, no socket left)
             await self.etcd.delete_range(self._key(sid))
@@ -189,7 +207,7 @@ class SharedSubscriptions:
     def _publish(self, subscription: Subscription) -> None:
         if self._lease:
             sid = subscription.id
-            put = self.etcd.put(self._key(sid), encode_subscription(subscription), self._lease)
+            put = self.etcd.put(self._key(sid), encode_subscription(subscription, self.member), self._lease)
             self._background(put.addCallback(lambda _: self._published.add(sid)))
 
     def _unpublish(self, sid: str) -> None:
