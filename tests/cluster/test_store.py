@@ -274,6 +274,22 @@ class ClusterStoreTests(ClusterTest):
         await eventually(lambda: passing_id not in b.store.subscriptions.held)
         assert (await call(http, f"{b.query()}/subscriptions")).body == []
 
+    async def test_a_subscription_deleted_at_its_member_is_gone_there_at_once(self) -> None:
+        # The member's table holds its own subscriptions too (the watch brings its puts back) until etcd's
+        # deletion comes back: the member must not serve a deleted one from there meanwhile.
+        http, a = self.http, await self.member()
+        body = {"max_update_rate_ms": 100, "resource_path": "/nodes", "params": {}, "persist": True,
+                "secure": False, "authorization": False}
+        made = (await call(http, f"{a.query()}/subscriptions", "POST", body)).body
+        passing = (await call(http, f"{a.query()}/subscriptions", "POST", {**body, "persist": False})).body
+        await eventually(lambda: {made["id"], passing["id"]} <= a.store.subscriptions.held.keys())
+        await a.store._watch.stop()  # etcd's deletion will not come back
+        a.store._watch = None
+        assert (await call(http, f"{a.query()}/subscriptions/{made['id']}", "DELETE")).code == 204
+        assert (await call(http, f"{a.query()}/subscriptions/{made['id']}")).code == 404
+        assert [item["id"] for item in (await call(http, f"{a.query()}/subscriptions")).body] == [passing["id"]]
+        assert (await call(http, f"{a.query()}/subscriptions/{made['id']}", "DELETE")).code == 404
+
     async def test_a_subscriber_gets_what_its_member_missed_as_ordinary_grains(self) -> None:
         http, a, b = self.http, await self.member(), await self.member()
         first, second = node(), node()
