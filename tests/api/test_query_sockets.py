@@ -2,7 +2,8 @@
 the ws_href each POST returned. Every grain is checked against the official WebSocket schema
 (tests.support.websockets.Client) and every Query API answer against the official schemas. Where timers matter (rate
 limit, expiry, garbage collection) the service runs on a Clock; the sockets always run on the real reactor. Nothing
-sleeps.
+sleeps. What goes through the APIs on the reactor's clock runs on both stores: in memory and as a registry cluster
+member on etcd (`store = "etcd"`), whose grains come from the changes its replica applies.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from twisted.internet.task import Clock, deferLater
 from twisted.logger import globalLogPublisher
 
 from nmos_ref.ws.connection import SubscriptionLimits
-from tests.support.cases import SocketTest, cases, open_selectables, pending_calls
+from tests.support.cases import Bodies, SocketTest, cases, open_selectables, pending_calls
+from tests.support.etcd import require_etcd
 from tests.support.samples import VERSIONS, Family, bump, node
 from tests.support.websockets import Client, ClientFactory, Served, TIMEOUT, connect, kind_of
 
@@ -53,12 +55,16 @@ def small_buffers(served: Served, client: Client) -> Any:
     return server_side
 
 
-class SubscriptionsOnTheReactorTests(SocketTest):
-    """The service on the real reactor's clock, as `served`."""
+class OnTheReactor(Bodies):
+    """The service on the real reactor's clock, as `served`, its store `store` (everything through its APIs)."""
+
+    store = "memory"
 
     async def setUp(self) -> None:
+        if self.store == "etcd":
+            require_etcd()
         nothing_left_behind(self)
-        self.served = await Served().start()
+        self.served = await Served(store=self.store).start()
         self.addCleanup(self.served.stop)
 
     @cases("version", VERSIONS)
@@ -132,6 +138,52 @@ class SubscriptionsOnTheReactorTests(SocketTest):
         assert kind_of(event) == "added" and "event_type" not in event["post"]
         assert event["post"] == {key: value for key, value in family.flow.items() if key != "event_type"}
 
+    async def test_http_upgrade_on_a_list_creates_a_subscription(self, served: Served) -> None:
+        href = served.base.replace("http://", "ws://") + "/query/v1.3/nodes?label=up&paging.limit=5"
+        client = await connect({"ws_href": href, "params": {"label": "up"}, "resource_path": "/nodes"}, "v1.3")
+        served.clients.append(client)
+        (listed,) = (await served.call("GET", "/query/v1.3/subscriptions")).body
+        assert listed["params"] == {"label": "up"} and listed["persist"] is False
+        assert listed["resource_path"] == "/nodes" and listed["max_update_rate_ms"] == 100
+        up = node(label="up")
+        await served.register("v1.3", "node", node(label="down"), 201)
+        await served.register("v1.3", "node", up, 201)
+        grain = await client.grain()
+        assert grain["flow_id"] == listed["id"] and [e["post"] for e in grain["grain"]["data"]] == [up]
+        # v1.0 has no upgrade: the GET is answered as a GET, and the handshake fails
+        refused = ClientFactory({"ws_href": served.base.replace("http://", "ws://") + "/query/v1.0/nodes",
+                                 "params": {}, "resource_path": "/nodes"}, "v1.0")
+        connectWS(refused)
+        refused.opened.addTimeout(TIMEOUT, reactor)
+        with pytest.raises(ConnectionError):
+            await refused.opened
+
+    async def test_stopping_the_service_closes_every_socket(self, served: Served) -> None:
+        client: Client = await served.connect(await served.subscribe(persist=True))
+        served.stopped = True
+        await served.top.stopService()
+        assert await client.closed == (True, 1000, "the Query API is shutting down")
+
+
+class SubscriptionsOnTheReactorTests(OnTheReactor, SocketTest):
+    pass
+
+
+class SubscriptionsOnTheReactorOnEtcdTests(OnTheReactor, SocketTest):
+    """A registry cluster member's subscriptions (docs/cluster.md): the grains of changes that came through etcd."""
+
+    store = "etcd"
+
+
+class SlowSubscribersTests(SocketTest):
+    """Backpressure, with many big resources put in the in-memory registry directly (through the Registration API
+    they would cost seconds, and the sockets' side is the same on every store)."""
+
+    async def setUp(self) -> None:
+        nothing_left_behind(self)
+        self.served = await Served().start()
+        self.addCleanup(self.served.stop)
+
     async def test_a_client_that_stops_reading_is_dropped_without_delaying_others(self, served: Served) -> None:
         served.manager.limits = SubscriptionLimits(backlog_bytes=32 * 1024)
         subscription = await served.subscribe(max_update_rate_ms=0)
@@ -201,32 +253,6 @@ class SubscriptionsOnTheReactorTests(SocketTest):
         events = await client.events(len(registered))
         assert [e["post"] for e in events] == registered and {kind_of(e) for e in events} == {"sync"}
         assert [len(grain["grain"]["data"]) for grain in client.grains] == [50, 50, 20]
-
-    async def test_http_upgrade_on_a_list_creates_a_subscription(self, served: Served) -> None:
-        href = served.base.replace("http://", "ws://") + "/query/v1.3/nodes?label=up&paging.limit=5"
-        client = await connect({"ws_href": href, "params": {"label": "up"}, "resource_path": "/nodes"}, "v1.3")
-        served.clients.append(client)
-        (listed,) = (await served.call("GET", "/query/v1.3/subscriptions")).body
-        assert listed["params"] == {"label": "up"} and listed["persist"] is False
-        assert listed["resource_path"] == "/nodes" and listed["max_update_rate_ms"] == 100
-        up = node(label="up")
-        await served.register("v1.3", "node", node(label="down"), 201)
-        await served.register("v1.3", "node", up, 201)
-        grain = await client.grain()
-        assert grain["flow_id"] == listed["id"] and [e["post"] for e in grain["grain"]["data"]] == [up]
-        # v1.0 has no upgrade: the GET is answered as a GET, and the handshake fails
-        refused = ClientFactory({"ws_href": served.base.replace("http://", "ws://") + "/query/v1.0/nodes",
-                                 "params": {}, "resource_path": "/nodes"}, "v1.0")
-        connectWS(refused)
-        refused.opened.addTimeout(TIMEOUT, reactor)
-        with pytest.raises(ConnectionError):
-            await refused.opened
-
-    async def test_stopping_the_service_closes_every_socket(self, served: Served) -> None:
-        client: Client = await served.connect(await served.subscribe(persist=True))
-        served.stopped = True
-        await served.top.stopService()
-        assert await client.closed == (True, 1000, "the Query API is shutting down")
 
 
 class SubscriptionsOnAClockTests(SocketTest):

@@ -11,6 +11,7 @@ import copy
 import json
 from typing import Any
 
+from attrs import evolve
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol, connectWS
 from treq.client import HTTPClient
 from twisted.internet import reactor
@@ -27,6 +28,7 @@ from nmos_ref.model.store import Registry
 from nmos_ref.model.versions import SINGULARS
 from nmos_ref.wiring.registry import build_registry, subscription_service
 from nmos_ref.ws.connection import SubscriptionLimits
+from tests.support.etcd import shared_member, unique_prefix
 from tests.support.official import assert_official, official_errors
 from tests.support.samples import VERSIONS, Answer, QueryHarness, check, port_of, stub_call
 
@@ -211,18 +213,28 @@ def track_channels(site: Any) -> list[tuple[Any, Deferred[None]]]:
 
 
 class Served:
-    """`build_registry()` on 127.0.0.1:0 with a treq client of its own; `stop` closes every socket and connection."""
+    """`build_registry()` on 127.0.0.1:0 with a treq client of its own; `stop` closes every socket and connection.
+    `store="etcd"`: a registry cluster member on the shared etcd (tests/support/etcd.py), under a key prefix of its
+    own."""
 
-    def __init__(self, clock: IReactorTime | None = None) -> None:
+    def __init__(self, clock: IReactorTime | None = None, store: str = "memory") -> None:
         self.clock = clock if clock is not None else reactor  # a Clock for the timers, where a test drives time
+        self.store = store
         self.clients: list[Client] = []
         self.stopped = False
         self._channels: list[tuple[Any, Deferred[None]]] = []  # the server's HTTP connections
 
     async def start(self) -> Served:
-        self.top = build_registry(Settings(listen=["tcp:0:interface=127.0.0.1"], dns_sd="off"), reactor, self.clock)
+        settings = Settings(listen=["tcp:0:interface=127.0.0.1"], dns_sd="off")
+        if self.store == "etcd":
+            settings = evolve(settings, store=shared_member().store, store_prefix=unique_prefix())
+        self.top = build_registry(settings, reactor, self.clock)
         self._channels = track_channels(self.top.site)
         self.top.startService()
+        if self.store == "etcd":
+            from nmos_ref.wiring.cluster import ClusterStoreService
+
+            await next(child for child in self.top if isinstance(child, ClusterStoreService)).loaded
         self.base = f"http://127.0.0.1:{await port_of(self.top)}/x-nmos"
         self.registry = self.top.registry
         self.service = next(child for child in self.top if isinstance(child, SubscriptionService))
