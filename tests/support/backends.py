@@ -7,8 +7,9 @@
   registry; asked over real loopback HTTP with the URL's host in the Host header, as StubTreq would send it.
 
 Both compose the APIs as `nmos_ref.wiring.registry.build_registry` does (with limits it cannot be given: a paging
-default of 10 for the documentation's examples), and both run on a Clock that stays at 0, so the TAI stamps are
-0:1, 0:2, ... as in IS-04 "APIs - Query Parameters" (etcd's stamps are `max(now, last + 1)` too).
+default of 10 for the documentation's examples), and both give the APIs a Clock that stays at 0, so the TAI stamps
+are 0:1, 0:2, ... as in IS-04 "APIs - Query Parameters" (etcd's stamps are `max(now, last + 1)` too). The etcd
+store's own timers run on the reactor, as in service.
 
 Test bodies are `async def` methods of a `Bodies` class, awaiting the harness (`self.api` and the fixtures its
 `prepare` makes); a test class per store mixes them with `OnMemory` (a UnitTest: each body runs to its end at once,
@@ -225,7 +226,7 @@ class EtcdApis(Apis):
 
         options = options or Options()
         require_etcd()
-        self.clock = clock = Clock()  # the stamps, the subscriptions' timers; etcd's own I/O on the reactor
+        self.clock = clock = Clock()  # the APIs' time (stamps, heartbeats) and the subscriptions' timers
         self.registry = registry = Registry(expiry=EXPIRY)  # the member's replica
         translations = Translations()
         registry.feed.subscribe(translations.changed)
@@ -233,7 +234,9 @@ class EtcdApis(Apis):
         self.manager = self.subscriptions.manager
         settings = Settings(listen=["tcp:0:interface=127.0.0.1"], dns_sd="off", store=shared_member().store,
                             store_prefix=unique_prefix(), registration_expiry_interval=EXPIRY)
-        self.shared = shared = cluster_store(settings, reactor, clock, registry, self.manager)
+        # The store's own timers (the etcd client's timeouts, the lease renewals of the subscriptions, its waits)
+        # on the reactor, as in service: a test that advances the Clock leaves them be.
+        self.shared = shared = cluster_store(settings, reactor, reactor, registry, self.manager)
         self.store = shared.store
         cooperator = Cooperator(scheduler=partial(reactor.callLater, 0))
         apis = _compose(registry, shared.store, shared.subscriptions, translations, self.subscriptions, clock,
