@@ -139,6 +139,22 @@ class ReadAndDelete(Bodies):
 
 
 class Health(Bodies):
+    @cases("version", VERSIONS)
+    async def test_heartbeat(self, api: Apis, version: str) -> None:
+        members = await registered(api, version)
+        node_id = members[0][1]["id"]
+        api.clock.advance(5)
+        answer = await api.call("POST", f"/{version}/health/nodes/{node_id}")
+        assert answer.code == 200 and answer.body == {"health": str(int(api.clock.seconds()))}
+        assert_official(version, "registrationapi-health-response", answer.body)
+        # (When: on etcd the lease's TTL, to the second, read on the store's own clock: docs/cluster.md.)
+        seen = await api.call("GET", f"/{version}/health/nodes/{node_id}/")
+        assert seen.code == 200
+        assert_official(version, "registrationapi-health-response", seen.body)
+        assert (await api.call("DELETE", f"/{version}/resource/nodes/{node_id}")).code == 204
+        assert (await api.call("POST", f"/{version}/health/nodes/{node_id}")).code == 404
+        assert (await api.call("GET", f"/{version}/health/nodes/{node_id}")).code == 404
+
     async def test_heartbeat_never_creates_a_node(self, api: Apis) -> None:
         node_id = new_id()
         assert (await api.call("POST", f"/v1.3/health/nodes/{node_id}")).code == 404
@@ -146,7 +162,8 @@ class Health(Bodies):
 
 
 class TestExpiryOnMemory(OnMemory):
-    """Expiry is timed by the Clock (on etcd, by etcd's leases: tests/cluster/test_store.py)."""
+    """Expiry is timed by the Clock (on etcd, by etcd's leases: tests/cluster/test_store.py), and the last heartbeat
+    read back exactly (on etcd, from the lease's TTL, to the second)."""
 
     @cases("version", VERSIONS)
     async def test_heartbeat_and_expiry(self, api: Apis, version: str) -> None:
