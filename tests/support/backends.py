@@ -9,7 +9,7 @@
 Both compose the APIs as `nmos_ref.wiring.registry.build_registry` does (with limits it cannot be given: a paging
 default of 10 for the documentation's examples), and both give the APIs a Clock that stays at 0, so the TAI stamps
 are 0:1, 0:2, ... as in IS-04 "APIs - Query Parameters" (etcd's stamps are `max(now, last + 1)` too). The etcd
-store's own timers run on the reactor, as in service.
+client's timeouts and the subscriptions' lease renewals run on the reactor, as in service.
 
 Test bodies are `async def` methods of a `Bodies` class, awaiting the harness (`self.api` and the fixtures its
 `prepare` makes); a test class per store mixes them with `OnMemory` (a UnitTest: each body runs to its end at once,
@@ -37,13 +37,17 @@ from twisted.web.client import Agent, HTTPConnectionPool
 
 from nmos_ref.api.query import QueryAPI
 from nmos_ref.api.registration import RegistrationAPI
-from nmos_ref.config import Settings
+from nmos_ref.cluster.etcd import EtcdClient, member_urls
+from nmos_ref.cluster.store import ClusterStore
+from nmos_ref.cluster.subscriptions import SharedSubscriptions, SubscriptionTable
 from nmos_ref.model.downgrade import Translations
 from nmos_ref.model.query_params import Limits
 from nmos_ref.model.store import Registry
 from nmos_ref.validation import Schemas
+from nmos_ref.web.client import PlainHTTP, quiet_pool
 from nmos_ref.web.root import root_resource
 from nmos_ref.web.server import make_site
+from nmos_ref.wiring.cluster import ETCD_TIMEOUT, ClusterStoreService, StaleMarker
 from nmos_ref.wiring.registry import subscription_service
 from nmos_ref.ws.connection import SubscriptionLimits
 from tests.support.cases import Bodies, SocketTest, UnitTest
@@ -222,8 +226,6 @@ class EtcdApis(Apis):
     backend = "etcd"
 
     async def start(self, test: SocketTest, options: Options | None = None) -> EtcdApis:
-        from nmos_ref.wiring.cluster import StaleMarker, cluster_store
-
         options = options or Options()
         require_etcd()
         self.clock = clock = Clock()  # the APIs' time (stamps, heartbeats) and the subscriptions' timers
@@ -232,12 +234,18 @@ class EtcdApis(Apis):
         registry.feed.subscribe(translations.changed)
         self.subscriptions = subscription_service(registry, translations, clock, reactor, options.subscription_limits)
         self.manager = self.subscriptions.manager
-        settings = Settings(listen=["tcp:0:interface=127.0.0.1"], dns_sd="off", store=shared_member().store,
-                            store_prefix=unique_prefix(), registration_expiry_interval=EXPIRY)
-        # The store's own timers (the etcd client's timeouts, the lease renewals of the subscriptions, its waits)
-        # on the reactor, as in service: a test that advances the Clock leaves them be.
-        self.shared = shared = cluster_store(settings, reactor, reactor, registry, self.manager)
-        self.store = shared.store
+        # What nmos_ref.wiring.cluster.cluster_store builds for `--store etcd://...`, with one difference: the
+        # store tells the time by the APIs' Clock (it stamps each attempt with max(the request's time, its own
+        # clock's)), while the etcd client's timeouts and the lease renewals of the subscriptions run on the
+        # reactor, as in service, so that a test advancing the Clock leaves them be.
+        prefix = unique_prefix()
+        pool = quiet_pool(reactor)
+        etcd = EtcdClient(PlainHTTP(Agent(reactor, pool=pool, connectTimeout=ETCD_TIMEOUT)), reactor,
+                          member_urls(shared_member().store), timeout=ETCD_TIMEOUT)
+        table = SubscriptionTable()
+        self.store = ClusterStore(etcd, registry, clock, prefix, subscriptions=table)
+        self.shared = shared = ClusterStoreService(
+            self.store, SharedSubscriptions(self.manager, table, etcd, prefix, reactor), pool)
         cooperator = Cooperator(scheduler=partial(reactor.callLater, 0))
         apis = _compose(registry, shared.store, shared.subscriptions, translations, self.subscriptions, clock,
                         cooperator, options)
