@@ -9,7 +9,7 @@
 Both compose the APIs as `nmos_ref.wiring.registry.build_registry` does (with limits it cannot be given: a paging
 default of 10 for the documentation's examples), and both give the APIs a Clock that stays at 0, so the TAI stamps
 are 0:1, 0:2, ... as in IS-04 "APIs - Query Parameters" (etcd's stamps are `max(now, last + 1)` too). The etcd
-client's timeouts and the subscriptions' lease renewals run on the reactor, as in service.
+store's timers (its client's timeouts, the subscriptions' lease renewals) take real time: `ApiTime`.
 
 Test bodies are `async def` methods of a `Bodies` class, awaiting the harness (`self.api` and the fixtures its
 `prepare` makes); a test class per store mixes them with `OnMemory` (a UnitTest: each body runs to its end at once,
@@ -37,17 +37,14 @@ from twisted.web.client import Agent, HTTPConnectionPool
 
 from nmos_ref.api.query import QueryAPI
 from nmos_ref.api.registration import RegistrationAPI
-from nmos_ref.cluster.etcd import EtcdClient, member_urls
-from nmos_ref.cluster.store import ClusterStore
-from nmos_ref.cluster.subscriptions import SharedSubscriptions, SubscriptionTable
+from nmos_ref.config import Settings
 from nmos_ref.model.downgrade import Translations
 from nmos_ref.model.query_params import Limits
 from nmos_ref.model.store import Registry
 from nmos_ref.validation import Schemas
-from nmos_ref.web.client import PlainHTTP, quiet_pool
 from nmos_ref.web.root import root_resource
 from nmos_ref.web.server import make_site
-from nmos_ref.wiring.cluster import ETCD_TIMEOUT, ClusterStoreService, StaleMarker
+from nmos_ref.wiring.cluster import StaleMarker, cluster_store
 from nmos_ref.wiring.registry import subscription_service
 from nmos_ref.ws.connection import SubscriptionLimits
 from tests.support.cases import Bodies, SocketTest, UnitTest
@@ -219,6 +216,25 @@ class MemoryApis(Apis):
         return Answer(response.code, found, content)
 
 
+class ApiTime:
+    """A clock telling the APIs' time (a Clock's `seconds`) whose timers take real time (the reactor's
+    `callLater`): the etcd store's clock in these tests. Its stamps and heartbeat times are the APIs' own, while
+    the etcd client's timeouts, the subscriptions' lease renewals and the store's waits run as in service, so a
+    test that advances the Clock leaves them be."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+
+    def seconds(self) -> float:
+        return self.clock.seconds()
+
+    def callLater(self, delay: float, f: Any, *args: Any, **kwargs: Any) -> Any:  # (IReactorTime)
+        return reactor.callLater(delay, f, *args, **kwargs)
+
+    def getDelayedCalls(self) -> Any:  # (IReactorTime)
+        return reactor.getDelayedCalls()
+
+
 class EtcdApis(Apis):
     """A registry cluster member's APIs (docs/cluster.md) on the shared etcd, under a fresh key prefix, served on a
     loopback port. `start` registers its own teardown with `test`."""
@@ -234,19 +250,13 @@ class EtcdApis(Apis):
         registry.feed.subscribe(translations.changed)
         self.subscriptions = subscription_service(registry, translations, clock, reactor, options.subscription_limits)
         self.manager = self.subscriptions.manager
-        # What nmos_ref.wiring.cluster.cluster_store builds for `--store etcd://...`, with one difference: the
-        # store tells the time by the APIs' Clock (it stamps each attempt with max(the request's time, its own
-        # clock's)), while the etcd client's timeouts and the lease renewals of the subscriptions run on the
-        # reactor, as in service, so that a test advancing the Clock leaves them be.
-        prefix = unique_prefix()
-        pool = quiet_pool(reactor)
-        etcd = EtcdClient(PlainHTTP(Agent(reactor, pool=pool, connectTimeout=ETCD_TIMEOUT)), reactor,
-                          member_urls(shared_member().store), timeout=ETCD_TIMEOUT)
-        table = SubscriptionTable()
-        self.store = ClusterStore(etcd, registry, clock, prefix, subscriptions=table)
-        self.shared = shared = ClusterStoreService(
-            self.store, SharedSubscriptions(self.manager, table, etcd, prefix, reactor), pool)
+        settings = Settings(listen=["tcp:0:interface=127.0.0.1"], dns_sd="off", store=shared_member().store,
+                            store_prefix=unique_prefix(), registration_expiry_interval=EXPIRY)
         cooperator = Cooperator(scheduler=partial(reactor.callLater, 0))
+        # As build_registry calls it for `--store etcd://...`; the store tells the APIs' time (it stamps each
+        # attempt with max(the request's time, its own clock's)), its timers take real time.
+        self.shared = shared = cluster_store(settings, reactor, ApiTime(clock), registry, self.manager, cooperator)
+        self.store = shared.store
         apis = _compose(registry, shared.store, shared.subscriptions, translations, self.subscriptions, clock,
                         cooperator, options)
         apis["query"] = StaleMarker(apis["query"], shared.store)
