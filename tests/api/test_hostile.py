@@ -59,10 +59,13 @@ class Served:
 
 
 class SeededRegistryTest(SocketTest):
-    """Each test has its own registry on a loopback port, seeded, as `served`."""
+    """Each test has its own registry on a loopback port, seeded, as `served`: in memory, or (`store` "etcd", the
+    classes named ...OnEtcd) a registry cluster member on the tests' shared etcd."""
+
+    store = "memory"
 
     async def setUp(self) -> None:
-        local = LocalRegistry(reactor)
+        local = LocalRegistry(reactor, self.store)
         pool = HTTPConnectionPool(reactor, persistent=True)
         http = HTTPClient(Agent(reactor, pool=pool))
         self.addCleanup(local.stop)  # cleanups run last-added first: the pool's connections close, then the server
@@ -258,3 +261,20 @@ class NeverStoreTests(SeededRegistryTest):
             blockingCallFromThread(reactor, lambda: Deferred.fromCoroutine(example(kind, version, extra)))
 
         await in_a_thread(examples)
+
+
+# The same hostile requests, rules and checks against a member of a registry cluster on etcd (issue 14: the two
+# stores pass the same tests): what etcd holds is the registry, so a refusal must not reach it either, and what it
+# holds must be servable.
+
+
+class HostileRequestsOnEtcdTests(HostileRequestsTests):
+    store = "etcd"
+
+
+class GrouphintOnEtcdTests(GrouphintTests):
+    store = "etcd"
+
+
+class NeverStoreOnEtcdTests(NeverStoreTests):
+    store = "etcd"

@@ -431,18 +431,26 @@ async def seed(http: Any, base: str, host: str, port: int) -> Target:
 
 class LocalRegistry:
     """The registry built and started in this process on 127.0.0.1:0: the exact store to compare around each
-    refused request, and the server's connections, to wait until it has closed its side of each."""
+    refused request, and the server's connections, to wait until it has closed its side of each. `store` "etcd": a
+    member of a registry cluster on the tests' shared etcd (tests/support/etcd.py), under a key prefix of its own,
+    whose replica is the store compared (a write answers once the replica holds it; a refused one writes nothing)."""
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: Any, store: str = "memory") -> None:
         from nmos_ref.config import Settings
         from nmos_ref.wiring.registry import build_registry
         from nmos_ref.api.subscription_service import SubscriptionService
         from tests.support.websockets import track_channels
 
         self.reactor = reactor
+        where: dict[str, Any] = {}
+        if store == "etcd":
+            from tests.support.etcd import require_etcd, shared_member, unique_prefix
+
+            require_etcd()
+            where = {"store": shared_member().store, "store_prefix": unique_prefix()}
         # Nodes never expire during a run: a garbage collection would look like a refused request changing the store.
         self.top = build_registry(Settings(listen=["tcp:0:interface=127.0.0.1"], dns_sd="off",
-                                  registration_expiry_interval=3600), reactor, reactor)
+                                  registration_expiry_interval=3600, **where), reactor, reactor)
         self.subscriptions = next(child for child in self.top if isinstance(child, SubscriptionService))
         self.channels = track_channels(self.top.site)
 
@@ -454,7 +462,12 @@ class LocalRegistry:
         """Start the service; its port."""
         from tests.support.samples import port_of
 
+        from nmos_ref.wiring.cluster import ClusterStoreService
+
         self.top.startService()
+        for child in self.top:
+            if isinstance(child, ClusterStoreService):
+                await child.loaded  # the replica holds what etcd held: writes may begin
         return await port_of(self.top)
 
     def snapshot(self) -> list[tuple[Any, ...]]:
