@@ -40,6 +40,7 @@ for i in 1 2 3; do
     --listen-client-urls "http://127.0.0.1:${i}2379" --advertise-client-urls "http://127.0.0.1:${i}2379" \
     --listen-peer-urls "http://127.0.0.1:${i}2380" --initial-advertise-peer-urls "http://127.0.0.1:${i}2380" \
     --initial-cluster "$cluster" --initial-cluster-token nmos-ref-conformance --initial-cluster-state new \
+    --auto-compaction-mode periodic --auto-compaction-retention 10m \
     >"$OUT/etcd-$i.log" 2>&1 &
   pids+=($!)
 done

@@ -1,5 +1,5 @@
 """A registry cluster for the cluster benchmark: three etcd members (Debian's etcd-server, on loopback ports, data in a
-temporary folder, etcd's default timings) and nmos-ref members sharing them (`--store etcd://...`); each process
+temporary folder, etcd's default timings, history compacted after 10 minutes as docs/cluster.md advises) and nmos-ref members sharing them (`--store etcd://...`); each process
 started, measured (CPU, RSS) and stopped or killed by its PID."""
 
 from __future__ import annotations
@@ -68,7 +68,9 @@ class Etcd:
                    "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
                    "--listen-peer-urls", self.peer_url, "--initial-advertise-peer-urls", self.peer_url,
                    "--initial-cluster", initial_cluster, "--initial-cluster-token", token,
-                   "--initial-cluster-state", "new", "--logger", "zap", "--log-outputs", "stderr"]
+                   "--initial-cluster-state", "new", "--logger", "zap", "--log-outputs", "stderr",
+                   # As docs/cluster.md tells a facility to run it: history older than 10 minutes compacted
+                   "--auto-compaction-mode", "periodic", "--auto-compaction-retention", "10m"]
         env = {key: value for key, value in os.environ.items() if not key.startswith("ETCD")}
         with open(self.folder / "etcd.log", "wb") as out:
             self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env)
@@ -175,6 +177,11 @@ class Cluster:
         self.stop_members()
         for etcd in self.etcds:
             etcd.stop()
+        if keep := os.environ.get("BENCH_CLUSTER_LOGS"):  # a folder to keep every member's and etcd's log in
+            into = Path(keep) / self.folder.name
+            into.mkdir(parents=True, exist_ok=True)
+            for log in self.folder.rglob("*.log"):
+                shutil.copy(log, into / f"{log.parent.name}-{log.name}" if log.parent != self.folder else into)
         shutil.rmtree(self.folder, ignore_errors=True)
 
 

@@ -265,21 +265,24 @@ def judge(opts: FailoverOptions, report: dict, population: list, subscribers: li
         if what == "beat" and status == 200 and answered < killed_at:
             last_ok[node] = (member, answered)
     affected = {node for node, (member, _) in last_ok.items() if member == victim_index}
-    first_due: dict[int, float] = {}
-    for what, node, member, due, sent, answered, status, detail in samples:
-        if what == "beat" and node in affected and due >= killed_at:
-            first_due[node] = min(first_due.get(node, due), due)
+    beats_of: dict[int, list[tuple]] = collections.defaultdict(list)
+    for sample in samples:
+        if sample[0] == "beat" and sample[1] in affected:
+            beats_of[sample[1]].append(sample)
     failover_ms, since_kill, gaps, missed = [], [], [], []
     for node in sorted(affected):
-        due = first_due.get(node)
-        ok = [s for s in samples if s[1] == node and s[0] == "beat" and s[3] == due and s[6] == 200] if due else []
+        last = last_ok[node][1]
+        after = sorted((s for s in beats_of[node] if s[4] > last), key=lambda s: s[4])  # sent after the last 200
+        ok = [s for s in after if s[6] == 200]
         if not ok:
             missed.append(node)
             continue
-        answered = min(s[5] for s in ok)
-        failover_ms.append(answered - due)
-        since_kill.append(answered - killed_at)
-        gaps.append(answered - last_ok[node][1])
+        first = min(ok, key=lambda s: s[5])  # the first 200 after the kill: at another member
+        if first[3] != min(s[3] for s in after):  # the slot after its last 200 was not the one answered
+            missed.append(node)
+        failover_ms.append(first[5] - first[3])  # from its slot: the failed try at the dead member, then the next
+        since_kill.append(first[5] - killed_at)
+        gaps.append(first[5] - last)
     # 2. Changes: those answered 2xx are what the subscribers must receive.
     accepted = [(s[7], s[5]) for s in samples if s[0] == "change" and 200 <= s[6] < 300]
     latest: dict[str, str] = {}
@@ -326,12 +329,19 @@ def judge(opts: FailoverOptions, report: dict, population: list, subscribers: li
     beats_after_etcd = [s for s in samples if s[0] == "beat" and s[4] >= etcd_killed_at]
     changes_after_etcd = [s for s in samples if s[0] == "change" and s[4] >= etcd_killed_at]
     change_latency = sorted(s[5] - s[4] for s in samples if s[0] == "change" and 200 <= s[6] < 300)
+    change_latency_before = sorted(s[5] - s[4] for s in samples
+                                   if s[0] == "change" and 200 <= s[6] < 300 and s[4] < etcd_killed_at)
     beat_latency_after_etcd = sorted(s[5] - s[4] for s in beats_after_etcd if s[6] == 200)
     # For comparison with the failover time: heartbeats' answers in the 10 s before the kill, when nothing failed.
     beat_latency_before = sorted(s[5] - s[4] for s in samples
                                  if s[0] == "beat" and s[6] == 200 and killed_at - 10 <= s[4] < killed_at)
     timeouts = sum(1 for s in samples if s[6] == -1 and s[5] - s[4] >= opts.answer_timeout)
+    # The slowest changes answered, where they fell (seconds from the member's kill) and at which member.
+    slowest = sorted((s for s in samples if s[0] == "change" and 200 <= s[6] < 300), key=lambda s: s[4] - s[5])[:8]
+    slow_changes = [{"answer_ms": (s[5] - s[4]) * 1000, "sent_after_member_kill_s": s[4] - killed_at,
+                     "member": s[2], "kind": s[7][0]} for s in slowest]
     return {
+        "slowest_changes": slow_changes,
         "failover": {"nodes_at_victim": len(affected), "missed_next_slot": len(missed),
                      "failover_time": _distribution(failover_ms), "kill_to_heartbeat": _distribution(since_kill),
                      "gap_between_heartbeats": _distribution(gaps), "failover_events": len(report["failovers"]),
@@ -342,7 +352,8 @@ def judge(opts: FailoverOptions, report: dict, population: list, subscribers: li
                       "wrong_version": wrong_version},
         "changes": {"sent": report["changes_sent"], "accepted": len(accepted),
                     "rate_per_s": len(accepted) / (changes_until - changes_from),
-                    "answer": _distribution(change_latency)},
+                    "answer": _distribution(change_latency),
+                    "answer_before_etcd_kill": _distribution(change_latency_before)},
         "subscribers": {"on_survivors": len(survivors), "on_victim": len(subscribers) - len(survivors),
                         "victims_closed": sum(1 for s in subscribers if s.member.port == victim.port and s.closed),
                         "expected_total": sum(r["expected"] for r in subscriber_rows),
