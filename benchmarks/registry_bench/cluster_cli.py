@@ -72,8 +72,8 @@ def print_failover(r: dict) -> list[str]:
     print(f"  errors at surviving members after the member kill: {r['errors_at_survivors_after_member_kill']}; "
           f"requests unanswered within {r['options']['answer_timeout']:.0f} s: {r['client_timeouts']}")
     c, b = r["changes"]["answer"], r["changes"]["answer_before_etcd_kill"]
-    print(f"  changes answered: p50 {_ms(c['p50_ms'])} ms, p99 {_ms(c['p99_ms'])}, max {_ms(c['max_ms'])}; before "
-          f"the etcd kill p50 {_ms(b['p50_ms'])}, p99 {_ms(b['p99_ms'])}, max {_ms(b['max_ms'])}")
+    print(f"  changes answered: p50 {_ms(c['p50_ms'])} ms, p99 {_ms(c['p99_ms'])}, max {_ms(c['max_ms'])}; answered "
+          f"before the etcd kill p50 {_ms(b['p50_ms'])}, p99 {_ms(b['p99_ms'])}, max {_ms(b['max_ms'])}")
     hb = kill["heartbeat_answer"]
     print(f"  etcd leader {r['etcd_killed']} killed: {kill['heartbeats']} heartbeats, {kill['changes']} changes, "
           f"{kill['query_reads']} query reads; error answers {kill['error_answers']}; heartbeat answer p99 "

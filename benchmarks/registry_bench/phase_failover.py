@@ -330,7 +330,7 @@ def judge(opts: FailoverOptions, report: dict, population: list, subscribers: li
     changes_after_etcd = [s for s in samples if s[0] == "change" and s[4] >= etcd_killed_at]
     change_latency = sorted(s[5] - s[4] for s in samples if s[0] == "change" and 200 <= s[6] < 300)
     change_latency_before = sorted(s[5] - s[4] for s in samples
-                                   if s[0] == "change" and 200 <= s[6] < 300 and s[4] < etcd_killed_at)
+                                   if s[0] == "change" and 200 <= s[6] < 300 and s[5] < etcd_killed_at)
     beat_latency_after_etcd = sorted(s[5] - s[4] for s in beats_after_etcd if s[6] == 200)
     # For comparison with the failover time: heartbeats' answers in the 10 s before the kill, when nothing failed.
     beat_latency_before = sorted(s[5] - s[4] for s in samples
