@@ -20,24 +20,12 @@ from .server import (
     free_loopback_port,
     process_cpu_ms,
     start_registry,
+    status_kib,
     stop_registry,
 )
 
 MEMBER_CMD = "nmos-ref registry --listen tcp:{port}:interface=127.0.0.1 --dns-sd off"
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def status_kib(pid: int | None, name: str) -> int | None:
-    """A kB figure of `/proc/<pid>/status` (VmRSS, VmHWM), or None."""
-    if pid is None:
-        return None
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(name + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
 
 
 @dataclass

@@ -68,15 +68,7 @@ class Server:
 
     def status_kib(self, name: str) -> int | None:
         """A kB figure of `/proc/<pid>/status` (VmRSS, VmHWM, ...), or None without a PID."""
-        if self.pid is None:
-            return None
-        try:
-            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-                if line.startswith(name + ":"):
-                    return int(line.split()[1])
-        except OSError:
-            pass
-        return None
+        return status_kib(self.pid, name)
 
     def rss_kib(self) -> int | None:
         return self.status_kib("VmRSS")
@@ -96,6 +88,19 @@ class Server:
             if (cpu := self.cpu_ms()) != last:
                 last, still_since = cpu, time.monotonic()
         return time.monotonic() - start
+
+
+def status_kib(pid: int | None, name: str) -> int | None:
+    """A kB figure of `/proc/<pid>/status` (VmRSS, VmHWM, ...), or None without the process."""
+    if pid is None:
+        return None
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(name + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
 
 
 def process_cpu_ms(pid: int) -> float | None:
