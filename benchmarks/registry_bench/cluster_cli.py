@@ -51,7 +51,6 @@ def _ms(value: float | None) -> str:
 def print_failover(r: dict) -> list[str]:
     """Prints the scenario's figures; returns the checks that failed."""
     f, res, sub, kill = r["failover"], r["resources"], r["subscribers"], r["etcd_kill"]
-    d = f["failover_time"]
     print(f"\nfailover: {r['options']['nodes']} nodes over 3 members, {r['options']['subscribers']} subscribers, "
           f"{r['changes']['rate_per_s']:.1f} changes/s accepted ({r['changes']['accepted']} in all)")
     print(f"  registration: {r['registration']['seconds']:.1f} s, failures {r['registration']['failures']}; "

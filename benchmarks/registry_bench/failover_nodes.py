@@ -38,9 +38,7 @@ CHANGED_KINDS = ("sender", "receiver", "flow", "source", "device", "node")
 
 class _Node:
     __slots__ = (
-        "beats",
         "buf",
-        "changes",
         "connecting",
         "index",
         "inflight",
@@ -56,11 +54,9 @@ class _Node:
         self.sock: socket.socket | None = None
         self.connecting = False
         self.buf = bytearray()
-        self.queue: collections.deque[tuple[str, Any, bytes]] = collections.deque()  # (what, detail, request)
+        self.queue: collections.deque[tuple[str, Any, bytes, float]] = collections.deque()  # (what, detail, request, due)
         self.inflight: tuple[str, Any, bytes, float, float] | None = None  # (what, detail, request, sent, due)
         self.tries = 0  # members tried since the last answer
-        self.beats = 0
-        self.changes = 0
 
 
 def _response(buf: bytearray) -> tuple[int, int] | None:
@@ -104,7 +100,7 @@ def failover_child(pipe: Any, members: list[tuple[str, int]], nodes: int, interv
     change_count = 0
     base = 0.0
 
-    def request(node: _Node, what: str, detail: Any, raw: bytes) -> bytes:
+    def request(node: _Node, raw: bytes) -> bytes:
         # The Host header names the member the request goes to; the body alone decides what is registered.
         return raw.replace(b"Host: *\r\n", f"Host: {hosts[node.member]}\r\n".encode(), 1)
 
@@ -123,7 +119,7 @@ def failover_child(pipe: Any, members: list[tuple[str, int]], nodes: int, interv
         sent = time.monotonic()
         node.inflight = (what, detail, raw, sent, when)
         try:
-            node.sock.send(request(node, what, detail, raw))  # small requests: the socket buffer takes them whole
+            node.sock.send(request(node, raw))  # small requests: the socket buffer takes them whole
         except OSError as e:
             fail(node, f"send: {e}")
 
@@ -201,12 +197,9 @@ def failover_child(pipe: Any, members: list[tuple[str, int]], nodes: int, interv
                 registered += 1
                 in_flight_registrations -= 1
                 schedule(node, now)
-        elif what == "beat":
-            if status == 404:
-                expired.add(node.index)
-                node.queue.clear()
-            else:
-                node.beats += 1
+        elif what == "beat" and status == 404:
+            expired.add(node.index)
+            node.queue.clear()
         pump(node)
 
     def schedule(node: _Node, after: float) -> None:
@@ -264,7 +257,6 @@ def failover_child(pipe: Any, members: list[tuple[str, int]], nodes: int, interv
         data["label"] = f"{data['label'].split('~')[0]}~{change_count}"
         node.resources[position] = (kind, data)
         body = json.dumps({"type": kind, "data": data}, separators=(",", ":")).encode()
-        node.changes += 1
         queue(node, "change", (kind, data["id"], data["version"]),
               build_request("POST", f"{API}/resource", "*", body), time.monotonic())
 
