@@ -4,6 +4,7 @@ listeners, adverts, expiry sweep and process tuning, built from the settings.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ from nmos_ref.api.subscription_service import SubscriptionService
 from nmos_ref.config import Settings
 from nmos_ref.discovery.registry_advert import RegistryAdvertiser
 from nmos_ref.model.downgrade import Translations
+from nmos_ref.model.query_params import Limits
 from nmos_ref.model.store import REMOVAL_STEP, Change, Registry
 from nmos_ref.tls.server import Listener, listen_service
 from nmos_ref.validation import Schemas
@@ -182,6 +184,28 @@ def base_url(protocol: str, address: Any) -> str:
     return f"{protocol}://{host}:{address.port}/"
 
 
+def compose_apis(registry: Registry, translations: Translations, subscriptions: SubscriptionService,
+                 clock: IReactorTime, cooperator: Cooperator, versions: Sequence[str], shared: Any = None, *,
+                 host_name: str | None = None, authorization: bool = False, limits: Limits = Limits(),
+                 schemas: Schemas | None = None) -> dict[str, Any]:
+    """The Registration and Query APIs over `registry`, by name. With `shared` (a cluster member's
+    ClusterStoreService): the writes go to its store, every member's subscriptions are listed, and Query API
+    answers say when the replica may be stale."""
+    store: Any = registry if shared is None else shared.store  # what the Registration API writes to
+    listed: Any = subscriptions.manager if shared is None else shared.subscriptions  # what /subscriptions lists
+    schemas = schemas or Schemas()
+    registration = RegistrationAPI(store, schemas, list(versions), clock, cooperator)
+    query = QueryAPI(registry, versions, host_name=host_name, limits=limits, schemas=schemas,
+                     authorization=authorization, translations=translations, subscriptions=listed,
+                     websockets=subscriptions.resource, cooperator=cooperator)
+    apis: dict[str, Any] = {"registration": registration.app.resource(), "query": query.app.resource()}
+    if shared is not None:
+        from nmos_ref.wiring.cluster import StaleMarker
+
+        apis["query"] = StaleMarker(apis["query"], shared.store)
+    return apis
+
+
 def build_registry(settings: Settings, reactor: Any, clock: IReactorTime, dns_sd: DnsSd | None = None,
                    guard: Authorization | None = None, stapler: OCSPStapler | None = None,
                    metrics: Metrics | None = None) -> RegistryService:
@@ -202,8 +226,6 @@ def build_registry(settings: Settings, reactor: Any, clock: IReactorTime, dns_sd
     # Long work (a big Node's DELETE, a v1.0 list of many resources, a cluster replica's big removal) in slices, one
     # per turn of the reactor.
     cooperator = Cooperator(scheduler=partial(reactor.callLater, 0))
-    store: Any = registry  # what the Registration API writes to; the Query API reads `registry`
-    listed: Any = subscriptions.manager  # the subscriptions the Query API lists
     shared = None
     if settings.store != "memory":
         # A registry cluster (docs/cluster.md): writes go to etcd, `registry` is this member's replica of it and
@@ -212,16 +234,9 @@ def build_registry(settings: Settings, reactor: Any, clock: IReactorTime, dns_sd
         from nmos_ref.wiring.cluster import cluster_store
 
         shared = cluster_store(settings, reactor, clock, registry, subscriptions.manager, cooperator)
-        store, listed = shared.store, shared.subscriptions
-    registration = RegistrationAPI(store, Schemas(), settings.api_versions, clock, cooperator)
-    query = QueryAPI(registry, settings.api_versions, host_name=settings.host_name, authorization=settings.auth,
-                     translations=translations, subscriptions=listed, websockets=subscriptions.resource,
-                     cooperator=cooperator)
-    apis = {"registration": registration.app.resource(), "query": query.app.resource()}
-    if shared is not None:
-        from nmos_ref.wiring.cluster import StaleMarker
-
-        apis["query"] = StaleMarker(apis["query"], shared.store)
+    apis = compose_apis(registry, translations, subscriptions, clock, cooperator, settings.api_versions, shared,
+                        host_name=settings.host_name, authorization=settings.auth)
+    listed: Any = subscriptions.manager if shared is None else shared.subscriptions
     keys = None
     if settings.auth:  # IS-10: every API behind the token check (docs/security.md)
         # pyjwt and the key fetcher's HTTP client only with auth on (idle footprint, issue 13)

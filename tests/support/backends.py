@@ -35,8 +35,6 @@ from twisted.internet.task import Clock, Cooperator
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from nmos_ref.api.query import QueryAPI
-from nmos_ref.api.registration import RegistrationAPI
 from nmos_ref.config import Settings
 from nmos_ref.model.downgrade import Translations
 from nmos_ref.model.query_params import Limits
@@ -44,8 +42,8 @@ from nmos_ref.model.store import Registry
 from nmos_ref.validation import Schemas
 from nmos_ref.web.root import root_resource
 from nmos_ref.web.server import make_site
-from nmos_ref.wiring.cluster import StaleMarker, cluster_store
-from nmos_ref.wiring.registry import subscription_service
+from nmos_ref.wiring.cluster import cluster_store
+from nmos_ref.wiring.registry import compose_apis, subscription_service
 from nmos_ref.ws.connection import SubscriptionLimits
 from tests.support.cases import Bodies, SocketTest, UnitTest
 from tests.support.etcd import require_etcd, shared_member, unique_prefix
@@ -167,15 +165,12 @@ class Apis:
         return await self.send("POST", f"/{version}/subscriptions", subscription_body(version, **changes))
 
 
-def _compose(registry: Registry, store: Any, listed: Any, translations: Translations, subscriptions: Any,
-             clock: Clock, cooperator: Cooperator, options: Options) -> dict[str, Any]:
-    """The APIs as build_registry composes them: the Registration API writes to `store`, the Query API reads
-    `registry` and lists `listed`."""
-    registration = RegistrationAPI(store, SCHEMAS, list(options.versions), clock, cooperator)
-    query = QueryAPI(registry, options.versions, host_name=options.host_name, limits=options.limits,
-                     schemas=SCHEMAS, authorization=options.authorization, translations=translations,
-                     subscriptions=listed, websockets=subscriptions.resource, cooperator=cooperator)
-    return {"registration": registration.app.resource(), "query": query.app.resource()}
+def _compose(registry: Registry, translations: Translations, subscriptions: Any, clock: Clock,
+             cooperator: Cooperator, options: Options, shared: Any = None) -> dict[str, Any]:
+    """The APIs as build_registry composes them (`compose_apis`), with what a test asks of them."""
+    return compose_apis(registry, translations, subscriptions, clock, cooperator, options.versions, shared,
+                        host_name=options.host_name, authorization=options.authorization, limits=options.limits,
+                        schemas=SCHEMAS)
 
 
 class MemoryApis(Apis):
@@ -195,8 +190,7 @@ class MemoryApis(Apis):
         self.manager = self.subscriptions.manager
         self.store: Any = self.registry  # what the Registration API writes to
         cooperator = Cooperator(scheduler=lambda work: clock.callLater(0, work))
-        apis = _compose(self.registry, self.registry, self.manager, translations, self.subscriptions, clock,
-                        cooperator, options)
+        apis = _compose(self.registry, translations, self.subscriptions, clock, cooperator, options)
         self.stub = StubTreq(root_resource(apis))
 
     async def request(self, method: str, url: str, data: bytes | None, headers: dict[str, str] | None) -> Answer:
@@ -257,9 +251,7 @@ class EtcdApis(Apis):
         # attempt with max(the request's time, its own clock's)), its timers take real time.
         self.shared = shared = cluster_store(settings, reactor, ApiTime(clock), registry, self.manager, cooperator)
         self.store = shared.store
-        apis = _compose(registry, shared.store, shared.subscriptions, translations, self.subscriptions, clock,
-                        cooperator, options)
-        apis["query"] = StaleMarker(apis["query"], shared.store)
+        apis = _compose(registry, translations, self.subscriptions, clock, cooperator, options, shared)
         site = make_site(root_resource(apis))
         channels = track_channels(site)
         shared.startService()
